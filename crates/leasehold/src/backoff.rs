@@ -1,0 +1,63 @@
+//! How long to wait between attempts to recover a lost session or watch.
+
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+
+/// Jittered exponential backoff, capped, and never giving up.
+///
+/// Recovery retries for as long as a registration handle or a discovery lives: a
+/// registry that comes back after an hour still gets its registrations back (go-zero and
+/// Kratos stop after a fixed number of tries; we do not). The jitter spreads a fleet's
+/// reconnects after a registry restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The cap on any delay.
+    pub max: Duration,
+    /// How much each delay grows over the last one.
+    pub factor: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(100),
+            max: Duration::from_secs(5),
+            factor: 2,
+        }
+    }
+}
+
+impl Backoff {
+    /// An endless sequence of delays following this policy.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> + Send + 'static {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.initial)
+            .with_max_delay(self.max)
+            .with_factor(self.factor as f32)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_grow_and_stay_capped_forever() {
+        let policy = Backoff {
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(80),
+            factor: 2,
+        };
+        let delays: Vec<_> = policy.delays().take(1000).collect();
+        assert_eq!(delays.len(), 1000);
+        // Jitter adds up to one more of the base delay.
+        assert!(delays.iter().all(|d| *d <= Duration::from_millis(160)));
+        assert!(delays[999] >= Duration::from_millis(80));
+    }
+}

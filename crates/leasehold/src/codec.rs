@@ -1,0 +1,125 @@
+//! Codecs: how an [`Instance`] is laid out as a registry key and value.
+//!
+//! A backend stores each instance at `{service prefix}{instance key}` with the encoded
+//! value, and hands every key and value it sees under a watched prefix back to the
+//! codec. The native format is JSON under `{root}/{service}/{id}`.
+
+use std::fmt::Debug;
+
+use crate::{Instance, ServiceName};
+
+/// A value or key that a codec could not encode or decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{format} codec cannot {action} {key:?}: {reason}")]
+pub struct CodecError {
+    /// The codec's format name.
+    pub format: &'static str,
+    /// `encode` or `decode`.
+    pub action: &'static str,
+    /// The key involved.
+    pub key: String,
+    /// What was wrong.
+    pub reason: String,
+}
+
+/// Maps instances to registry keys and values and back.
+///
+/// Implementations are pure functions of their input, so that a value written by one
+/// process decodes the same in every other. Decoding never panics: a foreign or corrupt
+/// value is an `Err`, which discovery skips and counts.
+pub trait Codec: Send + Sync + Debug + 'static {
+    /// The format's name, as in a registry URL's `?format=`.
+    fn name(&self) -> &'static str;
+
+    /// The key prefix under which a service's instances live, ending in `/`.
+    /// `root` has no trailing `/`.
+    fn service_prefix(&self, root: &str, service: &ServiceName) -> String {
+        format!("{root}/{service}/")
+    }
+
+    /// The key of `instance`, relative to its service prefix.
+    fn instance_key(&self, instance: &Instance) -> String;
+
+    /// The value stored for `instance`.
+    fn encode(&self, instance: &Instance) -> Result<Vec<u8>, CodecError>;
+
+    /// The instance stored at `key` (relative to the service prefix) with `value`.
+    fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError>;
+}
+
+/// The native format: key `{root}/{service}/{id}`, value the instance as JSON:
+/// `{"service","id","addr","metadata":{},"weight","zone","version"}` (zone and version
+/// omitted when unset).
+///
+/// ```
+/// use leasehold::{Codec, Instance, NativeCodec};
+/// let instance = Instance::builder("echo", "10.0.0.5:8080").id("a").build()?;
+/// let codec = NativeCodec;
+/// assert_eq!(codec.instance_key(&instance), "a");
+/// assert_eq!(
+///     codec.encode(&instance)?,
+///     br#"{"service":"echo","id":"a","addr":"10.0.0.5:8080","metadata":{},"weight":1}"#
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NativeCodec;
+
+impl Codec for NativeCodec {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn instance_key(&self, instance: &Instance) -> String {
+        instance.id().to_string()
+    }
+
+    fn encode(&self, instance: &Instance) -> Result<Vec<u8>, CodecError> {
+        serde_json::to_vec(instance).map_err(|e| CodecError {
+            format: "native",
+            action: "encode",
+            key: instance.id().to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError> {
+        let fail = |reason: String| CodecError {
+            format: "native",
+            action: "decode",
+            key: key.to_owned(),
+            reason,
+        };
+        let instance: Instance = serde_json::from_slice(value).map_err(|e| fail(e.to_string()))?;
+        if instance.service() != service {
+            return Err(fail(format!(
+                "value names service {:?}, the key is under {:?}",
+                instance.service().as_str(),
+                service.as_str()
+            )));
+        }
+        Ok(instance)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn native_decode_refuses_garbage_and_foreign_services() {
+        let codec = NativeCodec;
+        let echo = ServiceName::new("echo").unwrap();
+        let err = codec.decode(&echo, "k", b"\xff\x00garbage").unwrap_err();
+        assert_eq!(err.action, "decode");
+        assert_eq!(err.key, "k");
+        let other = br#"{"service":"other","id":"a","addr":"h:1"}"#;
+        assert!(codec
+            .decode(&echo, "a", other)
+            .unwrap_err()
+            .reason
+            .contains("other"));
+        let ok = br#"{"service":"echo","id":"a","addr":"h:1"}"#;
+        assert_eq!(codec.decode(&echo, "a", ok).unwrap().weight(), 1);
+    }
+}

@@ -1,0 +1,95 @@
+//! The error every registry operation returns.
+
+use std::time::Duration;
+
+use crate::InvalidInput;
+
+/// A boxed error from a backend's client library, kept as the source of an [`Error`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong in a registry operation.
+///
+/// Messages name what failed and where (the registry address, the field, the key), so
+/// they can be shown to an operator as they are.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An instance, name or option broke a rule of the model.
+    #[error(transparent)]
+    InvalidInput(#[from] InvalidInput),
+    /// The registry URL could not be understood.
+    #[error("invalid registry URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given (with any password masked).
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The registry could not be reached.
+    #[error("cannot reach registry at {endpoints}: {source}")]
+    Unreachable {
+        /// The address or addresses tried.
+        endpoints: String,
+        /// Why the connection failed.
+        source: BoxError,
+    },
+    /// The registry did not answer in time.
+    #[error("registry at {endpoints} did not answer within {timeout:?}")]
+    Timeout {
+        /// The address or addresses tried.
+        endpoints: String,
+        /// How long we waited.
+        timeout: Duration,
+    },
+    /// The registry refused our credentials or permissions.
+    #[error("registry at {endpoints} refused access: {reason}")]
+    PermissionDenied {
+        /// The address or addresses tried.
+        endpoints: String,
+        /// The registry's reason.
+        reason: String,
+    },
+    /// The registration was deregistered; the handle can no longer be used.
+    #[error("registration {service}/{id} is deregistered")]
+    Deregistered {
+        /// The service of the registration.
+        service: String,
+        /// The instance id of the registration.
+        id: String,
+    },
+    /// A value could not be encoded for, or decoded from, the registry.
+    #[error(transparent)]
+    Codec(#[from] crate::codec::CodecError),
+    /// The registry answered with an error not covered above.
+    #[error("registry at {endpoints}: {source}")]
+    Backend {
+        /// The address or addresses of the registry.
+        endpoints: String,
+        /// The backend's error.
+        source: BoxError,
+    },
+    /// The registry client has shut down.
+    #[error("registry client is shut down")]
+    Closed,
+}
+
+impl Error {
+    /// A backend error for a registry at `endpoints`.
+    pub fn backend(endpoints: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Backend {
+            endpoints: endpoints.into(),
+            source: source.into(),
+        }
+    }
+
+    /// An invalid registry URL.
+    pub fn invalid_url(url: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidUrl {
+            url: url.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,678 @@
+//! The in-process registry, for tests and demos.
+//!
+//! [`MemoryStore`] plays the server: a revisioned key-value store with leases that expire
+//! TTL after their last keepalive and watches that see every change in order, like etcd.
+//! [`MemoryRegistry`] is a client of it with the same semantics as the real backends: one
+//! lease per TTL kept alive at TTL/3, recovery through the shared
+//! [`Registrar`](crate::registrar::Registrar), one listing then incremental watch
+//! events, and reconnection with a re-list when the store breaks its watches.
+//!
+//! The store can also misbehave on purpose — [`wipe`](MemoryStore::wipe) it,
+//! make it [unreachable](MemoryStore::set_reachable), or [crash](MemoryRegistry::crash)
+//! a client — so recovery paths can be exercised without a real server.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> leasehold::Result<()> {
+//! use leasehold::memory::MemoryRegistry;
+//! use leasehold::{Instance, RegisterOptions, Registry, ServiceName, WatchOptions};
+//!
+//! let registry = MemoryRegistry::new();
+//! let echo = ServiceName::new("echo")?;
+//! let discovery = registry.watch(&echo, WatchOptions::default()).await?;
+//! let instance = Instance::builder("echo", "127.0.0.1:7001").id("e1").build()?;
+//! let registration = registry.register(instance, RegisterOptions::default()).await?;
+//! let snapshot = discovery
+//!     .wait_for(std::time::Duration::from_secs(5), |s| s.len() == 1)
+//!     .await
+//!     .expect("the watcher sees the registration");
+//! assert_eq!(snapshot.instances()[0].id().as_str(), "e1");
+//! registration.deregister().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write};
+use crate::{
+    Backoff, Codec, Discovery, DiscoveryFeed, Error, Instance, InstanceId, NativeCodec, RegisterOptions,
+    Registration, Registry, RegistryUrl, Result, ServiceName, WatchOptions,
+};
+
+/// The default root of the native key layout.
+pub const DEFAULT_ROOT: &str = "/leasehold/services";
+
+/// How often the store looks for expired leases.
+const REAP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One change seen by a store watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        revision: u64,
+    },
+    Delete {
+        key: String,
+        revision: u64,
+    },
+}
+
+struct Kv {
+    value: Vec<u8>,
+    lease: Option<u64>,
+}
+
+struct Lease {
+    ttl: Duration,
+    deadline: Instant,
+    keys: HashSet<String>,
+    events: LeaseEvents,
+}
+
+struct Watcher {
+    prefix: String,
+    tx: mpsc::UnboundedSender<Event>,
+}
+
+#[derive(Default)]
+struct State {
+    revision: u64,
+    kvs: BTreeMap<String, Kv>,
+    leases: HashMap<u64, Lease>,
+    next_lease: u64,
+    watchers: Vec<Watcher>,
+    unreachable: bool,
+    reaper: Option<JoinHandle<()>>,
+}
+
+impl State {
+    fn notify(&mut self, event: Event) {
+        let key = match &event {
+            Event::Put { key, .. } | Event::Delete { key, .. } => key,
+        };
+        self.watchers
+            .retain(|w| !key.starts_with(&w.prefix) || w.tx.send(event.clone()).is_ok());
+    }
+
+    fn put(&mut self, key: String, value: Vec<u8>, lease: Option<u64>) {
+        self.revision += 1;
+        if let Some(old) = self.kvs.get(&key).and_then(|kv| kv.lease) {
+            if Some(old) != lease {
+                if let Some(old) = self.leases.get_mut(&old) {
+                    old.keys.remove(&key);
+                }
+            }
+        }
+        if let Some(lease) = lease.and_then(|id| self.leases.get_mut(&id)) {
+            lease.keys.insert(key.clone());
+        }
+        self.kvs.insert(
+            key.clone(),
+            Kv {
+                value: value.clone(),
+                lease,
+            },
+        );
+        let revision = self.revision;
+        self.notify(Event::Put { key, value, revision });
+    }
+
+    /// Deletes `key`; returns the lease it was under, if it existed.
+    fn delete(&mut self, key: &str) -> Option<Option<u64>> {
+        let kv = self.kvs.remove(key)?;
+        if let Some(lease) = kv.lease.and_then(|id| self.leases.get_mut(&id)) {
+            lease.keys.remove(key);
+        }
+        self.revision += 1;
+        let revision = self.revision;
+        self.notify(Event::Delete {
+            key: key.to_owned(),
+            revision,
+        });
+        Some(kv.lease)
+    }
+
+    fn revoke(&mut self, id: u64) -> bool {
+        let Some(lease) = self.leases.remove(&id) else {
+            return false;
+        };
+        let mut keys: Vec<_> = lease.keys.into_iter().collect();
+        keys.sort();
+        for key in keys {
+            self.delete(&key);
+        }
+        true
+    }
+
+    fn range(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.kvs
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, kv)| (k.clone(), kv.value.clone()))
+            .collect()
+    }
+
+    fn check_reachable(&self) -> Result<()> {
+        if self.unreachable {
+            Err(Error::Unreachable {
+                endpoints: "memory://".into(),
+                source: "the in-process registry is set unreachable".into(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The in-process registry server: keys, revisions, leases and watches.
+///
+/// Clones share one store. Leases need a Tokio runtime: the first grant starts a task
+/// that expires them.
+#[derive(Clone, Default)]
+pub struct MemoryStore {
+    state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock().unwrap();
+        f.debug_struct("MemoryStore")
+            .field("revision", &state.revision)
+            .field("keys", &state.kvs.len())
+            .field("leases", &state.leases.len())
+            .finish()
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The process-wide store called `name` (`memory://name`; `memory://` is the name
+    /// `""`), so clients in one process that use the same URL share it.
+    pub fn named(name: &str) -> MemoryStore {
+        static STORES: OnceLock<Mutex<HashMap<String, MemoryStore>>> = OnceLock::new();
+        STORES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// The current revision: the number of changes made so far.
+    pub fn revision(&self) -> u64 {
+        self.state.lock().unwrap().revision
+    }
+
+    /// How many leases are alive.
+    pub fn lease_count(&self) -> usize {
+        self.state.lock().unwrap().leases.len()
+    }
+
+    /// Every key and value under `prefix`, as a backend-agnostic view for tests.
+    pub fn dump(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
+        self.state.lock().unwrap().range(prefix)
+    }
+
+    /// Writes a raw value with no lease, as a foreign writer would (for corrupt-value
+    /// tests and other formats' keys).
+    pub fn put_raw(&self, key: &str, value: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .put(key.to_owned(), value.to_vec(), None);
+    }
+
+    /// Deletes a raw key, as another client would; its owner is told.
+    pub fn delete_raw(&self, key: &str) -> bool {
+        let mut state = self.state.lock().unwrap();
+        match state.delete(key) {
+            Some(Some(lease)) => {
+                if let Some(lease) = state.leases.get(&lease) {
+                    lease.events.key_deleted(key);
+                }
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    /// Loses every key and lease and breaks every watch, as a registry restarted with
+    /// its data wiped. Clients recover: new leases, keys written again, watches re-listed.
+    pub fn wipe(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.kvs.clear();
+        state.leases.clear();
+        state.watchers.clear();
+    }
+
+    /// Makes the store unreachable (every request fails, every watch breaks) or
+    /// reachable again. Leases keep their deadlines meanwhile, as a partitioned client's
+    /// would: an outage longer than a TTL loses that lease.
+    pub fn set_reachable(&self, reachable: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.unreachable = !reachable;
+        if !reachable {
+            state.watchers.clear();
+        }
+    }
+
+    fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<u64> {
+        let mut state = self.state.lock().unwrap();
+        state.check_reachable()?;
+        if state.reaper.as_ref().is_none_or(|task| task.is_finished()) {
+            state.reaper = Some(tokio::spawn(reap(Arc::downgrade(&self.state))));
+        }
+        state.next_lease += 1;
+        let id = state.next_lease;
+        state.leases.insert(
+            id,
+            Lease {
+                ttl,
+                deadline: Instant::now() + ttl,
+                keys: HashSet::new(),
+                events,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Renews a lease; `Ok(false)` if it no longer exists.
+    fn keep_alive(&self, id: u64) -> Result<bool> {
+        let mut state = self.state.lock().unwrap();
+        state.check_reachable()?;
+        Ok(match state.leases.get_mut(&id) {
+            Some(lease) => {
+                lease.deadline = Instant::now() + lease.ttl;
+                true
+            }
+            None => false,
+        })
+    }
+
+    /// The keys and values under `prefix`, the revision, and a watch of every change
+    /// after that revision: taken under one lock, so nothing falls between the listing
+    /// and the watch.
+    fn list_and_watch(
+        &self,
+        prefix: &str,
+    ) -> Result<(Vec<(String, Vec<u8>)>, u64, mpsc::UnboundedReceiver<Event>)> {
+        let mut state = self.state.lock().unwrap();
+        state.check_reachable()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        state.watchers.push(Watcher {
+            prefix: prefix.to_owned(),
+            tx,
+        });
+        Ok((state.range(prefix), state.revision, rx))
+    }
+}
+
+async fn reap(state: Weak<Mutex<State>>) {
+    let mut tick = tokio::time::interval(REAP_INTERVAL);
+    loop {
+        tick.tick().await;
+        let Some(state) = state.upgrade() else { return };
+        let mut state = state.lock().unwrap();
+        let now = Instant::now();
+        let expired: Vec<u64> = state
+            .leases
+            .iter()
+            .filter(|(_, lease)| lease.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            tracing::debug!(lease = id, "memory registry: lease expired");
+            state.revoke(id);
+        }
+    }
+}
+
+/// The lease backend of [`MemoryRegistry`].
+#[derive(Debug)]
+struct Backend {
+    store: MemoryStore,
+    root: String,
+    codec: Arc<dyn Codec>,
+    crashed: Arc<AtomicBool>,
+}
+
+/// A lease of [`MemoryRegistry`]; its keepalive task stops when it is dropped.
+struct MemoryLease {
+    id: u64,
+    keepalive: JoinHandle<()>,
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        self.keepalive.abort();
+    }
+}
+
+impl Backend {
+    fn check_alive(&self) -> Result<()> {
+        if self.crashed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for Backend {
+    type Lease = MemoryLease;
+
+    async fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<MemoryLease> {
+        self.check_alive()?;
+        let id = self.store.grant(ttl, events.clone())?;
+        let store = self.store.clone();
+        let crashed = self.crashed.clone();
+        let keepalive = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(ttl / 3);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if crashed.load(Ordering::SeqCst) || events.is_closed() {
+                    return;
+                }
+                match store.keep_alive(id) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        events.lost(format!("lease {id} not found"));
+                        return;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "memory registry: keepalive failed"),
+                }
+            }
+        });
+        Ok(MemoryLease { id, keepalive })
+    }
+
+    async fn put(&self, lease: &MemoryLease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
+        self.check_alive()?;
+        let mut encoded = Vec::with_capacity(writes.len());
+        for write in writes {
+            let instance = write.instance;
+            let key = format!(
+                "{}{}",
+                self.codec.service_prefix(&self.root, instance.service()),
+                self.codec.instance_key(instance)
+            );
+            encoded.push((key, self.codec.encode(instance).map_err(Error::from)?));
+        }
+        let mut state = self.store.state.lock().unwrap();
+        state.check_reachable()?;
+        if !state.leases.contains_key(&lease.id) {
+            return Err(LeaseError::Lost(Error::backend(
+                "memory://",
+                format!("lease {} not found", lease.id),
+            )));
+        }
+        let keys = encoded.iter().map(|(k, _)| k.clone()).collect();
+        for (key, value) in encoded {
+            state.put(key, value, Some(lease.id));
+        }
+        Ok(keys)
+    }
+
+    async fn delete(&self, _lease: &MemoryLease, keys: &[String]) -> Result<(), LeaseError> {
+        self.check_alive()?;
+        let mut state = self.store.state.lock().unwrap();
+        state.check_reachable()?;
+        for key in keys {
+            state.delete(key);
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: MemoryLease) -> Result<()> {
+        self.check_alive()?;
+        let mut state = self.store.state.lock().unwrap();
+        state.check_reachable()?;
+        state.revoke(lease.id);
+        Ok(())
+    }
+}
+
+/// A client of a [`MemoryStore`], implementing [`Registry`].
+///
+/// Clients of one store see each other's registrations, as processes sharing an etcd
+/// cluster do.
+pub struct MemoryRegistry {
+    backend: Arc<Backend>,
+    registrar: Registrar<Backend>,
+}
+
+impl std::fmt::Debug for MemoryRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryRegistry")
+            .field("root", &self.backend.root)
+            .field("codec", &self.backend.codec.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for MemoryRegistry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryRegistry {
+    /// A client of a new, private store, with the native codec under [`DEFAULT_ROOT`].
+    pub fn new() -> Self {
+        Self::with_store(MemoryStore::new())
+    }
+
+    /// A client of `store`, with the native codec under [`DEFAULT_ROOT`].
+    pub fn with_store(store: MemoryStore) -> Self {
+        Self::with_options(store, DEFAULT_ROOT, Arc::new(NativeCodec), Backoff::default())
+    }
+
+    /// A client of `store` with every option.
+    pub fn with_options(store: MemoryStore, root: &str, codec: Arc<dyn Codec>, backoff: Backoff) -> Self {
+        let backend = Arc::new(Backend {
+            store,
+            root: root.trim_end_matches('/').to_owned(),
+            codec,
+            crashed: Arc::new(AtomicBool::new(false)),
+        });
+        MemoryRegistry {
+            registrar: Registrar::new(backend.clone(), backoff),
+            backend,
+        }
+    }
+
+    /// A client for `memory://[name][/root]`: the process-wide store of that name.
+    pub fn connect(url: &RegistryUrl) -> Result<Self> {
+        if url.scheme != "memory" {
+            return Err(Error::invalid_url(url.to_string(), "not a memory:// URL"));
+        }
+        url.deny_unknown_params(&[])?;
+        let name = url.endpoints.join(",");
+        let root = url.root.as_deref().unwrap_or(DEFAULT_ROOT);
+        Ok(Self::with_options(
+            MemoryStore::named(&name),
+            root,
+            Arc::new(NativeCodec),
+            Backoff::default(),
+        ))
+    }
+
+    /// The store this client talks to.
+    pub fn store(&self) -> &MemoryStore {
+        &self.backend.store
+    }
+
+    /// Simulates this client's process dying: keepalives stop and nothing is
+    /// deregistered, so its instances vanish from the store only when their TTL runs out.
+    /// Every later request of this client fails.
+    pub fn crash(&self) {
+        self.backend.crashed.store(true, Ordering::SeqCst);
+    }
+
+    fn prefix(&self, service: &ServiceName) -> String {
+        self.backend.codec.service_prefix(&self.backend.root, service)
+    }
+
+    fn decode_listing(
+        &self,
+        service: &ServiceName,
+        prefix: &str,
+        listing: Vec<(String, Vec<u8>)>,
+    ) -> Vec<(String, Instance)> {
+        listing
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let relative = &key[prefix.len()..];
+                match self.backend.codec.decode(service, relative, &value) {
+                    Ok(instance) => Some((key, instance)),
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "skipping a value that does not decode");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Registry for MemoryRegistry {
+    async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration> {
+        self.backend.check_alive()?;
+        self.registrar.register(instance, options).await
+    }
+
+    async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery> {
+        self.backend.check_alive()?;
+        let prefix = self.prefix(service);
+        let (listing, revision, events) = self.backend.store.list_and_watch(&prefix)?;
+        let (mut feed, discovery) = DiscoveryFeed::new(service.clone(), self.backend.codec.clone(), options);
+        feed.reset(relative(&prefix, listing), revision);
+        let store = self.backend.store.clone();
+        feed.spawn(move |feed| follow(feed, store, prefix, events));
+        Ok(discovery)
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
+        self.backend.check_alive()?;
+        self.backend.store.state.lock().unwrap().check_reachable()?;
+        let prefix = self.prefix(service);
+        let listing = self.backend.store.dump(&prefix);
+        let mut instances: Vec<Instance> = self
+            .decode_listing(service, &prefix, listing)
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        instances.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(instances)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceName>> {
+        self.backend.check_alive()?;
+        self.backend.store.state.lock().unwrap().check_reachable()?;
+        let root = format!("{}/", self.backend.root);
+        let mut services: Vec<ServiceName> = self
+            .backend
+            .store
+            .dump(&root)
+            .into_iter()
+            .filter_map(|(key, _)| {
+                let name = key[root.len()..].split('/').next()?;
+                ServiceName::new(name).ok()
+            })
+            .collect();
+        services.dedup();
+        Ok(services)
+    }
+
+    async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        self.backend.check_alive()?;
+        self.backend.store.state.lock().unwrap().check_reachable()?;
+        let prefix = self.prefix(service);
+        let listing = self.backend.store.dump(&prefix);
+        let mut found = false;
+        for (key, _) in self
+            .decode_listing(service, &prefix, listing)
+            .into_iter()
+            .filter(|(_, i)| i.id() == id)
+        {
+            found |= self.backend.store.delete_raw(&key);
+        }
+        Ok(found)
+    }
+
+    async fn shutdown(&self) {
+        self.registrar.shutdown().await;
+    }
+}
+
+fn relative(prefix: &str, listing: Vec<(String, Vec<u8>)>) -> impl Iterator<Item = (String, Vec<u8>)> + '_ {
+    listing
+        .into_iter()
+        .map(move |(key, value)| (key[prefix.len()..].to_owned(), value))
+}
+
+/// The watcher task: applies events as they come, in batches; when the store breaks the
+/// watch, marks the set stale and re-lists with backoff until it is back.
+async fn follow(
+    mut feed: DiscoveryFeed,
+    store: MemoryStore,
+    prefix: String,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) {
+    loop {
+        while let Some(event) = events.recv().await {
+            apply(&mut feed, &prefix, event);
+            while let Ok(event) = events.try_recv() {
+                apply(&mut feed, &prefix, event);
+            }
+            feed.publish();
+        }
+        feed.mark_stale();
+        let mut delays = Backoff {
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+            factor: 2,
+        }
+        .delays();
+        events = loop {
+            tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
+            if let Ok((listing, revision, events)) = store.list_and_watch(&prefix) {
+                feed.reset(relative(&prefix, listing), revision);
+                feed.mark_live();
+                break events;
+            }
+        };
+    }
+}
+
+fn apply(feed: &mut DiscoveryFeed, prefix: &str, event: Event) {
+    match event {
+        Event::Put { key, value, revision } => {
+            feed.put(&key[prefix.len()..], &value);
+            feed.set_revision(revision);
+        }
+        Event::Delete { key, revision } => {
+            feed.delete(&key[prefix.len()..]);
+            feed.set_revision(revision);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The registrar: keeps registrations written under a live lease, on any backend.
+//!
+//! A backend implements [`LeaseBackend`]: grant a lease (an etcd lease, a ZooKeeper
+//! session, an in-process lease) and keep it alive, write and delete keys under it, and
+//! say when it is lost. [`Registrar`] does the rest, the same way for every backend:
+//!
+//! - one lease per TTL per client, shared by all its registrations (keepalive cost is per
+//!   process, not per instance), revoked when its last registration goes;
+//! - on a lost lease or a key deleted by someone else: state `Recovering`, a new lease,
+//!   every registration written again in one batch, then `Registered`; retried with
+//!   jittered exponential backoff for as long as any handle lives;
+//! - pause, resume, update and deregister, serialized per lease so they never race a
+//!   recovery.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::registration::{Command, CommandSender};
+use crate::{
+    Backoff, Error, Instance, InstanceId, InvalidInput, RegisterOptions, Registration, RegistrationState,
+    Result, ServiceName,
+};
+
+/// A failed write under a lease.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The lease is gone (expired, revoked, not found, session expired): grant a new one
+    /// and write everything again.
+    #[error("lease lost: {0}")]
+    Lost(Error),
+    /// Anything else; retried later on the same lease.
+    #[error(transparent)]
+    Failed(#[from] Error),
+}
+
+/// One instance to write under a lease.
+#[derive(Debug)]
+pub struct Write<'a> {
+    /// The instance to write.
+    pub instance: &'a Instance,
+    /// The key this registration holds under the current lease, to overwrite in place.
+    pub current: Option<&'a str>,
+    /// The key it held under an earlier lease, which may still show (a ZooKeeper node of
+    /// a session not yet expired). A backend whose keys do not depend on the lease can
+    /// ignore it.
+    pub previous: Option<&'a str>,
+}
+
+/// Tells the registrar what happened to a lease after it was granted.
+///
+/// Each lease gets its own `LeaseEvents`; events from a lease that has since been
+/// replaced are ignored, so a backend never needs to know whether its lease is current.
+#[derive(Clone, Debug)]
+pub struct LeaseEvents {
+    generation: u64,
+    tx: mpsc::UnboundedSender<(u64, LeaseEvent)>,
+}
+
+#[derive(Debug)]
+enum LeaseEvent {
+    Lost(String),
+    KeyDeleted(String),
+}
+
+impl LeaseEvents {
+    /// The lease is gone (keepalive answered TTL ≤ 0, stream ended, session expired).
+    pub fn lost(&self, reason: impl Into<String>) {
+        let _ = self.tx.send((self.generation, LeaseEvent::Lost(reason.into())));
+    }
+
+    /// A key written under this lease was deleted by someone else.
+    pub fn key_deleted(&self, key: impl Into<String>) {
+        let _ = self
+            .tx
+            .send((self.generation, LeaseEvent::KeyDeleted(key.into())));
+    }
+
+    /// Whether the registrar has gone, so the backend can stop keeping the lease alive.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// What a backend provides for the registrar: leases and keys under them.
+///
+/// Dropping a `Lease` must stop keeping it alive (its keys then expire after the TTL);
+/// [`revoke`](LeaseBackend::revoke) removes them at once.
+#[async_trait]
+pub trait LeaseBackend: Send + Sync + 'static {
+    /// A live lease: whatever the backend needs to write under it and keep it alive.
+    type Lease: Send + Sync + 'static;
+
+    /// Grants a lease of `ttl` and starts keeping it alive; reports its loss and deleted
+    /// keys through `events`. Fails with the registry's address when it cannot be reached
+    /// within a bounded time.
+    async fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<Self::Lease>;
+
+    /// Writes the instances under the lease, in as few round trips as the backend can,
+    /// and returns the key each was written at (relative to nothing: the backend's own
+    /// full key), in order.
+    async fn put(&self, lease: &Self::Lease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError>;
+
+    /// Deletes keys written under the lease.
+    async fn delete(&self, lease: &Self::Lease, keys: &[String]) -> Result<(), LeaseError>;
+
+    /// Revokes the lease, removing its keys at once.
+    async fn revoke(&self, lease: Self::Lease) -> Result<()>;
+}
+
+type Taken = Arc<Mutex<HashSet<(ServiceName, InstanceId)>>>;
+
+/// Keeps registrations alive on a [`LeaseBackend`]; backends build their
+/// [`Registry::register`](crate::Registry::register) on it.
+pub struct Registrar<B: LeaseBackend> {
+    backend: Arc<B>,
+    backoff: Backoff,
+    groups: Mutex<HashMap<Duration, mpsc::UnboundedSender<Control>>>,
+    next_key: Arc<AtomicU64>,
+    taken: Taken,
+}
+
+enum Control {
+    Register(Instance, oneshot::Sender<Result<Registration>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+impl<B: LeaseBackend> std::fmt::Debug for Registrar<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrar")
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: LeaseBackend> Registrar<B> {
+    /// A registrar over `backend`, recovering with `backoff`.
+    pub fn new(backend: Arc<B>, backoff: Backoff) -> Self {
+        Registrar {
+            backend,
+            backoff,
+            groups: Mutex::new(HashMap::new()),
+            next_key: Arc::new(AtomicU64::new(1)),
+            taken: Taken::default(),
+        }
+    }
+
+    /// The backend this registrar writes through.
+    pub fn backend(&self) -> &Arc<B> {
+        &self.backend
+    }
+
+    /// Registers `instance` and keeps it registered until the returned handle is dropped
+    /// or deregistered. Returns once the instance is written, or with the error that kept
+    /// it from being written (nothing is retried in the background then).
+    pub async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration> {
+        options.validate()?;
+        let identity = (instance.service().clone(), instance.id().clone());
+        if !self.taken.lock().unwrap().insert(identity.clone()) {
+            return Err(InvalidInput::new(
+                "instance id",
+                instance.id().as_str(),
+                format!(
+                    "is already registered for service {} by this client",
+                    instance.service()
+                ),
+            )
+            .into());
+        }
+        let (reply, answer) = oneshot::channel();
+        let sent = self.control(options.ttl).send(Control::Register(instance, reply));
+        let result = match sent {
+            Ok(()) => answer.await.unwrap_or(Err(Error::Closed)),
+            Err(_) => Err(Error::Closed),
+        };
+        if result.is_err() {
+            self.taken.lock().unwrap().remove(&identity);
+        }
+        result
+    }
+
+    /// Deregisters every registration of this registrar and revokes its leases.
+    pub async fn shutdown(&self) {
+        let controls: Vec<_> = self.groups.lock().unwrap().values().cloned().collect();
+        for control in controls {
+            let (done, finished) = oneshot::channel();
+            if control.send(Control::Shutdown(done)).is_ok() {
+                let _ = finished.await;
+            }
+        }
+    }
+
+    /// The control channel of the group for `ttl`, starting the group if there is none.
+    fn control(&self, ttl: Duration) -> mpsc::UnboundedSender<Control> {
+        let mut groups = self.groups.lock().unwrap();
+        if let Some(group) = groups.get(&ttl).filter(|g| !g.is_closed()) {
+            return group.clone();
+        }
+        let (control, control_rx) = mpsc::unbounded_channel();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let group = Group {
+            backend: self.backend.clone(),
+            ttl,
+            backoff: self.backoff,
+            delays: Box::new(self.backoff.delays()),
+            lease: None,
+            generation: 0,
+            entries: HashMap::new(),
+            events_tx,
+            retry_at: None,
+            commands,
+            next_key: self.next_key.clone(),
+            taken: self.taken.clone(),
+        };
+        tokio::spawn(group.run(control_rx, commands_rx, events_rx));
+        groups.insert(ttl, control.clone());
+        control
+    }
+}
+
+/// One registration as its group keeps it.
+struct Entry {
+    instance: Instance,
+    paused: bool,
+    /// Needs writing: new, updated, resumed, or lost with its lease or key.
+    dirty: bool,
+    /// The key it was last written at, and the lease generation it was written under.
+    key: Option<(u64, String)>,
+    state: watch::Sender<RegistrationState>,
+    shown: watch::Sender<Instance>,
+}
+
+impl Entry {
+    fn set_state(&self, state: RegistrationState) {
+        self.state
+            .send_if_modified(|s| std::mem::replace(s, state) != state);
+    }
+}
+
+/// The registrations of one TTL and their shared lease; owned by one task, so every
+/// change to them is serialized.
+struct Group<B: LeaseBackend> {
+    backend: Arc<B>,
+    ttl: Duration,
+    backoff: Backoff,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    lease: Option<B::Lease>,
+    /// Counts leases granted; events and keys carry the generation they belong to.
+    generation: u64,
+    entries: HashMap<u64, Entry>,
+    events_tx: mpsc::UnboundedSender<(u64, LeaseEvent)>,
+    retry_at: Option<Instant>,
+    commands: CommandSender,
+    next_key: Arc<AtomicU64>,
+    taken: Taken,
+}
+
+impl<B: LeaseBackend> Group<B> {
+    async fn run(
+        mut self,
+        mut control: mpsc::UnboundedReceiver<Control>,
+        mut commands: mpsc::UnboundedReceiver<(u64, Command)>,
+        mut events: mpsc::UnboundedReceiver<(u64, LeaseEvent)>,
+    ) {
+        let mut control_open = true;
+        while control_open || !self.entries.is_empty() {
+            let retry_at = self.retry_at;
+            tokio::select! {
+                message = control.recv(), if control_open => match message {
+                    Some(Control::Register(instance, reply)) => {
+                        let result = self.register(instance).await;
+                        let _ = reply.send(result);
+                    }
+                    Some(Control::Shutdown(done)) => {
+                        self.shutdown().await;
+                        let _ = done.send(());
+                    }
+                    None => control_open = false,
+                },
+                Some((key, command)) = commands.recv() => self.command(key, command).await,
+                Some((generation, event)) = events.recv() => self.event(generation, event),
+                () = sleep_until(retry_at), if retry_at.is_some() => self.repair().await,
+            }
+        }
+        if let Err(e) = self.revoke().await {
+            tracing::warn!(error = %e, "revoking an idle lease failed; it expires by itself");
+        }
+    }
+
+    async fn register(&mut self, instance: Instance) -> Result<Registration> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let (state, state_rx) = watch::channel(RegistrationState::Recovering);
+        let (shown, shown_rx) = watch::channel(instance.clone());
+        self.entries.insert(
+            key,
+            Entry {
+                instance,
+                paused: false,
+                dirty: true,
+                key: None,
+                state,
+                shown,
+            },
+        );
+        let written = match self.ensure_lease().await {
+            Ok(()) => self.write(&[key]).await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) => {
+                self.schedule_if_dirty();
+                Ok(Registration::new(key, state_rx, shown_rx, self.commands.clone()))
+            }
+            Err(e) => {
+                self.entries.remove(&key);
+                if self.entries.is_empty() {
+                    let _ = self.revoke().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn command(&mut self, key: u64, command: Command) {
+        match command {
+            Command::Pause(reply) => {
+                let _ = reply.send(self.pause(key).await);
+            }
+            Command::Resume(reply) => {
+                let _ = reply.send(self.resume(key).await);
+            }
+            Command::Update(update, reply) => {
+                let _ = reply.send(self.update(key, &update).await);
+            }
+            Command::Deregister(reply) => {
+                let result = self.deregister(key).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "deregistration did not reach the registry; the key expires with its lease");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+
+    fn event(&mut self, generation: u64, event: LeaseEvent) {
+        if generation != self.generation || self.lease.is_none() {
+            return;
+        }
+        match event {
+            LeaseEvent::Lost(reason) => self.lose(&reason),
+            LeaseEvent::KeyDeleted(deleted) => {
+                let current = Some((generation, deleted));
+                if let Some(entry) = self.entries.values_mut().find(|e| !e.paused && e.key == current) {
+                    tracing::warn!(service = %entry.instance.service(), id = %entry.instance.id(), "registration key deleted by someone else; writing it again");
+                    entry.dirty = true;
+                    entry.set_state(RegistrationState::Recovering);
+                    self.retry_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Forgets the lease and puts every live registration into recovery.
+    fn lose(&mut self, reason: &str) {
+        tracing::warn!(ttl = ?self.ttl, %reason, registrations = self.entries.len(), "lease lost; recovering");
+        self.lease = None;
+        for entry in self.entries.values_mut().filter(|e| !e.paused) {
+            entry.dirty = true;
+            entry.set_state(RegistrationState::Recovering);
+        }
+        self.delays = Box::new(self.backoff.delays());
+        self.retry_at = Some(Instant::now());
+    }
+
+    async fn ensure_lease(&mut self) -> Result<()> {
+        if self.lease.is_some() {
+            return Ok(());
+        }
+        let generation = self.generation + 1;
+        let events = LeaseEvents {
+            generation,
+            tx: self.events_tx.clone(),
+        };
+        let lease = self.backend.grant(self.ttl, events).await?;
+        self.lease = Some(lease);
+        self.generation = generation;
+        for entry in self.entries.values_mut().filter(|e| !e.paused) {
+            entry.dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Writes the given registrations in one batch. On failure they stay dirty and
+    /// `Recovering`, and a retry is scheduled.
+    async fn write(&mut self, keys: &[u64]) -> Result<()> {
+        let Some(lease) = self.lease.as_ref() else {
+            return Err(Error::Closed);
+        };
+        let generation = self.generation;
+        let written = {
+            let writes: Vec<Write<'_>> = keys
+                .iter()
+                .filter_map(|k| self.entries.get(k))
+                .map(|entry| {
+                    let (current, previous) = match &entry.key {
+                        Some((g, key)) if *g == generation => (Some(key.as_str()), None),
+                        Some((_, key)) => (None, Some(key.as_str())),
+                        None => (None, None),
+                    };
+                    Write {
+                        instance: &entry.instance,
+                        current,
+                        previous,
+                    }
+                })
+                .collect();
+            self.backend.put(lease, &writes).await
+        };
+        let present: Vec<u64> = keys
+            .iter()
+            .copied()
+            .filter(|k| self.entries.contains_key(k))
+            .collect();
+        match written {
+            Ok(stored) => {
+                for (key, stored) in present.iter().zip(stored) {
+                    let entry = self.entries.get_mut(key).expect("present");
+                    entry.key = Some((generation, stored));
+                    entry.dirty = false;
+                    entry.set_state(RegistrationState::Registered);
+                }
+                Ok(())
+            }
+            Err(LeaseError::Lost(e)) => {
+                self.lose(&e.to_string());
+                Err(e)
+            }
+            Err(LeaseError::Failed(e)) => {
+                for key in &present {
+                    let entry = self.entries.get_mut(key).expect("present");
+                    entry.dirty = true;
+                    entry.set_state(RegistrationState::Recovering);
+                }
+                self.schedule_retry();
+                Err(e)
+            }
+        }
+    }
+
+    /// One recovery attempt: a lease if there is none, then every dirty registration.
+    async fn repair(&mut self) {
+        self.retry_at = None;
+        if self.entries.values().all(|e| e.paused || !e.dirty) {
+            return;
+        }
+        if let Err(e) = self.ensure_lease().await {
+            tracing::warn!(error = %e, "cannot grant a lease yet; retrying");
+            self.schedule_retry();
+            return;
+        }
+        let dirty: Vec<u64> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.paused && e.dirty)
+            .map(|(k, _)| *k)
+            .collect();
+        match self.write(&dirty).await {
+            Ok(()) => {
+                tracing::info!(registrations = dirty.len(), "registrations written again");
+                self.delays = Box::new(self.backoff.delays());
+                self.schedule_if_dirty();
+            }
+            Err(e) => tracing::warn!(error = %e, "writing registrations failed; retrying"),
+        }
+    }
+
+    fn schedule_retry(&mut self) {
+        let delay = self.delays.next().unwrap_or(self.backoff.max);
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    fn schedule_if_dirty(&mut self) {
+        if self.retry_at.is_none() && self.entries.values().any(|e| !e.paused && e.dirty) {
+            self.retry_at = Some(Instant::now());
+        }
+    }
+
+    async fn pause(&mut self, key: u64) -> Result<()> {
+        let entry = self.entry(key)?;
+        if entry.paused {
+            return Ok(());
+        }
+        if let Some(written) = self.current_key(key) {
+            if let Some(lease) = &self.lease {
+                match self.backend.delete(lease, &[written]).await {
+                    Ok(()) => {}
+                    Err(LeaseError::Lost(e)) => self.lose(&e.to_string()),
+                    Err(LeaseError::Failed(e)) => return Err(e),
+                }
+            }
+        }
+        let entry = self.entries.get_mut(&key).expect("checked above");
+        entry.paused = true;
+        entry.dirty = false;
+        entry.key = None;
+        entry.set_state(RegistrationState::Paused);
+        Ok(())
+    }
+
+    async fn resume(&mut self, key: u64) -> Result<()> {
+        let entry = self.entries.get_mut(&key).ok_or(Error::Closed)?;
+        if !entry.paused {
+            return Ok(());
+        }
+        entry.paused = false;
+        entry.dirty = true;
+        entry.set_state(RegistrationState::Recovering);
+        self.write_now(key).await
+    }
+
+    async fn update(&mut self, key: u64, update: &crate::InstanceUpdate) -> Result<()> {
+        let entry = self.entries.get_mut(&key).ok_or(Error::Closed)?;
+        let next = entry.instance.updated(update)?;
+        entry.instance = next.clone();
+        entry.shown.send_replace(next);
+        if entry.paused {
+            return Ok(());
+        }
+        entry.dirty = true;
+        self.write_now(key).await
+    }
+
+    async fn write_now(&mut self, key: u64) -> Result<()> {
+        if let Err(e) = self.ensure_lease().await {
+            if let Some(entry) = self.entries.get(&key) {
+                entry.set_state(RegistrationState::Recovering);
+            }
+            self.schedule_retry();
+            return Err(e);
+        }
+        let result = self.write(&[key]).await;
+        self.schedule_if_dirty();
+        result
+    }
+
+    async fn deregister(&mut self, key: u64) -> Result<()> {
+        let written = self.current_key(key);
+        let Some(entry) = self.entries.remove(&key) else {
+            return Ok(());
+        };
+        self.taken
+            .lock()
+            .unwrap()
+            .remove(&(entry.instance.service().clone(), entry.instance.id().clone()));
+        entry.set_state(RegistrationState::Deregistered);
+        let mut result = Ok(());
+        if self.entries.is_empty() {
+            // Revoking the lease removes the key with it, in one request.
+            result = self.revoke().await;
+        } else if let (Some(written), Some(lease)) = (written, &self.lease) {
+            result = match self.backend.delete(lease, &[written]).await {
+                Ok(()) => Ok(()),
+                Err(LeaseError::Lost(e)) => {
+                    self.lose(&e.to_string());
+                    Ok(())
+                }
+                Err(LeaseError::Failed(e)) => Err(e),
+            };
+        }
+        result
+    }
+
+    async fn shutdown(&mut self) {
+        {
+            let mut taken = self.taken.lock().unwrap();
+            for (_, entry) in self.entries.drain() {
+                taken.remove(&(entry.instance.service().clone(), entry.instance.id().clone()));
+                entry.set_state(RegistrationState::Deregistered);
+            }
+        }
+        if let Err(e) = self.revoke().await {
+            tracing::warn!(error = %e, "revoking the lease at shutdown failed; its keys expire with it");
+        }
+    }
+
+    async fn revoke(&mut self) -> Result<()> {
+        self.retry_at = None;
+        match self.lease.take() {
+            Some(lease) => {
+                self.generation += 1;
+                self.backend.revoke(lease).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn entry(&self, key: u64) -> Result<&Entry> {
+        self.entries.get(&key).ok_or(Error::Closed)
+    }
+
+    /// The key a registration holds under the current lease, if any.
+    fn current_key(&self, key: u64) -> Option<String> {
+        let entry = self.entries.get(&key)?;
+        match &entry.key {
+            Some((g, k)) if *g == self.generation && self.lease.is_some() => Some(k.clone()),
+            _ => None,
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

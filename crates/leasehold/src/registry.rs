@@ -1,0 +1,42 @@
+//! The backend contract.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::{
+    Discovery, Instance, InstanceId, RegisterOptions, Registration, Result, ServiceName, WatchOptions,
+};
+
+/// A registry backend: etcd, ZooKeeper, or the in-process [`MemoryRegistry`](crate::memory::MemoryRegistry).
+///
+/// Object-safe, so a program can pick its backend at run time and hold an
+/// `Arc<dyn Registry>`. Every backend passes the same conformance suite
+/// (`leasehold::conformance`, feature `conformance`).
+#[async_trait]
+pub trait Registry: Send + Sync + Debug {
+    /// Registers `instance` under a lease of `options.ttl` kept alive in the background,
+    /// and returns its handle. Invalid options are refused here; an unreachable registry
+    /// is an error naming its address, after a bounded connect timeout.
+    async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration>;
+
+    /// Starts following `service`: lists it once, then watches for changes. The returned
+    /// cache already holds the listing.
+    async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery>;
+
+    /// The instances of `service` now, sorted by id; values that do not decode are
+    /// skipped.
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>>;
+
+    /// The services that have at least one key in the registry, sorted.
+    async fn list_services(&self) -> Result<Vec<ServiceName>>;
+
+    /// Removes the instance `id` of `service`, whoever registered it (an operator's
+    /// removal). Returns whether there was one. Its owner, if alive, sees its key
+    /// deleted by someone else and writes it again, unless it is deregistered too.
+    async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool>;
+
+    /// Deregisters every registration made through this client and releases its
+    /// leases. Handles still held afterwards show `Deregistered`.
+    async fn shutdown(&self);
+}

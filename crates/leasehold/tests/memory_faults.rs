@@ -1,0 +1,237 @@
+//! Recovery paths of the registrar and the watcher, driven through the in-process
+//! registry's fault injection.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold::memory::{MemoryRegistry, MemoryStore};
+use leasehold::{
+    Change, ConnectionState, Instance, InstanceId, InstanceUpdate, RegisterOptions, RegistrationState,
+    Registry, ServiceName, WatchOptions,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn instance(id: &str) -> Instance {
+    Instance::builder("echo", "127.0.0.1:7001")
+        .id(id)
+        .build()
+        .unwrap()
+}
+
+fn echo() -> ServiceName {
+    ServiceName::new("echo").unwrap()
+}
+
+#[tokio::test]
+async fn lifecycle_is_seen_by_a_watcher() {
+    let registry = MemoryRegistry::new();
+    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("added");
+
+    registration.pause().await.unwrap();
+    assert_eq!(registration.state(), RegistrationState::Paused);
+    discovery
+        .wait_for(WAIT, |s| s.is_empty())
+        .await
+        .expect("paused is gone");
+
+    registration.resume().await.unwrap();
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    discovery
+        .wait_for(WAIT, |s| s.len() == 1)
+        .await
+        .expect("resumed is back");
+
+    let mut changes = discovery.changes();
+    registration
+        .update(InstanceUpdate::new().weight(7))
+        .await
+        .unwrap();
+    match changes.next().await.unwrap() {
+        Change::Updated { old, new } => assert_eq!((old.weight(), new.weight()), (1, 7)),
+        other => panic!("expected an update, got {other:?}"),
+    }
+
+    registration.deregister().await.unwrap();
+    assert_eq!(registration.state(), RegistrationState::Deregistered);
+    discovery
+        .wait_for(WAIT, |s| s.is_empty())
+        .await
+        .expect("deregistered is gone");
+    assert_eq!(registry.store().lease_count(), 0, "the idle lease is revoked");
+}
+
+#[tokio::test]
+async fn registrations_share_one_lease_per_ttl() {
+    let registry = MemoryRegistry::new();
+    let mut held = Vec::new();
+    for n in 0..20 {
+        held.push(
+            registry
+                .register(instance(&format!("i{n}")), RegisterOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(registry.store().lease_count(), 1);
+    held.push(
+        registry
+            .register(instance("short"), RegisterOptions::ttl(Duration::from_secs(2)))
+            .await
+            .unwrap(),
+    );
+    assert_eq!(registry.store().lease_count(), 2);
+}
+
+#[tokio::test]
+async fn duplicate_registration_is_refused() {
+    let registry = MemoryRegistry::new();
+    let _first = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let err = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already registered"), "{err}");
+}
+
+#[tokio::test]
+async fn dropping_the_handle_deregisters_at_once() {
+    let registry = MemoryRegistry::new();
+    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let clone = registration.clone();
+    drop(registration);
+    discovery
+        .wait_for(Duration::from_millis(300), |s| s.is_empty())
+        .await
+        .map(|_| panic!("a clone still holds it"));
+    drop(clone);
+    discovery
+        .wait_for(Duration::from_secs(2), |s| s.is_empty())
+        .await
+        .expect("gone well before the TTL");
+}
+
+#[tokio::test]
+async fn a_crashed_client_expires_after_its_ttl() {
+    let store = MemoryStore::new();
+    let server = MemoryRegistry::with_store(store.clone());
+    let client = MemoryRegistry::with_store(store);
+    let discovery = client.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = server
+        .register(instance("a"), RegisterOptions::ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.unwrap();
+    server.crash();
+    drop(registration);
+    let started = tokio::time::Instant::now();
+    discovery.wait_for(WAIT, |s| s.is_empty()).await.expect("expired");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "removed by expiry, not by deregistration"
+    );
+}
+
+#[tokio::test]
+async fn a_wiped_store_gets_every_registration_back() {
+    let registry = MemoryRegistry::new();
+    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let a = registry
+        .register(instance("a"), RegisterOptions::ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let b = registry
+        .register(instance("b"), RegisterOptions::ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 2).await.unwrap();
+    registry.store().wipe();
+    assert!(a.wait_for(RegistrationState::Recovering, WAIT).await);
+    assert!(a.wait_for(RegistrationState::Registered, WAIT).await);
+    assert!(b.wait_for(RegistrationState::Registered, WAIT).await);
+    let snapshot = discovery
+        .wait_for(WAIT, |s| s.len() == 2 && s.connection().is_live())
+        .await;
+    assert!(snapshot.is_some(), "the watcher re-listed and sees both again");
+}
+
+#[tokio::test]
+async fn a_key_deleted_by_someone_else_is_written_again() {
+    let registry = MemoryRegistry::new();
+    let operator = MemoryRegistry::with_store(registry.store().clone());
+    let registration = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let discovery = operator.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let mut changes = discovery.changes();
+    assert!(operator
+        .deregister(&echo(), &InstanceId::new("a").unwrap())
+        .await
+        .unwrap());
+    assert!(matches!(changes.next().await, Some(Change::Removed(_))));
+    assert!(
+        matches!(changes.next().await, Some(Change::Added(_))),
+        "written again"
+    );
+    assert_eq!(registration.state(), RegistrationState::Registered);
+}
+
+#[tokio::test]
+async fn an_outage_marks_the_cache_stale_and_keeps_the_set() {
+    let registry = MemoryRegistry::new();
+    let _a = registry
+        .register(instance("a"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    registry.store().set_reachable(false);
+    let stale = discovery
+        .wait_for(WAIT, |s| matches!(s.connection(), ConnectionState::Stale { .. }))
+        .await
+        .expect("marked stale");
+    assert_eq!(stale.len(), 1, "the last known set is still served");
+    let err = registry
+        .register(instance("b"), RegisterOptions::default())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("memory://"), "{err}");
+    registry.store().set_reachable(true);
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live())
+        .await
+        .expect("live again");
+}
+
+#[tokio::test]
+async fn a_long_outage_loses_the_lease_and_recovers_it() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let a = registry
+        .register(instance("a"), RegisterOptions::ttl(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    registry.store().set_reachable(false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    registry.store().set_reachable(true);
+    assert!(
+        a.wait_for(RegistrationState::Recovering, WAIT).await,
+        "lease loss noticed"
+    );
+    assert!(
+        a.wait_for(RegistrationState::Registered, WAIT).await,
+        "and repaired"
+    );
+    assert_eq!(registry.list(&echo()).await.unwrap().len(), 1);
+}
