@@ -37,8 +37,14 @@ pub trait Codec: Send + Sync + Debug + 'static {
         format!("{root}/{service}/")
     }
 
-    /// The key of `instance`, relative to its service prefix.
-    fn instance_key(&self, instance: &Instance) -> String;
+    /// The key of `instance`, relative to its service prefix, when written under the
+    /// lease described by `context` (go-zero names keys after the lease id).
+    fn instance_key(&self, instance: &Instance, context: &KeyContext) -> String;
+
+    /// How a registry that keeps one node per instance (ZooKeeper) names the node.
+    fn node_naming(&self) -> NodeNaming {
+        NodeNaming::ProtectedSequential
+    }
 
     /// The value stored for `instance`.
     fn encode(&self, instance: &Instance) -> Result<Vec<u8>, CodecError>;
@@ -47,15 +53,47 @@ pub trait Codec: Send + Sync + Debug + 'static {
     fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError>;
 }
 
+/// What a backend knows about where a key is written, for formats whose keys depend on
+/// it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyContext {
+    /// The etcd lease id the key is written under, if the backend has one.
+    pub lease_id: Option<i64>,
+}
+
+impl KeyContext {
+    /// A context with this etcd lease id.
+    pub fn lease(lease_id: i64) -> Self {
+        KeyContext {
+            lease_id: Some(lease_id),
+        }
+    }
+}
+
+/// How a node-per-instance registry (ZooKeeper) names an instance's ephemeral node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeNaming {
+    /// Curator's protected ephemeral sequential node: `_c_{32 hex guid}-{instance key}`
+    /// followed by the server's 10-digit sequence, so a create retried after a lost reply
+    /// finds its own node by the guid. The key given to the decoder is the whole node
+    /// name.
+    ProtectedSequential,
+    /// A plain ephemeral node named exactly the instance key (Curator's x-discovery).
+    Exact,
+}
+
 /// The native format: key `{root}/{service}/{id}`, value the instance as JSON:
 /// `{"service","id","addr","metadata":{},"weight","zone","version"}` (zone and version
 /// omitted when unset).
 ///
 /// ```
-/// use leasehold::{Codec, Instance, NativeCodec};
+/// use leasehold::codec::{Codec, KeyContext, NativeCodec};
+/// use leasehold::Instance;
 /// let instance = Instance::builder("echo", "10.0.0.5:8080").id("a").build()?;
 /// let codec = NativeCodec;
-/// assert_eq!(codec.instance_key(&instance), "a");
+/// assert_eq!(codec.instance_key(&instance, &KeyContext::default()), "a");
 /// assert_eq!(
 ///     codec.encode(&instance)?,
 ///     br#"{"service":"echo","id":"a","addr":"10.0.0.5:8080","metadata":{},"weight":1}"#
@@ -70,7 +108,7 @@ impl Codec for NativeCodec {
         "native"
     }
 
-    fn instance_key(&self, instance: &Instance) -> String {
+    fn instance_key(&self, instance: &Instance, _context: &KeyContext) -> String {
         instance.id().to_string()
     }
 

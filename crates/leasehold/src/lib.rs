@@ -62,7 +62,7 @@ mod registry;
 mod url;
 
 pub use backoff::Backoff;
-pub use codec::{Codec, CodecError, NativeCodec};
+pub use codec::{Codec, CodecError, KeyContext, NativeCodec, NodeNaming};
 pub use discovery::{Change, Changes, ConnectionState, Discovery, DiscoveryFeed, Snapshot, WatchOptions};
 pub use error::{BoxError, Error, Result};
 pub use instance::{

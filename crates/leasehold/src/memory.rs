@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::codec::KeyContext;
 use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write};
 use crate::{
     Backoff, Codec, Discovery, DiscoveryFeed, Error, Instance, InstanceId, NativeCodec, RegisterOptions,
@@ -412,7 +413,7 @@ impl LeaseBackend for Backend {
             let key = format!(
                 "{}{}",
                 self.codec.service_prefix(&self.root, instance.service()),
-                self.codec.instance_key(instance)
+                self.codec.instance_key(instance, &KeyContext::default())
             );
             encoded.push((key, self.codec.encode(instance).map_err(Error::from)?));
         }
