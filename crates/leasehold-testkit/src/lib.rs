@@ -50,10 +50,12 @@ mod locate;
 mod ports;
 mod process;
 mod ready;
+pub mod zookeeper;
 
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
 pub use process::MemberState;
+pub use zookeeper::{ZkEnsemble, ZkSession};
 
 /// `scheme://h1:p1,h2:p2/root`, the registry URL form leasehold's backends accept.
 fn registry_url(scheme: &str, endpoints: &[String], root: &str) -> String {

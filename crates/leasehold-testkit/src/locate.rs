@@ -36,6 +36,18 @@ pub(crate) fn program(name: &str, override_var: &str, install: &'static str) -> 
         })
 }
 
+/// `path` if it is a file, else `NotInstalled`.
+pub(crate) fn file(path: &Path, install: &'static str) -> Result<PathBuf> {
+    if path.is_file() {
+        Ok(path.to_owned())
+    } else {
+        Err(Error::NotInstalled {
+            what: path.display().to_string(),
+            install,
+        })
+    }
+}
+
 fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     path.metadata()
