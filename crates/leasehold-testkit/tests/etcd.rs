@@ -143,3 +143,28 @@ async fn cluster_elects_a_new_leader_when_the_leader_dies() {
     etcd.resume(leader).unwrap();
     etcd.leader().await.unwrap();
 }
+
+#[test]
+fn a_panicking_test_leaves_no_server_behind() {
+    let test = std::thread::spawn(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let etcd = EtcdCluster::start_single().await.unwrap();
+            etcd.pause(0).unwrap();
+            let dir = etcd.dir().to_owned();
+            std::panic::panic_any((etcd.endpoint(0), dir));
+        })
+    });
+    let payload = test.join().unwrap_err();
+    let (endpoint, dir) = *payload
+        .downcast::<(String, std::path::PathBuf)>()
+        .expect("the test's own panic");
+    assert!(
+        std::net::TcpStream::connect(&endpoint).is_err(),
+        "etcd still listens on {endpoint}"
+    );
+    assert!(!dir.exists(), "{} was not deleted", dir.display());
+}
