@@ -82,6 +82,34 @@ impl Error {
         }
     }
 
+    /// The same error again, for answering several callers that one failure affects.
+    /// Sources become their messages.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::InvalidInput(e) => Error::InvalidInput(e.clone()),
+            Error::InvalidUrl { url, reason } => Error::invalid_url(url.clone(), reason.clone()),
+            Error::Unreachable { endpoints, source } => Error::Unreachable {
+                endpoints: endpoints.clone(),
+                source: source.to_string().into(),
+            },
+            Error::Timeout { endpoints, timeout } => Error::Timeout {
+                endpoints: endpoints.clone(),
+                timeout: *timeout,
+            },
+            Error::PermissionDenied { endpoints, reason } => Error::PermissionDenied {
+                endpoints: endpoints.clone(),
+                reason: reason.clone(),
+            },
+            Error::Deregistered { service, id } => Error::Deregistered {
+                service: service.clone(),
+                id: id.clone(),
+            },
+            Error::Codec(e) => Error::Codec(e.clone()),
+            Error::Backend { endpoints, source } => Error::backend(endpoints.clone(), source.to_string()),
+            Error::Closed => Error::Closed,
+        }
+    }
+
     /// An invalid registry URL.
     pub fn invalid_url(url: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::InvalidUrl {

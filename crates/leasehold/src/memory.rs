@@ -51,6 +51,9 @@ use crate::{
 /// The default root of the native key layout.
 pub const DEFAULT_ROOT: &str = "/leasehold/services";
 
+/// Keys and values, in key order.
+type Listing = Vec<(String, Vec<u8>)>;
+
 /// How often the store looks for expired leases.
 const REAP_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -309,10 +312,7 @@ impl MemoryStore {
     /// The keys and values under `prefix`, the revision, and a watch of every change
     /// after that revision: taken under one lock, so nothing falls between the listing
     /// and the watch.
-    fn list_and_watch(
-        &self,
-        prefix: &str,
-    ) -> Result<(Vec<(String, Vec<u8>)>, u64, mpsc::UnboundedReceiver<Event>)> {
+    fn list_and_watch(&self, prefix: &str) -> Result<(Listing, u64, mpsc::UnboundedReceiver<Event>)> {
         let mut state = self.state.lock().unwrap();
         state.check_reachable()?;
         let (tx, rx) = mpsc::unbounded_channel();

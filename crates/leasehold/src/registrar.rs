@@ -113,6 +113,9 @@ pub trait LeaseBackend: Send + Sync + 'static {
     async fn revoke(&self, lease: Self::Lease) -> Result<()>;
 }
 
+/// The most registrations written in one batch, bounding a batch's latency.
+const MAX_BATCH: usize = 4096;
+
 type Taken = Arc<Mutex<HashSet<(ServiceName, InstanceId)>>>;
 
 /// Keeps registrations alive on a [`LeaseBackend`]; backends build their
@@ -274,8 +277,25 @@ impl<B: LeaseBackend> Group<B> {
             tokio::select! {
                 message = control.recv(), if control_open => match message {
                     Some(Control::Register(instance, reply)) => {
-                        let result = self.register(instance).await;
-                        let _ = reply.send(result);
+                        // Registrations that arrive together are written together: one
+                        // batch, as few round trips as the backend needs.
+                        let mut batch = vec![(instance, reply)];
+                        let mut deferred = None;
+                        while batch.len() < MAX_BATCH {
+                            match control.try_recv() {
+                                Ok(Control::Register(instance, reply)) => batch.push((instance, reply)),
+                                Ok(other) => {
+                                    deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.register(batch).await;
+                        if let Some(Control::Shutdown(done)) = deferred {
+                            self.shutdown().await;
+                            let _ = done.send(());
+                        }
                     }
                     Some(Control::Shutdown(done)) => {
                         self.shutdown().await;
@@ -293,36 +313,54 @@ impl<B: LeaseBackend> Group<B> {
         }
     }
 
-    async fn register(&mut self, instance: Instance) -> Result<Registration> {
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let (state, state_rx) = watch::channel(RegistrationState::Recovering);
-        let (shown, shown_rx) = watch::channel(instance.clone());
-        self.entries.insert(
-            key,
-            Entry {
-                instance,
-                paused: false,
-                dirty: true,
-                key: None,
-                state,
-                shown,
-            },
-        );
+    /// Writes a batch of new registrations and answers each caller: all succeed or all
+    /// fail together, and on failure nothing is left behind to retry.
+    async fn register(&mut self, batch: Vec<(Instance, oneshot::Sender<Result<Registration>>)>) {
+        let mut pending = Vec::with_capacity(batch.len());
+        for (instance, reply) in batch {
+            let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+            let (state, state_rx) = watch::channel(RegistrationState::Recovering);
+            let (shown, shown_rx) = watch::channel(instance.clone());
+            self.entries.insert(
+                key,
+                Entry {
+                    instance,
+                    paused: false,
+                    dirty: true,
+                    key: None,
+                    state,
+                    shown,
+                },
+            );
+            pending.push((key, state_rx, shown_rx, reply));
+        }
+        let keys: Vec<u64> = pending.iter().map(|(key, ..)| *key).collect();
         let written = match self.ensure_lease().await {
-            Ok(()) => self.write(&[key]).await,
+            Ok(()) => self.write(&keys).await,
             Err(e) => Err(e),
         };
         match written {
             Ok(()) => {
                 self.schedule_if_dirty();
-                Ok(Registration::new(key, state_rx, shown_rx, self.commands.clone()))
+                for (key, state_rx, shown_rx, reply) in pending {
+                    let _ = reply.send(Ok(Registration::new(
+                        key,
+                        state_rx,
+                        shown_rx,
+                        self.commands.clone(),
+                    )));
+                }
             }
             Err(e) => {
-                self.entries.remove(&key);
+                for key in &keys {
+                    self.entries.remove(key);
+                }
                 if self.entries.is_empty() {
                     let _ = self.revoke().await;
                 }
-                Err(e)
+                for (.., reply) in pending {
+                    let _ = reply.send(Err(e.duplicate()));
+                }
             }
         }
     }

@@ -112,10 +112,10 @@ async fn dropping_the_handle_deregisters_at_once() {
         .unwrap();
     let clone = registration.clone();
     drop(registration);
-    discovery
+    let gone = discovery
         .wait_for(Duration::from_millis(300), |s| s.is_empty())
-        .await
-        .map(|_| panic!("a clone still holds it"));
+        .await;
+    assert!(gone.is_none(), "a clone still holds it");
     drop(clone);
     discovery
         .wait_for(Duration::from_secs(2), |s| s.is_empty())
@@ -234,4 +234,19 @@ async fn a_long_outage_loses_the_lease_and_recovers_it() {
         "and repaired"
     );
     assert_eq!(registry.list(&echo()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn many_concurrent_registrations_all_land_on_one_lease() {
+    let registry = MemoryRegistry::new();
+    let before = registry.store().revision();
+    let registrations = futures::future::try_join_all(
+        (0..500).map(|n| registry.register(instance(&format!("i{n}")), RegisterOptions::default())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registrations.len(), 500);
+    assert_eq!(registry.list(&echo()).await.unwrap().len(), 500);
+    assert_eq!(registry.store().revision() - before, 500, "one revision per key");
+    assert_eq!(registry.store().lease_count(), 1);
 }
