@@ -1,0 +1,169 @@
+//! [`EtcdRegistry`]: the [`Registry`] contract on etcd v3.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use etcd_client::{GetOptions, Txn, TxnOp};
+use leasehold::registrar::Registrar;
+use leasehold::{
+    Discovery, DiscoveryFeed, Instance, InstanceId, RegisterOptions, Registration, Registry, RegistryUrl,
+    Result, ServiceName, WatchOptions,
+};
+
+use crate::connection::Connection;
+use crate::lease::EtcdBackend;
+use crate::{watch, EtcdOptions};
+
+/// A client of an etcd v3 cluster, implementing [`Registry`].
+///
+/// One etcd client per `EtcdRegistry`, shared by everything it does; one lease per TTL
+/// shared by all its registrations, kept alive at TTL/3 and replaced (every registration
+/// written again) when lost; one range per [`watch`](Registry::watch) and one more per
+/// re-list (compaction, wiped store), with events applied incrementally in between.
+pub struct EtcdRegistry {
+    conn: Arc<Connection>,
+    registrar: Registrar<EtcdBackend>,
+    options: EtcdOptions,
+}
+
+impl std::fmt::Debug for EtcdRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdRegistry")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdRegistry {
+    /// Connects to the cluster of an `etcd://` URL (see [`EtcdOptions::from_url`] for
+    /// its parameters). Fails, naming the endpoints, when no member answers within the
+    /// connect and request timeouts or the credentials are refused.
+    pub async fn connect(url: &RegistryUrl) -> Result<EtcdRegistry> {
+        Self::with_options(EtcdOptions::from_url(url)?).await
+    }
+
+    /// Connects with `options`; fails as [`connect`](Self::connect) does.
+    pub async fn with_options(options: EtcdOptions) -> Result<EtcdRegistry> {
+        let conn = Connection::open(&options).await?;
+        let backend = Arc::new(EtcdBackend {
+            conn: conn.clone(),
+            backoff: options.backoff,
+        });
+        Ok(EtcdRegistry {
+            registrar: Registrar::new(backend, options.backoff),
+            conn,
+            options,
+        })
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &EtcdOptions {
+        &self.options
+    }
+
+    /// The underlying etcd client, for requests leasehold does not make.
+    pub fn client(&self) -> &etcd_client::Client {
+        &self.conn.client
+    }
+
+    /// How many range (`Get`) requests this client has sent, including the connect
+    /// probe: one per `watch`, one per re-list, one per `list`, `list_services` and
+    /// `deregister`. For measuring that watchers never re-read a prefix per event.
+    pub fn range_requests(&self) -> u64 {
+        self.conn.range_count()
+    }
+
+    /// Simulates this client's process dying: keepalives stop, nothing is deregistered
+    /// or revoked, so its instances vanish only when their lease's TTL runs out. Every
+    /// later request of this client fails with [`Error::Closed`](leasehold::Error::Closed).
+    pub fn crash(&self) {
+        self.conn.crash();
+    }
+
+    async fn instances_with_keys(&self, service: &ServiceName) -> Result<Vec<(String, Instance)>> {
+        let prefix = self.conn.layout.service_prefix(service);
+        let (listing, _) = watch::list(&self.conn, &prefix).await?;
+        let codec = &self.conn.layout.codec;
+        Ok(listing
+            .into_iter()
+            .filter_map(|(key, value)| match codec.decode(service, &key, &value) {
+                Ok(instance) => Some((format!("{prefix}{key}"), instance)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "skipping a value that does not decode");
+                    None
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Registry for EtcdRegistry {
+    async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration> {
+        if self.conn.is_crashed() {
+            return Err(leasehold::Error::Closed);
+        }
+        self.registrar.register(instance, options).await
+    }
+
+    async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery> {
+        let prefix = self.conn.layout.service_prefix(service);
+        let (listing, position) = watch::list(&self.conn, &prefix).await?;
+        let (mut feed, discovery) = DiscoveryFeed::new(service.clone(), self.conn.layout.codec.clone(), options);
+        feed.reset(listing, position.revision as u64);
+        let conn = self.conn.clone();
+        let backoff = self.options.backoff;
+        feed.spawn(move |feed| watch::follow(feed, conn, prefix, position, backoff));
+        Ok(discovery)
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
+        let mut instances: Vec<Instance> = self
+            .instances_with_keys(service)
+            .await?
+            .into_iter()
+            .map(|(_, instance)| instance)
+            .collect();
+        instances.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(instances)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceName>> {
+        let root = self.conn.layout.root_prefix();
+        let answer = self
+            .conn
+            .range(root.as_str(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await?;
+        let services: BTreeSet<ServiceName> = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = std::str::from_utf8(kv.key()).ok()?;
+                let (name, _) = key.strip_prefix(&root)?.split_once('/')?;
+                ServiceName::new(name).ok()
+            })
+            .collect();
+        Ok(services.into_iter().collect())
+    }
+
+    async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let keys: Vec<TxnOp> = self
+            .instances_with_keys(service)
+            .await?
+            .into_iter()
+            .filter(|(_, instance)| instance.id() == id)
+            .map(|(key, _)| TxnOp::delete(key, None))
+            .collect();
+        if keys.is_empty() {
+            return Ok(false);
+        }
+        let mut kv = self.conn.client.kv_client();
+        self.conn.call(kv.txn(Txn::new().and_then(keys))).await?;
+        Ok(true)
+    }
+
+    async fn shutdown(&self) {
+        self.registrar.shutdown().await;
+    }
+}

@@ -1,0 +1,189 @@
+//! Discovery: one range of a service's prefix, then a watch from the next revision,
+//! resumed after the last applied revision whenever the stream breaks, and re-listed
+//! (emitting the exact difference) when the history is compacted or the store replaced.
+
+use std::sync::Arc;
+
+use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
+use leasehold::{Backoff, DiscoveryFeed, Result};
+
+use crate::connection::{Connection, Failure};
+
+/// Where the cache stands in the store's history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    /// Every event up to and including this revision is applied.
+    pub(crate) revision: i64,
+    /// The cluster the revision belongs to; a wiped and redeployed etcd has a new one.
+    pub(crate) cluster_id: u64,
+}
+
+type Delays = Box<dyn Iterator<Item = std::time::Duration> + Send>;
+
+/// Why a watch stream stopped.
+#[derive(Debug)]
+enum End {
+    /// The stream broke or was canceled: resume after the last applied revision.
+    Broken(String),
+    /// Events we need are compacted away, or the store is another one: list again.
+    Relist(String),
+    /// Every [`Discovery`](leasehold::Discovery) handle is gone.
+    Closed,
+}
+
+/// Lists `prefix` once: its keys relative to the prefix with their values, and the
+/// position the listing reflects.
+pub(crate) async fn list(conn: &Connection, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Position)> {
+    let mut answer = conn
+        .range(prefix, Some(GetOptions::new().with_prefix()))
+        .await?;
+    let header = answer.take_header();
+    let position = Position {
+        revision: header.as_ref().map_or(0, |h| h.revision()),
+        cluster_id: header.as_ref().map_or(0, |h| h.cluster_id()),
+    };
+    let listing = answer
+        .take_kvs()
+        .into_iter()
+        .filter_map(|kv| {
+            let (key, value) = kv.into_key_value();
+            let key = String::from_utf8(key).ok()?;
+            Some((key.strip_prefix(prefix)?.to_owned(), value))
+        })
+        .collect();
+    Ok((listing, position))
+}
+
+/// The watcher task of one [`Discovery`](leasehold::Discovery): runs until its last
+/// handle is dropped, never giving up on the registry.
+pub(crate) async fn follow(
+    mut feed: DiscoveryFeed,
+    conn: Arc<Connection>,
+    prefix: String,
+    mut at: Position,
+    backoff: Backoff,
+) {
+    let mut delays: Delays = Box::new(backoff.delays());
+    let mut relist = false;
+    loop {
+        if relist {
+            match list(&conn, &prefix).await {
+                Ok((listing, position)) => {
+                    feed.reset(listing, position.revision as u64);
+                    at = position;
+                    relist = false;
+                }
+                Err(e) => {
+                    tracing::warn!(service = %feed.service(), error = %e, "etcd: re-listing failed; retrying");
+                    feed.mark_stale();
+                    tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
+                    continue;
+                }
+            }
+        }
+        match watch(&mut feed, &conn, &prefix, &mut at, &mut delays, backoff).await {
+            End::Closed => return,
+            End::Relist(reason) => {
+                tracing::info!(service = %feed.service(), %reason, "etcd: listing the service again");
+                relist = true;
+            }
+            End::Broken(reason) => {
+                if conn.is_crashed() {
+                    return;
+                }
+                tracing::warn!(service = %feed.service(), %reason, revision = at.revision, "etcd: watch broken; resuming after the last revision");
+                feed.mark_stale();
+                tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
+            }
+        }
+    }
+}
+
+/// One watch stream from `at.revision + 1`, applied until it ends.
+async fn watch(
+    feed: &mut DiscoveryFeed,
+    conn: &Connection,
+    prefix: &str,
+    at: &mut Position,
+    delays: &mut Delays,
+    backoff: Backoff,
+) -> End {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_prev_key()
+        .with_progress_notify()
+        .with_start_revision(at.revision + 1);
+    let mut watcher = conn.client.watch_client();
+    let mut stream = match conn.attempt(watcher.watch(prefix, Some(options))).await {
+        Ok(stream) => stream,
+        Err(Failure::Crashed) => return End::Closed,
+        Err(failure) => return End::Broken(conn.error(failure).to_string()),
+    };
+    loop {
+        if feed.is_closed() {
+            return End::Closed;
+        }
+        let answer = match stream.message().await {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return End::Broken("watch stream ended".into()),
+            Err(e) => return End::Broken(conn.error(Failure::Etcd(e)).to_string()),
+        };
+        if answer.compact_revision() > 0 {
+            return End::Relist(format!(
+                "revision {} is compacted (oldest kept: {})",
+                at.revision + 1,
+                answer.compact_revision()
+            ));
+        }
+        if answer.canceled() {
+            return End::Broken(format!("watch canceled: {}", answer.cancel_reason()));
+        }
+        let header = answer.header().map(|h| (h.cluster_id(), h.revision()));
+        if answer.created() {
+            if let Some((cluster_id, revision)) = header {
+                if cluster_id != at.cluster_id {
+                    return End::Relist(format!("cluster id changed from {:x} to {cluster_id:x}", at.cluster_id));
+                }
+                if revision < at.revision {
+                    return End::Relist(format!("store revision went back from {} to {revision}", at.revision));
+                }
+            }
+            *delays = Box::new(backoff.delays());
+            feed.mark_live();
+            continue;
+        }
+        apply(feed, prefix, at, &answer);
+    }
+}
+
+/// Applies one response's events as one snapshot. Events at or below the applied
+/// revision (replayed after a resume) are skipped, so each change is seen exactly once.
+fn apply(feed: &mut DiscoveryFeed, prefix: &str, at: &mut Position, answer: &WatchResponse) {
+    let mut reached = at.revision;
+    for event in answer.events() {
+        let Some(kv) = event.kv() else { continue };
+        if kv.mod_revision() <= at.revision {
+            continue;
+        }
+        reached = reached.max(kv.mod_revision());
+        let Some(key) = std::str::from_utf8(kv.key())
+            .ok()
+            .and_then(|k| k.strip_prefix(prefix))
+        else {
+            continue;
+        };
+        match event.event_type() {
+            EventType::Put => feed.put(key, kv.value()),
+            EventType::Delete => feed.delete(key),
+        }
+    }
+    if answer.events().is_empty() {
+        // A progress notification: every event up to its revision has been sent.
+        reached = reached.max(answer.header().map_or(0, |h| h.revision()));
+    }
+    if reached > at.revision {
+        at.revision = reached;
+        feed.set_revision(reached as u64);
+    }
+    feed.publish();
+}
