@@ -1,0 +1,265 @@
+//! [`ZkRegistry`]: the [`Registry`] contract on ZooKeeper.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use leasehold::registrar::Registrar;
+use leasehold::{
+    Discovery, DiscoveryFeed, Error, Instance, InstanceId, RegisterOptions, Registration, Registry,
+    RegistryUrl, Result, ServiceName, WatchOptions,
+};
+use zookeeper_client as zk;
+
+use crate::layout::Layout;
+use crate::lease::{Acls, ZkLeases};
+use crate::options::ZkOptions;
+use crate::session::{Connect, SharedSession};
+use crate::watch::{list, Follow};
+
+/// A client of a ZooKeeper ensemble, implementing [`Registry`].
+///
+/// Each registration is a protected ephemeral sequential node
+/// `{root}/{service}/_c_{guid}-{id}{sequence}` holding the codec's value, written under
+/// one ZooKeeper session per TTL (the session timeout is the TTL). When that session
+/// expires, a new one is opened and every registration written again, our node of the
+/// old session removed if it still shows; a disconnection that keeps the session changes
+/// nothing. Discovery lists once and follows a persistent recursive watch through a
+/// separate session, re-listing after every reconnect.
+///
+/// Sessions are opened on first use: [`connect`](ZkRegistry::connect) only checks the
+/// URL, and the first request to an unreachable ensemble fails with its address after
+/// the connect timeout.
+pub struct ZkRegistry {
+    options: ZkOptions,
+    connect: Arc<Connect>,
+    layout: Arc<Layout>,
+    session: Arc<SharedSession>,
+    leases: Arc<ZkLeases>,
+    registrar: Registrar<ZkLeases>,
+}
+
+impl std::fmt::Debug for ZkRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkRegistry")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ZkRegistry {
+    /// A client for `zk://[user:password@]h1:p1[,h2:p2...][/root][?session_timeout=6s&connect_timeout=5s&format=native]`;
+    /// see [`ZkOptions::from_url`].
+    pub fn connect(url: &RegistryUrl) -> Result<Self> {
+        Ok(Self::with_options(ZkOptions::from_url(url)?))
+    }
+
+    /// A client with `options`.
+    pub fn with_options(options: ZkOptions) -> Self {
+        let connect = Arc::new(Connect {
+            endpoints: options.endpoints_display(),
+            connect_timeout: options.connect_timeout,
+            digest: options.digest.clone(),
+        });
+        let layout = Arc::new(Layout::new(options.root.clone(), options.codec.clone()));
+        let leases = Arc::new(ZkLeases {
+            connect: connect.clone(),
+            layout: layout.clone(),
+            acls: Acls::new(options.digest.is_some()),
+            crashed: AtomicBool::new(false),
+            live: Mutex::new(Vec::new()),
+        });
+        ZkRegistry {
+            session: Arc::new(SharedSession::new(connect.clone(), options.session_timeout)),
+            registrar: Registrar::new(leases.clone(), options.backoff),
+            options,
+            connect,
+            layout,
+            leases,
+        }
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &ZkOptions {
+        &self.options
+    }
+
+    /// Simulates this client's process dying: its registration sessions stop pinging but
+    /// are not closed, so their nodes vanish only when the session timeout runs out.
+    /// Every later request of this client fails.
+    pub fn crash(&self) {
+        self.leases.crashed.store(true, Ordering::SeqCst);
+        for session in self.leases.live.lock().unwrap().drain(..) {
+            if let Some(session) = session.upgrade() {
+                session.abandon();
+            }
+        }
+    }
+
+    /// The ids of the live ZooKeeper sessions of this client's registrations.
+    pub fn session_ids(&self) -> Vec<i64> {
+        self.lease_clients().iter().map(|c| c.session_id().0).collect()
+    }
+
+    /// Ends this client's sessions (its registration sessions and its watch session) as
+    /// the ensemble would after a long partition: each is taken over through a new
+    /// connection and closed, so the client sees `Expired` when it next talks to the
+    /// ensemble. For tests of session-expiry recovery. Returns how many were ended.
+    #[doc(hidden)]
+    pub async fn expire_sessions(&self) -> Result<usize> {
+        let mut clients = self.lease_clients();
+        clients.extend(self.session.peek().await);
+        let mut expired = 0;
+        for client in clients.into_iter().filter(|c| !c.state().is_terminated()) {
+            let mut state = client.state_watcher();
+            let info = client.session().clone();
+            for _ in 0..5 {
+                self.connect.close(info.clone()).await?;
+                let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
+                    loop {
+                        if state.state().is_terminated() {
+                            return;
+                        }
+                        state.changed().await;
+                    }
+                })
+                .await;
+                if ended.is_ok() {
+                    expired += 1;
+                    break;
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    fn lease_clients(&self) -> Vec<zk::Client> {
+        self.leases
+            .live
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.upgrade())
+            .filter_map(|s| s.client.lock().unwrap().clone())
+            .collect()
+    }
+
+    fn check_alive(&self) -> Result<()> {
+        if self.leases.crashed.load(Ordering::SeqCst) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The decodable instances of `service` with the paths of their nodes.
+    async fn instances(&self, service: &ServiceName) -> Result<Vec<(String, Instance)>> {
+        let client = self.session.client().await?;
+        let path = self.layout.service_path(service);
+        let listing = list(&client, &self.connect, &path).await?;
+        Ok(listing
+            .nodes
+            .into_iter()
+            .filter_map(
+                |(name, value)| match self.layout.codec().decode(service, &name, &value) {
+                    Ok(instance) => Some((self.layout.child_path(service, &name), instance)),
+                    Err(e) => {
+                        tracing::warn!(path, name, error = %e, "skipping a value that does not decode");
+                        None
+                    }
+                },
+            )
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Registry for ZkRegistry {
+    async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration> {
+        self.check_alive()?;
+        self.registrar.register(instance, options).await
+    }
+
+    async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery> {
+        self.check_alive()?;
+        let follow = Follow::new(self.session.clone(), self.connect.clone(), &self.layout, service);
+        let (client, watcher, listing) = follow.start().await?;
+        let (mut feed, discovery) = DiscoveryFeed::new(service.clone(), self.layout.codec().clone(), options);
+        feed.reset(listing.nodes, listing.revision);
+        feed.spawn(move |feed| follow.run(feed, client, watcher));
+        Ok(discovery)
+    }
+
+    async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
+        self.check_alive()?;
+        let mut instances: Vec<Instance> = self
+            .instances(service)
+            .await?
+            .into_iter()
+            .map(|(_, i)| i)
+            .collect();
+        instances.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok(instances)
+    }
+
+    async fn list_services(&self) -> Result<Vec<ServiceName>> {
+        self.check_alive()?;
+        let client = self.session.client().await?;
+        let root = self.layout.root();
+        let names = match client.list_children(root).await {
+            Ok(names) => names,
+            Err(zk::Error::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(self.connect.error(e, format_args!("listing {root}"))),
+        };
+        let services: Vec<ServiceName> = names
+            .into_iter()
+            .filter_map(|n| ServiceName::new(n).ok())
+            .collect();
+        let mut reader = client.new_multi_reader();
+        for service in &services {
+            let path = self.layout.service_path(service);
+            reader
+                .add_get_children(&path)
+                .map_err(|e| self.connect.error(e, format_args!("listing {path}")))?;
+        }
+        let results = if services.is_empty() {
+            Vec::new()
+        } else {
+            reader.commit().await.map_err(|e| {
+                self.connect
+                    .error(e, format_args!("listing the services under {root}"))
+            })?
+        };
+        let mut services: Vec<ServiceName> = services
+            .into_iter()
+            .zip(results)
+            .filter(|(_, r)| matches!(r, zk::MultiReadResult::Children { children } if !children.is_empty()))
+            .map(|(s, _)| s)
+            .collect();
+        services.sort();
+        Ok(services)
+    }
+
+    async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        self.check_alive()?;
+        let client = self.session.client().await?;
+        let mut found = false;
+        for (path, _) in self
+            .instances(service)
+            .await?
+            .into_iter()
+            .filter(|(_, i)| i.id() == id)
+        {
+            match client.delete(&path, None).await {
+                Ok(()) => found = true,
+                Err(zk::Error::NoNode) => {}
+                Err(e) => return Err(self.connect.error(e, format_args!("deleting {path}"))),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn shutdown(&self) {
+        self.registrar.shutdown().await;
+    }
+}

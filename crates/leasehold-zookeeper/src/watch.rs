@@ -1,0 +1,189 @@
+//! Discovery: one listing, then a persistent recursive watch applied incrementally.
+//!
+//! The watch is added before the listing, so nothing created between the two is missed
+//! (an event for something the listing already holds is applied again, harmlessly). A
+//! persistent watch survives reconnection, but events during the disconnection are not
+//! replayed (ZOOKEEPER-4698), so every reconnect re-lists and applies the exact
+//! difference; an expired session is replaced and the watch added again.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use leasehold::{Backoff, DiscoveryFeed, Result, ServiceName};
+use zookeeper_client as zk;
+
+use crate::layout::Layout;
+use crate::session::{Connect, SharedSession};
+
+/// The children of a service node and their values, and the zxid the listing reaches.
+pub(crate) struct Listing {
+    pub(crate) nodes: Vec<(String, Vec<u8>)>,
+    pub(crate) revision: u64,
+}
+
+/// Lists the children of `path` and reads their values in one round trip. A missing
+/// node is an empty listing.
+pub(crate) async fn list(client: &zk::Client, connect: &Connect, path: &str) -> Result<Listing> {
+    let (names, stat) = match client.get_children(path).await {
+        Ok(found) => found,
+        Err(zk::Error::NoNode) => {
+            return Ok(Listing {
+                nodes: Vec::new(),
+                revision: 0,
+            })
+        }
+        Err(e) => return Err(connect.error(e, format_args!("listing {path}"))),
+    };
+    let mut revision = stat.pzxid.max(0) as u64;
+    if names.is_empty() {
+        return Ok(Listing {
+            nodes: Vec::new(),
+            revision,
+        });
+    }
+    let mut reader = client.new_multi_reader();
+    for name in &names {
+        reader
+            .add_get_data(&format!("{path}/{name}"))
+            .map_err(|e| connect.error(e, format_args!("reading {path}/{name}")))?;
+    }
+    let results = reader
+        .commit()
+        .await
+        .map_err(|e| connect.error(e, format_args!("reading the children of {path}")))?;
+    let mut nodes = Vec::with_capacity(names.len());
+    for (name, result) in names.into_iter().zip(results) {
+        if let zk::MultiReadResult::Data { data, stat } = result {
+            revision = revision.max(stat.mzxid.max(0) as u64);
+            nodes.push((name, data));
+        }
+    }
+    Ok(Listing { nodes, revision })
+}
+
+/// The service a watcher follows and how it reaches it.
+pub(crate) struct Follow {
+    pub(crate) session: Arc<SharedSession>,
+    pub(crate) connect: Arc<Connect>,
+    pub(crate) path: String,
+}
+
+impl Follow {
+    pub(crate) fn new(
+        session: Arc<SharedSession>,
+        connect: Arc<Connect>,
+        layout: &Layout,
+        service: &ServiceName,
+    ) -> Self {
+        Follow {
+            session,
+            connect,
+            path: layout.service_path(service),
+        }
+    }
+
+    /// Adds the watch, then lists: the start of following, and every restart after the
+    /// session expired.
+    pub(crate) async fn start(&self) -> Result<(zk::Client, zk::PersistentWatcher, Listing)> {
+        let client = self.session.client().await?;
+        let watcher = client
+            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|e| self.connect.error(e, format_args!("watching {}", self.path)))?;
+        let listing = list(&client, &self.connect, &self.path).await?;
+        Ok((client, watcher, listing))
+    }
+
+    /// The name of a direct child of the service node, if `path` is one.
+    fn child<'a>(&self, path: &'a str) -> Option<&'a str> {
+        let name = path.strip_prefix(&self.path)?.strip_prefix('/')?;
+        (!name.is_empty() && !name.contains('/')).then_some(name)
+    }
+
+    /// The watcher task: follows until every `Discovery` handle is gone.
+    pub(crate) async fn run(
+        self,
+        mut feed: DiscoveryFeed,
+        mut client: zk::Client,
+        mut watcher: zk::PersistentWatcher,
+    ) {
+        loop {
+            self.follow(&mut feed, &client, &mut watcher).await;
+            feed.mark_stale();
+            let mut delays = Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+                factor: 2,
+            }
+            .delays();
+            (client, watcher) = loop {
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+                match self.start().await {
+                    Ok((client, watcher, listing)) => {
+                        feed.reset(listing.nodes, listing.revision);
+                        feed.mark_live();
+                        break (client, watcher);
+                    }
+                    Err(e) => tracing::debug!(path = %self.path, error = %e, "cannot watch yet; retrying"),
+                }
+            };
+        }
+    }
+
+    /// Applies events until the session ends.
+    async fn follow(
+        &self,
+        feed: &mut DiscoveryFeed,
+        client: &zk::Client,
+        watcher: &mut zk::PersistentWatcher,
+    ) {
+        loop {
+            let event = watcher.changed().await;
+            match event.event_type {
+                zk::EventType::Session => match event.session_state {
+                    zk::SessionState::Disconnected => feed.mark_stale(),
+                    zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                        match list(client, &self.connect, &self.path).await {
+                            Ok(listing) => {
+                                feed.reset(listing.nodes, listing.revision);
+                                feed.mark_live();
+                            }
+                            Err(e) => {
+                                tracing::debug!(path = %self.path, error = %e, "re-listing after a reconnect failed")
+                            }
+                        }
+                    }
+                    state => {
+                        tracing::warn!(path = %self.path, %state, "ZooKeeper watch session ended; watching again");
+                        return;
+                    }
+                },
+                zk::EventType::NodeCreated | zk::EventType::NodeDataChanged => {
+                    let Some(name) = self.child(&event.path) else {
+                        continue;
+                    };
+                    match client.get_data(&event.path).await {
+                        Ok((value, stat)) => {
+                            feed.put(name, &value);
+                            feed.set_revision(feed.revision().max(stat.mzxid.max(0) as u64));
+                            feed.publish();
+                        }
+                        // Gone again: its delete event follows.
+                        Err(zk::Error::NoNode) => {}
+                        // The reconnect re-lists.
+                        Err(e) => {
+                            tracing::debug!(path = %event.path, error = %e, "reading a changed node failed")
+                        }
+                    }
+                }
+                zk::EventType::NodeDeleted => {
+                    if let Some(name) = self.child(&event.path) {
+                        feed.delete(name);
+                        feed.publish();
+                    }
+                }
+                zk::EventType::NodeChildrenChanged => {}
+            }
+        }
+    }
+}
