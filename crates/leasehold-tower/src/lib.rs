@@ -1,1 +1,4 @@
-//! Placeholder: filled in by its issue.
+//! Client-side load balancing over leasehold discovery.
+#![warn(missing_docs)]
+
+pub mod balance;
