@@ -1,0 +1,40 @@
+//! `leasehold demo` runs the main job end to end and prints its milestones in order.
+
+mod support;
+
+use support::run;
+
+#[test]
+fn demo_shows_the_timeline_and_exits_0() {
+    let output = run(&["demo"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let milestones = [
+        "echo-1  listening on 127.0.0.1:",
+        "client  discovered +echo-1",
+        "client  discovered +echo-3",
+        "client  requests #1-#10 served by echo-1 ×",
+        "echo-2  shutting down gracefully",
+        "client  discovered -echo-2: 2 instances",
+        "echo-3  crashed",
+        "to echo-3 failed (",
+        "client  discovered -echo-3: 1 instance",
+        "failed attempt(s) on echo-3 retried on the next instance",
+        "echo-3 expired from the registry",
+        "client  discovered +echo-4",
+        ", echo-4 ×",
+        "demo    done: ",
+    ];
+    let mut lines = stdout.lines();
+    for milestone in milestones {
+        assert!(
+            lines.any(|line| line.contains(milestone)),
+            "milestone {milestone:?} missing or out of order in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("unserved"), "{stdout}");
+}
