@@ -54,6 +54,7 @@ pub mod codec;
 pub mod conformance;
 mod discovery;
 mod error;
+pub mod formats;
 mod instance;
 pub mod memory;
 pub mod registrar;
