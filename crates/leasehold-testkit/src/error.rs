@@ -97,10 +97,6 @@ pub enum Error {
         needs: &'static str,
     },
 
-    /// The operation is not offered for this topology.
-    #[error("{0}")]
-    Unsupported(&'static str),
-
     /// Sending a signal to a server failed.
     #[error("could not send {signal} to {server}: {source}")]
     Signal {

@@ -10,7 +10,7 @@
 //! | crash | `kill(i)` (SIGKILL) | `kill(i)` |
 //! | come back with the same data and ports | `restart(i)` | `restart(i)` |
 //! | freeze and thaw | `pause(i)` (SIGSTOP) / `resume(i)` (SIGCONT) | `pause(i)` / `resume(i)` |
-//! | lose all data | `wipe(i)` (single node) | `wipe(i)` |
+//! | lose all data | `wipe(i)` | `wipe(i)` |
 //! | history gone | `compact(revision)` | — |
 //! | session gone | — | `expire_session(id, password)` |
 //!

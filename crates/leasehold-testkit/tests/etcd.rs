@@ -103,9 +103,28 @@ async fn compact_discards_old_revisions() {
 }
 
 #[tokio::test]
-async fn wipe_is_refused_for_a_cluster_member_and_bad_indexes_are_errors() {
+async fn a_wiped_cluster_member_is_replaced_and_resyncs() {
     let etcd = EtcdCluster::start(3).await.unwrap();
-    assert!(matches!(etcd.wipe(1).await, Err(Error::Unsupported(_))));
+    etcd.put("/k", "v").await.unwrap();
+    let leader = etcd.leader().await.unwrap();
+    let follower = (leader + 1) % 3;
+
+    etcd.wipe(follower).await.unwrap();
+    assert_eq!(etcd.state(follower).unwrap(), MemberState::Running);
+    // With another member down, writes need the replaced member's vote.
+    let other = (follower + 1) % 3;
+    etcd.kill(other).await.unwrap();
+    etcd.put("/k2", "v2").await.unwrap();
+    assert_eq!(etcd.get("/k").await.unwrap().as_deref(), Some(&b"v"[..]));
+    etcd.restart(other).await.unwrap();
+
+    // The leader can be wiped too, and twice.
+    let leader = etcd.leader().await.unwrap();
+    etcd.wipe(leader).await.unwrap();
+    etcd.wipe(leader).await.unwrap();
+    etcd.leader().await.unwrap();
+    assert_eq!(etcd.get("/k2").await.unwrap().as_deref(), Some(&b"v2"[..]));
+
     assert!(matches!(
         etcd.kill(3).await,
         Err(Error::NoSuchMember { index: 3, len: 3 })

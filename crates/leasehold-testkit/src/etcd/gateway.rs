@@ -94,6 +94,48 @@ pub(crate) async fn status(addr: &str) -> Result<Status> {
     Ok(Status { member_id, leader })
 }
 
+/// Makes the member on `peer_url` a new, empty member: removes the member that holds that
+/// peer URL and adds a new one in its place, which must then start with
+/// `--initial-cluster-state existing`. Idempotent, so a caller can retry it: a member on
+/// `peer_url` that was added but never started (it has no name yet) is the replacement.
+pub(crate) async fn replace_member(addr: &str, peer_url: &str) -> Result<()> {
+    let list = http::post_json(addr, "/v3/cluster/member/list", &json!({})).await?;
+    let holder = list
+        .get("members")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|m| {
+            m.get("peerURLs")
+                .and_then(Value::as_array)
+                .is_some_and(|urls| urls.iter().any(|u| u.as_str() == Some(peer_url)))
+        });
+    if let Some(holder) = holder {
+        let started = holder
+            .get("name")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        if !started {
+            return Ok(());
+        }
+        let id = holder.get("ID").and_then(int::<u64>).ok_or_else(|| {
+            malformed(
+                addr,
+                "/v3/cluster/member/list",
+                format!("member without ID: {holder}"),
+            )
+        })?;
+        http::post_json(
+            addr,
+            "/v3/cluster/member/remove",
+            &json!({ "ID": id.to_string() }),
+        )
+        .await?;
+    }
+    http::post_json(addr, "/v3/cluster/member/add", &json!({ "peerURLs": [peer_url] })).await?;
+    Ok(())
+}
+
 fn header_revision(addr: &str, path: &str, answer: &Value) -> Result<i64> {
     answer
         .pointer("/header/revision")

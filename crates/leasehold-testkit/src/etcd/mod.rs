@@ -2,7 +2,8 @@
 //!
 //! Each member gets a client and a peer port on 127.0.0.1, its own data dir and log file
 //! under one temp dir, and short raft timings (heartbeat 100 ms, election 1 s) so leaders
-//! are elected within a second or two. Every other setting is etcd's default, so a backend
+//! are elected within a second or two. Every other setting that a client can notice is
+//! etcd's default, so a backend
 //! tested here meets the limits of a real deployment (e.g. at most 128 operations in one
 //! transaction).
 //!
@@ -43,6 +44,22 @@ pub struct EtcdCluster {
     program: PathBuf,
     token: String,
     dir: TempDir,
+}
+
+/// Whether a starting member founds a cluster or joins one that runs.
+#[derive(Debug, Clone, Copy)]
+enum ClusterState {
+    New,
+    Existing,
+}
+
+impl ClusterState {
+    fn flag(self) -> &'static str {
+        match self {
+            ClusterState::New => "new",
+            ClusterState::Existing => "existing",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -141,7 +158,7 @@ impl EtcdCluster {
 
     async fn boot(&self) -> Result<()> {
         for index in 0..self.members.len() {
-            self.spawn(index)?;
+            self.spawn(index, ClusterState::New)?;
         }
         for member in &self.members {
             let endpoint = member.endpoint();
@@ -150,7 +167,7 @@ impl EtcdCluster {
         Ok(())
     }
 
-    fn spawn(&self, index: usize) -> Result<()> {
+    fn spawn(&self, index: usize, state: ClusterState) -> Result<()> {
         let member = &self.members[index];
         let client_url = format!("http://{}", member.endpoint());
         let initial_cluster = self
@@ -171,9 +188,12 @@ impl EtcdCluster {
             .args(["--initial-advertise-peer-urls", &member.peer_url()])
             .args(["--initial-cluster", &initial_cluster])
             // Ignored by etcd once the data dir holds a WAL, so restarts reuse this line.
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster-state", state.flag()])
             .args(["--initial-cluster-token", &self.token])
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
+            // Otherwise `wipe` could not re-add a member until every peer connection is
+            // 5 s old. Only membership changes read this, and backends make none.
+            .arg("--strict-reconfig-check=false")
             .args(["--logger", "zap", "--log-outputs", "stderr"]);
         // An ETCD_* variable in the test's environment would override these flags.
         for (key, _) in std::env::vars_os() {
@@ -269,7 +289,7 @@ impl EtcdCluster {
         let member = self.member(index)?;
         member.slot.kill().await;
         tracing::info!(server = %member.slot.name, "restart");
-        self.spawn(index)?;
+        self.spawn(index, ClusterState::New)?;
         self.wait_serving(index).await
     }
 
@@ -300,19 +320,18 @@ impl EtcdCluster {
         self.member(index)?.slot.resume()
     }
 
-    /// Kills member `index`, deletes its data and starts it empty on the same ports: for a
-    /// single node, a brand-new cluster (new cluster id, revision back to 1, no keys, no
-    /// leases), as after an operator wiped and redeployed the registry.
+    /// Kills member `index`, deletes its data and starts it empty on the same ports.
     ///
-    /// Only single-node clusters can be wiped: a member of a larger cluster cannot rejoin
-    /// with an empty data dir under its old identity. Returns [`Error::Unsupported`] there.
+    /// For a single node that is a brand-new cluster (new cluster id, revision back to 1,
+    /// no keys, no leases), as after an operator wiped and redeployed the registry.
+    ///
+    /// A member of a larger cluster cannot rejoin under its old identity with an empty
+    /// data dir, so it is replaced as an operator replaces a failed disk: removed from the
+    /// cluster, added back as a new member on the same peer URL, and started to join the
+    /// existing cluster, from which it receives the data. That needs the other members to
+    /// keep a quorum.
     pub async fn wipe(&self, index: usize) -> Result<()> {
         let member = self.member(index)?;
-        if self.members.len() > 1 {
-            return Err(Error::Unsupported(
-                "wipe needs a single-node etcd: a wiped member cannot rejoin a cluster",
-            ));
-        }
         member.slot.kill().await;
         tracing::info!(server = %member.slot.name, "wipe");
         match std::fs::remove_dir_all(&member.data_dir) {
@@ -321,8 +340,37 @@ impl EtcdCluster {
             }
             _ => {}
         }
-        self.spawn(index)?;
+        let state = if self.members.len() == 1 {
+            ClusterState::New
+        } else {
+            self.replace_member(index).await?;
+            ClusterState::Existing
+        };
+        self.spawn(index, state)?;
         self.wait_serving(index).await
+    }
+
+    /// Retries the replacement until it goes through: right after a membership change or
+    /// a kill the cluster may refuse the next change for a moment.
+    async fn replace_member(&self, index: usize) -> Result<()> {
+        let peer_url = self.members[index].peer_url();
+        // Without a leader the change would hang until the request times out.
+        self.leader().await?;
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let replaced = self
+                .on_any_member("member replacement", |addr| {
+                    let peer_url = peer_url.clone();
+                    async move { gateway::replace_member(&addr, &peer_url).await }
+                })
+                .await;
+            match replaced {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(e) => tracing::debug!(error = %e, "member replacement refused, retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Compacts the key-value history up to `revision` (physically, so it is done when
