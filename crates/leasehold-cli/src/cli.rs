@@ -11,7 +11,7 @@ use leasehold::{Address, InstanceId, RegistryUrl, ServiceName};
 /// and watches the instances of a service, and removes them. `leasehold demo` shows the
 /// whole job end to end on an in-process registry.
 #[derive(Debug, Parser)]
-#[command(name = "leasehold", version, propagate_version = true)]
+#[command(name = "leasehold", version)]
 pub struct Cli {
     /// The registry: `memory://[name]` (in-process, for tests and the demo).
     #[arg(
@@ -61,7 +61,7 @@ pub struct RegisterArgs {
     #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
     pub metadata: Vec<(String, String)>,
     /// The relative share of traffic this instance takes; at least 1.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub weight: u32,
     /// The zone (or rack, or region) the instance runs in.
     #[arg(long)]
