@@ -74,7 +74,7 @@ pub const PAYLOAD_KEY: &str = "payload";
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CuratorCodec {
-    registration_time_utc: Option<u64>,
+    registration_time_utc: Option<i64>,
     compatible: bool,
 }
 
@@ -84,10 +84,10 @@ impl CuratorCodec {
         CuratorCodec::default()
     }
 
-    /// Writes this `registrationTimeUTC` (milliseconds since the epoch) instead of the
+    /// Writes this `registrationTimeUTC` (milliseconds since the epoch, a Java `long`) instead of the
     /// time of encoding, for reproducible values.
     #[must_use]
-    pub fn registration_time_utc(mut self, millis: u64) -> Self {
+    pub fn registration_time_utc(mut self, millis: i64) -> Self {
         self.registration_time_utc = Some(millis);
         self
     }
@@ -112,7 +112,7 @@ struct ServiceInstanceOut<'a> {
     ssl_port: Option<u16>,
     payload: Option<Payload<'a>>,
     #[serde(rename = "registrationTimeUTC")]
-    registration_time_utc: u64,
+    registration_time_utc: i64,
     service_type: &'static str,
     uri_spec: Option<UriSpec>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -163,7 +163,7 @@ struct ServiceInstanceIn {
     #[serde(default)]
     payload: serde_json::Value,
     #[serde(default, rename = "registrationTimeUTC")]
-    registration_time_utc: Option<i64>,
+    registration_time_utc: Option<serde_json::Number>,
     #[serde(default)]
     service_type: Option<String>,
     #[serde(default)]
@@ -192,7 +192,11 @@ impl ServiceInstanceIn {
                 "address" => self.address.clone().unwrap_or_default(),
                 "port" => number(self.port),
                 "ssl-port" => number(self.ssl_port),
-                "registration-time-utc" => number(self.registration_time_utc),
+                "registration-time-utc" => self
+                    .registration_time_utc
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 "service-type" => self.service_type.as_deref().unwrap_or("").to_ascii_lowercase(),
                 _ => String::new(),
             };
@@ -236,10 +240,10 @@ fn split_authority(authority: &str) -> (&str, Option<u16>) {
     }
 }
 
-fn now_millis() -> u64 {
+fn now_millis() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Codec for CuratorCodec {
