@@ -43,6 +43,7 @@
 //! `RUST_LOG=leasehold_testkit=debug` with a tracing subscriber to follow what the
 //! testkit does.
 
+pub mod curator;
 mod error;
 pub mod etcd;
 mod http;
@@ -52,6 +53,7 @@ mod process;
 mod ready;
 pub mod zookeeper;
 
+pub use curator::CuratorPeer;
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
 pub use process::MemberState;
