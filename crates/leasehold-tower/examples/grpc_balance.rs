@@ -70,6 +70,8 @@ pub struct Report {
     pub failed: u64,
     /// The address of the server stopped halfway.
     pub stopped: String,
+    /// Each server's registered weight, by address.
+    pub weights: BTreeMap<String, u32>,
 }
 
 impl Report {
@@ -108,6 +110,7 @@ impl Greeter for Hello {
 /// One running Greeter server and its registration.
 struct Server {
     addr: String,
+    weight: u32,
     registration: Registration,
     shutdown: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), tonic::transport::Error>>,
@@ -130,6 +133,7 @@ impl Server {
         let registration = registry.register(instance, RegisterOptions::default()).await?;
         Ok(Server {
             addr,
+            weight,
             registration,
             shutdown: Some(shutdown),
             task,
@@ -209,11 +213,17 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
         let _ = stopping.await;
     }
     let stopped = servers[0].addr.clone();
+    let weights = servers.iter().map(|s| (s.addr.clone(), s.weight)).collect();
     for mut server in servers {
         let _ = server.registration.deregister().await;
         server.stop().await;
     }
-    Ok(Report { served, failed, stopped })
+    Ok(Report {
+        served,
+        failed,
+        stopped,
+        weights,
+    })
 }
 
 #[tokio::main]
