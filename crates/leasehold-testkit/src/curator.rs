@@ -107,21 +107,19 @@ impl CuratorPeer {
     }
 
     /// Registers one instance through Curator's `ServiceDiscovery` at
-    /// `{base_path}/{name}/{id}`, with `payload` as a string map, and keeps it registered
+    /// `{base_path}/{name}/{id}`, and keeps it registered
     /// until the returned handle is dropped or [`unregister`](CuratorRegistration::unregister)ed.
     pub async fn register(
         &self,
         connect: &str,
         base_path: &str,
         name: &str,
-        id: &str,
-        address: &str,
-        port: u16,
-        payload: &[(&str, &str)],
+        instance: &CuratorInstance<'_>,
     ) -> Result<CuratorRegistration> {
+        let id = instance.id;
         let mut command = self.command("register", connect, base_path, name);
-        command.args([id, address, &port.to_string()]);
-        command.args(payload.iter().map(|(k, v)| format!("{k}={v}")));
+        command.args([id, instance.address, &instance.port.to_string()]);
+        command.args(instance.payload.iter().map(|(k, v)| format!("{k}={v}")));
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             server: "CuratorPeer register".into(),
             source,
@@ -180,6 +178,20 @@ impl CuratorPeer {
             .map(str::to_owned)
             .collect())
     }
+}
+
+/// What the Curator peer registers: Curator's `ServiceInstance` fields, with a string
+/// map as its payload.
+#[derive(Clone, Copy, Debug)]
+pub struct CuratorInstance<'a> {
+    /// The instance id.
+    pub id: &'a str,
+    /// The host or IP address.
+    pub address: &'a str,
+    /// The port.
+    pub port: u16,
+    /// The payload entries.
+    pub payload: &'a [(&'a str, &'a str)],
 }
 
 /// An instance registered by the Curator peer; unregistered (and the JVM stopped) when

@@ -53,7 +53,7 @@ mod process;
 mod ready;
 pub mod zookeeper;
 
-pub use curator::CuratorPeer;
+pub use curator::{CuratorInstance, CuratorPeer};
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
 pub use process::MemberState;

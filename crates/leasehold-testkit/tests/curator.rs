@@ -1,6 +1,6 @@
 //! The Curator peer registers, queries and unregisters against a real ZooKeeper.
 
-use leasehold_testkit::{CuratorPeer, ZkEnsemble};
+use leasehold_testkit::{CuratorInstance, CuratorPeer, ZkEnsemble};
 
 #[tokio::test]
 async fn curator_peer_registers_queries_and_unregisters() {
@@ -12,10 +12,12 @@ async fn curator_peer_registers_queries_and_unregisters() {
             &connect,
             "/services",
             "echo",
-            "id-1",
-            "10.0.0.5",
-            8080,
-            &[("zone", "z1")],
+            &CuratorInstance {
+                id: "id-1",
+                address: "10.0.0.5",
+                port: 8080,
+                payload: &[("zone", "z1")],
+            },
         )
         .await
         .unwrap();
