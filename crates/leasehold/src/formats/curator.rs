@@ -13,10 +13,10 @@ use crate::{Address, Instance, Metadata, ServiceName};
 const NAME: &str = "curator";
 
 /// The Java class named in a map payload's `@class`, as Jackson writes a `LinkedHashMap`.
-pub const PAYLOAD_CLASS: &str = "java.util.LinkedHashMap";
+pub const CURATOR_PAYLOAD_CLASS: &str = "java.util.LinkedHashMap";
 
 /// The metadata key that holds a payload that is a plain JSON string.
-pub const PAYLOAD_KEY: &str = "payload";
+pub const CURATOR_PAYLOAD_KEY: &str = "payload";
 
 /// Curator's layout: an ephemeral node `{basePath}/{name}/{id}` holding the Jackson JSON
 /// of Curator's `ServiceInstance`, as `JsonInstanceSerializer` writes it.
@@ -51,7 +51,7 @@ pub const PAYLOAD_KEY: &str = "payload";
 /// else `https://address:sslPort`; with neither port the instance is refused, as is one
 /// with `"enabled":false`, or a `name` other than the service. A map payload gives the
 /// metadata (its `@class` dropped, non-string values as JSON text), a string payload
-/// the metadata entry [`PAYLOAD_KEY`]; other payloads are dropped, as are
+/// the metadata entry [`CURATOR_PAYLOAD_KEY`]; other payloads are dropped, as are
 /// `registrationTimeUTC` and `serviceType`.
 ///
 /// ```
@@ -125,7 +125,7 @@ struct Payload<'a>(&'a Metadata);
 impl Serialize for Payload<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len() + 1))?;
-        map.serialize_entry("@class", PAYLOAD_CLASS)?;
+        map.serialize_entry("@class", CURATOR_PAYLOAD_CLASS)?;
         for (key, value) in self.0 {
             map.serialize_entry(key, value)?;
         }
@@ -300,7 +300,7 @@ impl Codec for CuratorCodec {
         }
         let addr = value.address().map_err(fail)?;
         let mut metadata = match &value.payload {
-            serde_json::Value::String(s) => Metadata::from([(PAYLOAD_KEY.to_owned(), s.clone())]),
+            serde_json::Value::String(s) => Metadata::from([(CURATOR_PAYLOAD_KEY.to_owned(), s.clone())]),
             other => string_map(other.clone()),
         };
         if value.payload.is_object() {

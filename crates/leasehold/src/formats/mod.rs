@@ -53,7 +53,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
-pub use curator::CuratorCodec;
+pub use curator::{CuratorCodec, CURATOR_PAYLOAD_CLASS, CURATOR_PAYLOAD_KEY};
 pub use etcd_naming::EtcdNamingCodec;
 pub use go_kit::GoKitCodec;
 pub use go_kit_zk::GoKitZkCodec;
