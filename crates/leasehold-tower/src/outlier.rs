@@ -39,6 +39,30 @@ impl Default for OutlierPolicy {
 }
 
 impl OutlierPolicy {
+    /// Sets the consecutive failures that eject an instance (at least 1).
+    pub fn consecutive_failures(mut self, failures: u32) -> Self {
+        self.consecutive_failures = failures.max(1);
+        self
+    }
+
+    /// Sets how long a first ejection lasts.
+    pub fn base_ejection(mut self, period: Duration) -> Self {
+        self.base_ejection = period;
+        self
+    }
+
+    /// Sets the cap on an ejection.
+    pub fn max_ejection(mut self, period: Duration) -> Self {
+        self.max_ejection = period;
+        self
+    }
+
+    /// Sets the fraction of the set never ejected (0 to 1).
+    pub fn min_available(mut self, fraction: f64) -> Self {
+        self.min_available = fraction.clamp(0.0, 1.0);
+        self
+    }
+
     /// A policy that never ejects.
     pub fn disabled() -> Self {
         OutlierPolicy {
