@@ -4,7 +4,7 @@
 //! TTL after their last keepalive and watches that see every change in order, like etcd.
 //! [`MemoryRegistry`] is a client of it with the same semantics as the real backends: one
 //! lease per TTL kept alive at TTL/3, recovery through the shared
-//! [`Registrar`](crate::registrar::Registrar), one listing then incremental watch
+//! [`Registrar`], one listing then incremental watch
 //! events, and reconnection with a re-list when the store breaks its watches.
 //!
 //! The store can also misbehave on purpose — [`wipe`](MemoryStore::wipe) it,
