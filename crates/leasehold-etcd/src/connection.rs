@@ -105,7 +105,9 @@ impl Connection {
             crashed: AtomicBool::new(false),
         });
         let probe = GetOptions::new().with_prefix().with_count_only();
-        connection.range(connection.layout.root_prefix(), Some(probe)).await?;
+        connection
+            .range(connection.layout.root_prefix(), Some(probe))
+            .await?;
         Ok(connection)
     }
 
@@ -114,32 +116,56 @@ impl Connection {
         &self.endpoints
     }
 
-    /// Runs one request, bounded by the request timeout (which also bounds waiting for
-    /// a reachable member: etcd-client's balancer waits forever for one).
-    pub(crate) async fn attempt<T>(
-        &self,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, Failure> {
-        if self.is_crashed() {
-            return Err(Failure::Crashed);
+    /// Runs one request on the shared client, bounded by the request timeout (which
+    /// also bounds waiting for a reachable member: etcd-client's balancer waits forever
+    /// for one). A request that failed in transport (a connection to a dead member the
+    /// balancer still picked) is sent again, so the balancer can pick another member;
+    /// every request leasehold makes is idempotent or harmless to repeat.
+    pub(crate) async fn attempt<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        const RETRIES: usize = 2;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        for tried in 0.. {
+            if self.is_crashed() {
+                return Err(Failure::Crashed);
+            }
+            match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(e)) if tried < RETRIES && is_transport(&e) => {
+                    tracing::debug!(error = %e, "etcd: request failed in transport; sending it again");
+                }
+                Ok(Err(e)) => return Err(Failure::Etcd(e)),
+                Err(_) => return Err(Failure::TimedOut),
+            }
         }
-        match tokio::time::timeout(self.request_timeout, request).await {
-            Ok(Ok(answer)) => Ok(answer),
-            Ok(Err(e)) => Err(Failure::Etcd(e)),
-            Err(_) => Err(Failure::TimedOut),
-        }
+        unreachable!("the loop returns")
     }
 
     /// [`attempt`](Self::attempt), with the failure as a [`leasehold::Error`].
-    pub(crate) async fn call<T>(&self, request: impl Future<Output = Result<T, etcd_client::Error>>) -> Result<T> {
+    pub(crate) async fn call<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
         self.attempt(request).await.map_err(|f| self.error(f))
     }
 
     /// One range request, counted (see [`EtcdRegistry::range_requests`](crate::EtcdRegistry::range_requests)).
-    pub(crate) async fn range(&self, key: impl Into<Vec<u8>>, options: Option<GetOptions>) -> Result<GetResponse> {
+    pub(crate) async fn range(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse> {
         self.ranges.fetch_add(1, Ordering::Relaxed);
-        let mut kv = self.client.kv_client();
-        self.call(kv.get(key, options)).await
+        let key = key.into();
+        self.call(|mut client| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { client.get(key, options).await }
+        })
+        .await
     }
 
     pub(crate) fn range_count(&self) -> u64 {
@@ -156,6 +182,18 @@ impl Connection {
 
     pub(crate) fn crash(&self) {
         self.crashed.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether the request never reached etcd's logic: the connection failed.
+fn is_transport(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => {
+            status.code() == tonic::Code::Unavailable
+                || (status.code() == tonic::Code::Unknown && status.message().contains("transport error"))
+        }
+        _ => false,
     }
 }
 

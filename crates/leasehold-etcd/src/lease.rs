@@ -59,9 +59,12 @@ impl EtcdBackend {
         }
         futures::stream::iter(chunks)
             .map(|chunk| async move {
-                let mut kv = self.conn.client.kv_client();
+                let txn = Txn::new().and_then(chunk);
                 self.conn
-                    .attempt(kv.txn(Txn::new().and_then(chunk)))
+                    .attempt(|mut client| {
+                        let txn = txn.clone();
+                        async move { client.txn(txn).await }
+                    })
                     .await
                     .map(drop)
                     .map_err(|f| self.lease_error(f))
@@ -78,8 +81,10 @@ impl LeaseBackend for EtcdBackend {
 
     async fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<EtcdLease> {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
-        let mut leases = self.conn.client.lease_client();
-        let granted = self.conn.call(leases.grant(seconds, None)).await?;
+        let granted = self
+            .conn
+            .call(|mut client| async move { client.lease_grant(seconds, None).await })
+            .await?;
         if granted.ttl() <= 0 {
             return Err(Error::backend(
                 self.conn.endpoints(),
@@ -131,8 +136,12 @@ impl LeaseBackend for EtcdBackend {
 
     async fn revoke(&self, lease: EtcdLease) -> Result<()> {
         lease.task.abort();
-        let mut leases = self.conn.client.lease_client();
-        match self.conn.attempt(leases.revoke(lease.id)).await {
+        let id = lease.id;
+        match self
+            .conn
+            .attempt(|mut client| async move { client.lease_revoke(id).await })
+            .await
+        {
             Ok(_) => Ok(()),
             Err(failure) if failure.is_lease_not_found() => Ok(()),
             Err(failure) => Err(self.conn.error(failure)),
@@ -145,12 +154,17 @@ impl LeaseBackend for EtcdBackend {
 /// periods pass without an answer; then returns, since the registrar grants a new one.
 async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEvents) {
     let period = (ttl / 3).max(Duration::from_millis(100));
-    let mut leases = conn.client.lease_client();
-    let (mut keeper, mut answers) = match conn.attempt(leases.keep_alive(id)).await {
+    let opened = conn
+        .attempt(|mut client| async move { client.lease_keep_alive(id).await })
+        .await;
+    let (mut keeper, mut answers) = match opened {
         Ok(stream) => stream,
         Err(Failure::Crashed) => return,
         Err(failure) => {
-            events.lost(format!("lease {id:x}: keepalive could not start: {}", conn.error(failure)));
+            events.lost(format!(
+                "lease {id:x}: keepalive could not start: {}",
+                conn.error(failure)
+            ));
             return;
         }
     };
@@ -209,8 +223,13 @@ async fn watch_deletes(conn: &Connection, id: i64, granted_at: i64, events: &Lea
             .with_prev_key()
             .with_start_revision(next)
             .with_filters([WatchFilterType::NoPut]);
-        let mut watcher = conn.client.watch_client();
-        match conn.attempt(watcher.watch(prefix.as_str(), Some(options))).await {
+        let watching = conn
+            .attempt(|mut client| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move { client.watch(prefix, Some(options)).await }
+            })
+            .await;
+        match watching {
             Ok(mut stream) => loop {
                 match stream.message().await {
                     Ok(Some(answer)) => {

@@ -27,8 +27,11 @@ const KNOWN_PARAMS: &[&str] = &[
 /// Everything [`EtcdRegistry`](crate::EtcdRegistry) needs to connect: endpoints,
 /// credentials, TLS files, timeouts, key layout and format.
 ///
-/// Defaults keep failures bounded: 5 s to connect, 5 s per request, an HTTP/2 ping every
-/// 2 s that must be answered within 2 s (so a frozen member is left within seconds).
+/// Defaults keep failures bounded: 5 s to connect, 5 s per request, and an HTTP/2 ping
+/// every 6 s that must be answered within 2 s, so a connection to a frozen member is
+/// dropped within about 8 s (etcd closes connections that ping more often than its
+/// `--grpc-keepalive-min-time`, 5 s by default; watch and keepalive streams notice a
+/// frozen member sooner, by their own answers).
 /// Its `Debug` never shows the password.
 ///
 /// ```
@@ -81,7 +84,7 @@ impl EtcdOptions {
             identity: None,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
-            keep_alive: (Duration::from_secs(2), Duration::from_secs(2)),
+            keep_alive: (Duration::from_secs(6), Duration::from_secs(2)),
             codec: Arc::new(NativeCodec),
             backoff: Backoff::default(),
         }
@@ -139,7 +142,9 @@ impl EtcdOptions {
         }
         if let Some(format) = url.param("format") {
             options.codec = codec_named(format).ok_or_else(|| {
-                fail(format!("unknown format {format:?}; the etcd backend knows: native"))
+                fail(format!(
+                    "unknown format {format:?}; the etcd backend knows: native"
+                ))
             })?;
         }
         Ok(options)
@@ -185,8 +190,8 @@ impl EtcdOptions {
     }
 
     /// HTTP/2 keep-alive: a ping every `interval`, and a connection that does not answer
-    /// within `timeout` is dropped (so streams on a frozen member end and are resumed on
-    /// another).
+    /// within `timeout` is dropped (so requests stop going to a frozen member). etcd
+    /// closes connections that ping more often than its `--grpc-keepalive-min-time`.
     pub fn keep_alive(mut self, interval: Duration, timeout: Duration) -> Self {
         self.keep_alive = (interval, timeout);
         self

@@ -110,7 +110,8 @@ impl Registry for EtcdRegistry {
     async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery> {
         let prefix = self.conn.layout.service_prefix(service);
         let (listing, position) = watch::list(&self.conn, &prefix).await?;
-        let (mut feed, discovery) = DiscoveryFeed::new(service.clone(), self.conn.layout.codec.clone(), options);
+        let (mut feed, discovery) =
+            DiscoveryFeed::new(service.clone(), self.conn.layout.codec.clone(), options);
         feed.reset(listing, position.revision as u64);
         let conn = self.conn.clone();
         let backoff = self.options.backoff;
@@ -133,7 +134,10 @@ impl Registry for EtcdRegistry {
         let root = self.conn.layout.root_prefix();
         let answer = self
             .conn
-            .range(root.as_str(), Some(GetOptions::new().with_prefix().with_keys_only()))
+            .range(
+                root.as_str(),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await?;
         let services: BTreeSet<ServiceName> = answer
             .kvs()
@@ -158,8 +162,13 @@ impl Registry for EtcdRegistry {
         if keys.is_empty() {
             return Ok(false);
         }
-        let mut kv = self.conn.client.kv_client();
-        self.conn.call(kv.txn(Txn::new().and_then(keys))).await?;
+        let txn = Txn::new().and_then(keys);
+        self.conn
+            .call(|mut client| {
+                let txn = txn.clone();
+                async move { client.txn(txn).await }
+            })
+            .await?;
         Ok(true)
     }
 

@@ -3,9 +3,11 @@
 //! (emitting the exact difference) when the history is compacted or the store replaced.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use leasehold::{Backoff, DiscoveryFeed, Result};
+use tokio::time::Instant;
 
 use crate::connection::{Connection, Failure};
 
@@ -18,7 +20,15 @@ pub(crate) struct Position {
     pub(crate) cluster_id: u64,
 }
 
-type Delays = Box<dyn Iterator<Item = std::time::Duration> + Send>;
+/// How often a watch asks etcd for a progress answer: proof that the member is alive
+/// and the revision every event up to which has been sent.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// A watch with no answer for this long is on a frozen or cut-off member: resumed
+/// elsewhere.
+const SILENCE: Duration = Duration::from_secs(5);
+
+type Delays = Box<dyn Iterator<Item = Duration> + Send>;
 
 /// Why a watch stream stopped.
 #[derive(Debug)]
@@ -34,9 +44,7 @@ enum End {
 /// Lists `prefix` once: its keys relative to the prefix with their values, and the
 /// position the listing reflects.
 pub(crate) async fn list(conn: &Connection, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Position)> {
-    let mut answer = conn
-        .range(prefix, Some(GetOptions::new().with_prefix()))
-        .await?;
+    let mut answer = conn.range(prefix, Some(GetOptions::new().with_prefix())).await?;
     let header = answer.take_header();
     let position = Position {
         revision: header.as_ref().map_or(0, |h| h.revision()),
@@ -113,21 +121,41 @@ async fn watch(
         .with_prev_key()
         .with_progress_notify()
         .with_start_revision(at.revision + 1);
-    let mut watcher = conn.client.watch_client();
-    let mut stream = match conn.attempt(watcher.watch(prefix, Some(options))).await {
+    let opened = conn
+        .attempt(|mut client| {
+            let options = options.clone();
+            async move { client.watch(prefix, Some(options)).await }
+        })
+        .await;
+    let mut stream = match opened {
         Ok(stream) => stream,
         Err(Failure::Crashed) => return End::Closed,
         Err(failure) => return End::Broken(conn.error(failure).to_string()),
     };
+    let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
+    let mut heard = Instant::now();
     loop {
         if feed.is_closed() {
             return End::Closed;
         }
-        let answer = match stream.message().await {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > SILENCE {
+                    return End::Broken(format!("no answer on the watch for {:?}", heard.elapsed()));
+                }
+                if let Err(e) = stream.request_progress().await {
+                    return End::Broken(format!("watch stream closed: {e}"));
+                }
+                continue;
+            }
+        };
+        let answer = match message {
             Ok(Some(answer)) => answer,
             Ok(None) => return End::Broken("watch stream ended".into()),
             Err(e) => return End::Broken(conn.error(Failure::Etcd(e)).to_string()),
         };
+        heard = Instant::now();
         if answer.compact_revision() > 0 {
             return End::Relist(format!(
                 "revision {} is compacted (oldest kept: {})",
@@ -142,17 +170,28 @@ async fn watch(
         if answer.created() {
             if let Some((cluster_id, revision)) = header {
                 if cluster_id != at.cluster_id {
-                    return End::Relist(format!("cluster id changed from {:x} to {cluster_id:x}", at.cluster_id));
+                    return End::Relist(format!(
+                        "cluster id changed from {:x} to {cluster_id:x}",
+                        at.cluster_id
+                    ));
                 }
                 if revision < at.revision {
-                    return End::Relist(format!("store revision went back from {} to {revision}", at.revision));
+                    return End::Relist(format!(
+                        "store revision went back from {} to {revision}",
+                        at.revision
+                    ));
                 }
             }
-            *delays = Box::new(backoff.delays());
-            feed.mark_live();
+            // On etcd 3.4 a compacted start revision is reported after `created`: the
+            // set is current only once something else (a progress answer) arrives.
+            if let Err(e) = stream.request_progress().await {
+                return End::Broken(format!("watch stream closed: {e}"));
+            }
             continue;
         }
+        *delays = Box::new(backoff.delays());
         apply(feed, prefix, at, &answer);
+        feed.mark_live();
     }
 }
 
