@@ -96,41 +96,10 @@ impl ZkRegistry {
         }
     }
 
-    /// The ids of the live ZooKeeper sessions of this client's registrations.
+    /// The ids of the live ZooKeeper sessions of this client's registrations (one per
+    /// TTL in use), for logs and tests.
     pub fn session_ids(&self) -> Vec<i64> {
         self.lease_clients().iter().map(|c| c.session_id().0).collect()
-    }
-
-    /// Ends this client's sessions (its registration sessions and its watch session) as
-    /// the ensemble would after a long partition: each is taken over through a new
-    /// connection and closed, so the client sees `Expired` when it next talks to the
-    /// ensemble. For tests of session-expiry recovery. Returns how many were ended.
-    #[doc(hidden)]
-    pub async fn expire_sessions(&self) -> Result<usize> {
-        let mut clients = self.lease_clients();
-        clients.extend(self.session.peek().await);
-        let mut expired = 0;
-        for client in clients.into_iter().filter(|c| !c.state().is_terminated()) {
-            let mut state = client.state_watcher();
-            let info = client.session().clone();
-            for _ in 0..5 {
-                self.connect.close(info.clone()).await?;
-                let ended = tokio::time::timeout(std::time::Duration::from_secs(3), async {
-                    loop {
-                        if state.state().is_terminated() {
-                            return;
-                        }
-                        state.changed().await;
-                    }
-                })
-                .await;
-                if ended.is_ok() {
-                    expired += 1;
-                    break;
-                }
-            }
-        }
-        Ok(expired)
     }
 
     fn lease_clients(&self) -> Vec<zk::Client> {

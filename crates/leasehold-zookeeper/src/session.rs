@@ -122,9 +122,4 @@ impl SharedSession {
         *current = Some(client.clone());
         Ok(client)
     }
-
-    /// The live session, if one is open.
-    pub(crate) async fn peek(&self) -> Option<zk::Client> {
-        self.current.lock().await.clone()
-    }
 }

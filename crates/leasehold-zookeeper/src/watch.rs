@@ -94,6 +94,18 @@ impl Follow {
         Ok((client, watcher, listing))
     }
 
+    /// Adds the watch again and lists, after a reconnect. The client restores its watches
+    /// on reconnection, but a server that lost its leader in between has been seen not
+    /// to deliver events of a restored persistent watch; a watch added anew always does.
+    async fn rewatch(&self, client: &zk::Client) -> Result<(zk::PersistentWatcher, Listing)> {
+        let watcher = client
+            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
+            .await
+            .map_err(|e| self.connect.error(e, format_args!("watching {}", self.path)))?;
+        let listing = list(client, &self.connect, &self.path).await?;
+        Ok((watcher, listing))
+    }
+
     /// The name of a direct child of the service node, if `path` is one.
     fn child<'a>(&self, path: &'a str) -> Option<&'a str> {
         let name = path.strip_prefix(&self.path)?.strip_prefix('/')?;
@@ -143,8 +155,9 @@ impl Follow {
                 zk::EventType::Session => match event.session_state {
                     zk::SessionState::Disconnected => feed.mark_stale(),
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        match list(client, &self.connect, &self.path).await {
-                            Ok(listing) => {
+                        match self.rewatch(client).await {
+                            Ok((rewatched, listing)) => {
+                                *watcher = rewatched;
                                 feed.reset(listing.nodes, listing.revision);
                                 feed.mark_live();
                             }

@@ -19,12 +19,24 @@ pub fn url(zk: &ZkEnsemble, query: &str) -> RegistryUrl {
     format!("{}{query}", zk.url(ROOT)).parse().unwrap()
 }
 
+/// Logs to the test output as `RUST_LOG` says.
+pub fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
 pub fn client(zk: &ZkEnsemble) -> ZkRegistry {
+    logs();
     ZkRegistry::connect(&url(zk, "")).unwrap()
 }
 
 pub fn instance(service: &ServiceName, id: &str) -> Instance {
-    Instance::builder(service.as_str(), "127.0.0.1:7001").id(id).build().unwrap()
+    Instance::builder(service.as_str(), "127.0.0.1:7001")
+        .id(id)
+        .build()
+        .unwrap()
 }
 
 pub fn service(name: &str) -> ServiceName {
@@ -65,7 +77,9 @@ pub async fn nodes(zk: &ZkEnsemble, service: &ServiceName) -> Vec<String> {
                 names.sort();
                 return names;
             }
-            _ if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            _ if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             other => panic!("listing {path} failed: {other:?}"),
         }
     }

@@ -1,0 +1,403 @@
+//! Recovery from real ZooKeeper faults: session expiry, server restarts within and past
+//! the session timeout, a killed ensemble member, a wiped server, a node deleted by
+//! someone else, ACL denial, and an unreachable ensemble. Each test prints how long
+//! recovery took as observed here.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{instance, nodes, raw, service, until_nodes, url, WAIT};
+use leasehold::{ConnectionState, Error, RegisterOptions, RegistrationState, Registry, WatchOptions};
+use leasehold_testkit::zookeeper::ZkEnsemble;
+use leasehold_zookeeper::ZkRegistry;
+use tokio::time::Instant;
+
+async fn standalone() -> ZkEnsemble {
+    ZkEnsemble::start_standalone().await.expect("ZooKeeper starts")
+}
+
+/// A partition longer than the session timeout, made by freezing the server: the
+/// clients give their sessions up as expired while the server (frozen) still holds them
+/// and our old node. After it thaws: a new session, the node written again, the old one
+/// gone, exactly one node; the watcher opens a new session and lists again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_writes_the_node_again() {
+    let zk = standalone().await;
+    let svc = service("expiry");
+    let owner = common::client(&zk);
+    let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=2s")).unwrap();
+    let registration = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let before_sessions = owner.session_ids();
+    let before_nodes = nodes(&zk, &svc).await;
+
+    zk.pause(0).unwrap();
+    assert!(
+        registration.wait_for(RegistrationState::Recovering, WAIT).await,
+        "the owner gives its session up as expired"
+    );
+    discovery
+        .wait_for(WAIT, |s| !s.connection().is_live())
+        .await
+        .expect("the watcher marks the set stale");
+    let started = Instant::now();
+    zk.resume(0).unwrap();
+    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    let registered = started.elapsed();
+    let after_sessions = owner.session_ids();
+    assert_eq!(after_sessions.len(), 1);
+    assert_ne!(before_sessions, after_sessions, "a new session");
+    let names = until_nodes(&zk, &svc, "exactly one, new node", |n| {
+        n.len() == 1 && n != before_nodes.as_slice()
+    })
+    .await;
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
+        .await
+        .expect("the watcher follows again");
+    let watching = started.elapsed();
+    eprintln!(
+        "RECOVERY session expiry: Registered again {registered:?} after the server thawed, watcher live {watching:?} (node {names:?})"
+    );
+
+    // Still following through the new watch session.
+    registration.deregister().await.unwrap();
+    discovery
+        .wait_for(WAIT, |s| s.is_empty())
+        .await
+        .expect("followed after expiry");
+    until_nodes(&zk, &svc, "deregistered", |n| n.is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_within_the_session_timeout_changes_nothing() {
+    let zk = standalone().await;
+    let svc = service("restart-short");
+    let owner = common::client(&zk);
+    let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=20s")).unwrap();
+    let registration = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(20)))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let before = nodes(&zk, &svc).await;
+    let sessions = owner.session_ids();
+    let mut states = registration.states();
+    states.borrow_and_update();
+
+    let started = Instant::now();
+    zk.kill(0).await.unwrap();
+    discovery
+        .wait_for(WAIT, |s| !s.connection().is_live())
+        .await
+        .expect("the watcher marks the set stale while the server is down");
+    assert_eq!(
+        discovery.snapshot().len(),
+        1,
+        "the last known set is kept while stale"
+    );
+    zk.restart(0).await.unwrap();
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
+        .await
+        .expect("the watcher is live again");
+    let live_again = started.elapsed();
+
+    assert_eq!(nodes(&zk, &svc).await, before, "the same node, no duplicate");
+    assert_eq!(owner.session_ids(), sessions, "the same session");
+    assert!(
+        !states.has_changed().unwrap(),
+        "the registration never left Registered"
+    );
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    eprintln!("RECOVERY restart within session timeout: watcher live again after {live_again:?}, registration untouched");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_past_the_session_timeout_writes_the_node_again() {
+    let zk = standalone().await;
+    let svc = service("restart-long");
+    let owner = common::client(&zk);
+    let watcher = common::client(&zk);
+    let registration = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(2)))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+
+    zk.kill(0).await.unwrap();
+    assert!(
+        registration.wait_for(RegistrationState::Recovering, WAIT).await,
+        "the session expires while the server is down"
+    );
+    let started = Instant::now();
+    zk.restart(0).await.unwrap();
+    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    let registered = started.elapsed();
+    until_nodes(&zk, &svc, "one node once the old session is gone", |n| {
+        n.len() == 1
+    })
+    .await;
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
+        .await
+        .expect("the watcher sees it");
+    eprintln!(
+        "RECOVERY restart past session timeout: Registered {registered:?} after the server was back, watcher live after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_ensemble_member_loses_no_registration() {
+    let zk = ZkEnsemble::start(3).await.expect("ensemble starts");
+    let svc = service("ensemble");
+    let owner = common::client(&zk);
+    let watcher = common::client(&zk);
+    let mut registrations = Vec::new();
+    for n in 0..5 {
+        let registration = owner
+            .register(
+                instance(&svc, &format!("i{n}")),
+                RegisterOptions::ttl(Duration::from_secs(10)),
+            )
+            .await
+            .unwrap();
+        registrations.push(registration);
+    }
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 5).await.expect("seen");
+
+    let leader = zk.leader().await.unwrap();
+    let started = Instant::now();
+    zk.kill(leader).await.unwrap();
+    for registration in &registrations {
+        assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    }
+    until_nodes(&zk, &svc, "all five nodes after the leader died", |n| {
+        n.len() == 5
+    })
+    .await;
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 5)
+        .await
+        .expect("the watcher follows the surviving quorum");
+    let listed = watcher.list(&svc).await.unwrap();
+    assert_eq!(listed.len(), 5);
+    eprintln!(
+        "RECOVERY ensemble leader killed: all 5 listed and watcher live after {:?}",
+        started.elapsed()
+    );
+
+    // Still following: a change after the failover is seen.
+    registrations.pop().unwrap().deregister().await.unwrap();
+    until_nodes(&zk, &svc, "deregistered after the failover", |n| n.len() == 4).await;
+    discovery
+        .wait_for(WAIT, |s| s.len() == 4)
+        .await
+        .expect("followed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_server_gets_every_registration_back() {
+    let zk = standalone().await;
+    let svc = service("wipe");
+    let owner = common::client(&zk);
+    let watcher = common::client(&zk);
+    let _a = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let _b = owner
+        .register(instance(&svc, "b"), RegisterOptions::ttl(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 2).await.expect("seen");
+
+    let started = Instant::now();
+    zk.wipe(0).await.unwrap();
+    until_nodes(&zk, &svc, "both nodes written again", |n| n.len() == 2).await;
+    let written = started.elapsed();
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 2)
+        .await
+        .expect("the watcher sees both again");
+    eprintln!(
+        "RECOVERY data wiped: nodes back after {written:?}, watcher live with both after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_deleted_by_another_client_is_written_again() {
+    let zk = standalone().await;
+    let svc = service("deleted");
+    let owner = common::client(&zk);
+    let registration = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let before = nodes(&zk, &svc).await;
+    assert_eq!(before.len(), 1);
+
+    let other = raw(&zk).await;
+    let started = Instant::now();
+    other
+        .delete(&format!("{}/{svc}/{}", common::ROOT, before[0]), None)
+        .await
+        .unwrap();
+    let after = until_nodes(&zk, &svc, "written again", |n| {
+        n.len() == 1 && n != before.as_slice()
+    })
+    .await;
+    let rewritten = started.elapsed();
+    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    assert!(
+        after[0].starts_with("_c_") && after[0].contains("-a"),
+        "{after:?}"
+    );
+    eprintln!("RECOVERY node deleted by another client: written again after {rewritten:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_identity_cannot_delete_our_node() {
+    let zk = standalone().await;
+    let svc = service("acl");
+    let owner = ZkRegistry::connect(
+        &format!("zk://alice:wonder@{}{}", zk.connect_string(), common::ROOT)
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    let mallory = ZkRegistry::connect(&url(&zk, "?user=mallory&password=evil")).unwrap();
+    let anonymous = common::client(&zk);
+    let registration = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
+        .await
+        .unwrap();
+
+    for (who, client) in [
+        ("another digest user", &mallory),
+        ("an anonymous client", &anonymous),
+    ] {
+        let err = client
+            .deregister(&svc, &"a".parse().unwrap())
+            .await
+            .expect_err("deleting someone else's node must fail");
+        assert!(matches!(err, Error::PermissionDenied { .. }), "{who}: {err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains("refused access") && message.contains(svc.as_str()),
+            "{who}: {message}"
+        );
+        assert!(
+            !message.contains("wonder") && !message.contains("evil"),
+            "{message}"
+        );
+        assert_eq!(
+            client.list(&svc).await.unwrap().len(),
+            1,
+            "{who} may still read it"
+        );
+    }
+    // Another identity may still register its own instance under the same service.
+    let theirs = mallory
+        .register(instance(&svc, "m"), RegisterOptions::ttl(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(nodes(&zk, &svc).await.len(), 2);
+    theirs.deregister().await.unwrap();
+    registration.deregister().await.unwrap();
+    until_nodes(&zk, &svc, "the owner deregisters", |n| n.is_empty()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_servers_are_a_clear_error_in_bounded_time() {
+    let ports: Vec<u16> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        })
+        .collect();
+    let endpoints = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let registry =
+        ZkRegistry::connect(&format!("zk://{endpoints}/x?connect_timeout=2s").parse().unwrap()).unwrap();
+    let svc = service("unreachable");
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        WAIT,
+        registry.register(instance(&svc, "a"), RegisterOptions::default()),
+    )
+    .await
+    .expect("register gives up within the connect timeout")
+    .expect_err("nothing to register with");
+    eprintln!(
+        "unreachable ensemble: register failed after {:?}: {err}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(err, Error::Unreachable { .. } | Error::Timeout { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&endpoints), "{err}");
+    let err = tokio::time::timeout(WAIT, registry.watch(&svc, WatchOptions::default()))
+        .await
+        .expect("watch gives up within the connect timeout")
+        .expect_err("nothing to watch");
+    assert!(err.to_string().contains(&endpoints), "{err}");
+
+    // A server that accepts connections but never answers (SIGSTOPped) is bounded too.
+    let zk = standalone().await;
+    zk.pause(0).unwrap();
+    let frozen = ZkRegistry::connect(&url(&zk, "?connect_timeout=1s")).unwrap();
+    let err = tokio::time::timeout(WAIT, frozen.list(&svc))
+        .await
+        .expect("list gives up within the connect timeout")
+        .expect_err("a frozen server answers nothing");
+    assert!(err.to_string().contains(&zk.connect_string()), "{err}");
+    zk.resume(0).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_server_marks_discovery_stale_then_live() {
+    let zk = standalone().await;
+    let svc = service("frozen");
+    let owner = common::client(&zk);
+    let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=2s")).unwrap();
+    let _a = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
+    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+
+    zk.pause(0).unwrap();
+    let started = Instant::now();
+    discovery
+        .wait_for(WAIT, |s| matches!(s.connection(), ConnectionState::Stale { .. }))
+        .await
+        .expect("stale while the server is frozen");
+    let stale_after = started.elapsed();
+    assert_eq!(discovery.snapshot().len(), 1, "the last known set is served");
+    zk.resume(0).unwrap();
+    let resumed = Instant::now();
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
+        .await
+        .expect("live again after the server resumes");
+    eprintln!(
+        "RECOVERY frozen server: stale after {stale_after:?}, live {:?} after resume",
+        resumed.elapsed()
+    );
+}
