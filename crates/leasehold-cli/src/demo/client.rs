@@ -1,14 +1,15 @@
 //! The demo's client: follows the service and spreads requests over what it discovers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::memory::{MemoryRegistry, MemoryStore};
-use leasehold::{Change, Discovery, Instance, Registry, ServiceName, Snapshot, WatchOptions};
+use leasehold::{Change, Changes, Discovery, Instance, Registry, ServiceName, Snapshot, WatchOptions};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 
@@ -25,11 +26,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest the demo waits for the registry to show what it expects.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The ids of the instances the client has printed as discovered.
+pub type Seen = BTreeSet<String>;
+
 /// A client with its own registry client, a watch of [`SERVICE`] whose changes it
 /// prints, and a round-robin turn.
+///
+/// The demo's steps wait on what the client has *printed* ([`Seen`]), not on the cache
+/// itself, so the timeline reads in the same order on every run.
 pub struct Client {
     _registry: MemoryRegistry,
     discovery: Discovery,
+    seen: watch::Receiver<Seen>,
     printing: JoinHandle<()>,
     turn: usize,
     sent: u64,
@@ -58,12 +66,17 @@ impl Client {
             .watch(&service, WatchOptions::default())
             .await
             .context(format_args!("client: watching {service}"))?;
-        let count = discovery.snapshot().len();
-        timeline.log("client", format_args!("watching {service}: {}", instances(count)));
-        let printing = tokio::spawn(print_changes(discovery.clone(), count, timeline));
+        let snapshot = discovery.snapshot();
+        timeline.log(
+            "client",
+            format_args!("watching {service}: {}", instances(snapshot.len())),
+        );
+        let (seen_tx, seen) = watch::channel(ids(&snapshot));
+        let printing = tokio::spawn(print_changes(discovery.changes(), seen_tx, timeline));
         Ok(Client {
             _registry: registry,
             discovery,
+            seen,
             printing,
             turn: 0,
             sent: 0,
@@ -71,11 +84,13 @@ impl Client {
         })
     }
 
-    /// Waits until the discovered set satisfies `ready`; `what` names it in the error.
-    pub async fn wait_for(&self, what: &str, ready: impl FnMut(&Snapshot) -> bool) -> Result<(), CliError> {
-        match self.discovery.wait_for(WAIT, ready).await {
-            Some(_) => Ok(()),
-            None => Err(CliError::failed(
+    /// Waits until the printed set satisfies `ready`; `what` names it in the error.
+    pub async fn wait_for(&self, what: &str, ready: impl FnMut(&Seen) -> bool) -> Result<(), CliError> {
+        let mut seen = self.seen.clone();
+        let reached = timeout(WAIT, seen.wait_for(ready)).await.is_ok_and(|r| r.is_ok());
+        match reached {
+            true => Ok(()),
+            false => Err(CliError::failed(
                 format_args!("demo: waiting for {what}"),
                 format!("not seen within {}", humantime::format_duration(WAIT)),
             )),
@@ -83,11 +98,8 @@ impl Client {
     }
 
     /// Sends a request every [`REQUEST_INTERVAL`] until `done` says so (given the
-    /// current set and the number sent in this phase), or the demo's patience runs out.
-    pub async fn send_until(
-        &mut self,
-        mut done: impl FnMut(&Snapshot, u64) -> bool,
-    ) -> Result<Tally, CliError> {
+    /// printed set and the number sent in this phase), or the demo's patience runs out.
+    pub async fn send_until(&mut self, mut done: impl FnMut(&Seen, u64) -> bool) -> Result<Tally, CliError> {
         let mut tally = Tally {
             first: self.sent + 1,
             ..Tally::default()
@@ -97,7 +109,7 @@ impl Client {
         let patience = WAIT.as_millis() as u64 / REQUEST_INTERVAL.as_millis() as u64;
         for sent in 0.. {
             ticks.tick().await;
-            if done(&self.discovery.snapshot(), sent) {
+            if done(&self.seen.borrow(), sent) {
                 break;
             }
             if sent >= patience {
@@ -183,29 +195,39 @@ async fn request(instance: &Instance, number: u64) -> std::io::Result<String> {
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-async fn print_changes(discovery: Discovery, mut count: usize, timeline: Timeline) {
-    let mut changes = discovery.changes();
-    drop(discovery);
+/// Prints each change, then publishes the set printed so far.
+async fn print_changes(mut changes: Changes, seen: watch::Sender<Seen>, timeline: Timeline) {
+    let mut current = seen.borrow().clone();
     while let Some(change) = changes.next().await {
         let what = match change {
             Change::Added(i) => {
-                count += 1;
-                format!("discovered +{} at {}: {}", i.id(), i.addr(), instances(count))
+                current.insert(i.id().to_string());
+                format!(
+                    "discovered +{} at {}: {}",
+                    i.id(),
+                    i.addr(),
+                    instances(current.len())
+                )
             }
             Change::Removed(i) => {
-                count = count.saturating_sub(1);
-                format!("discovered -{}: {}", i.id(), instances(count))
+                current.remove(i.id().as_str());
+                format!("discovered -{}: {}", i.id(), instances(current.len()))
             }
             Change::Updated { new, .. } => format!("discovered ~{} (updated)", new.id()),
             Change::Stale { .. } => "registry unreachable: keeping the last known set".to_owned(),
             Change::Live => "registry reachable again".to_owned(),
             Change::Resync(snapshot) => {
-                count = snapshot.len();
-                format!("resynced: {}", instances(count))
+                current = ids(&snapshot);
+                format!("resynced: {}", instances(current.len()))
             }
         };
         timeline.log("client", what);
+        seen.send_replace(current.clone());
     }
+}
+
+fn ids(snapshot: &Snapshot) -> Seen {
+    snapshot.instances().iter().map(|i| i.id().to_string()).collect()
 }
 
 fn instances(count: usize) -> String {

@@ -41,13 +41,13 @@ impl EchoServer {
             .local_addr()
             .context(format_args!("{name}: reading its address"))?;
         let listening = tokio::spawn(listen(listener, name.to_owned()));
+        timeline.log(name, format_args!("listening on {addr}, registering"));
         let registry = MemoryRegistry::with_store(store.clone());
         let instance = Instance::builder(SERVICE, addr.to_string()).id(name).build()?;
         let registration = registry
             .register(instance, RegisterOptions::ttl(ttl))
             .await
             .context(format_args!("{name}: registering"))?;
-        timeline.log(name, format_args!("listening on {addr}, registered"));
         Ok(EchoServer {
             name: name.to_owned(),
             registry,

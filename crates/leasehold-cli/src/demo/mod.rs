@@ -19,9 +19,8 @@ mod timeline;
 use std::time::Duration;
 
 use leasehold::memory::MemoryStore;
-use leasehold::InstanceId;
 
-use self::client::{Client, Tally};
+use self::client::{Client, Seen, Tally};
 use self::echo::EchoServer;
 use self::timeline::Timeline;
 use crate::error::CliError;
@@ -47,10 +46,9 @@ pub async fn run() -> Result<(), CliError> {
     let store = MemoryStore::new();
     let mut client = Client::start(&store, timeline).await?;
 
-    let echo1 = EchoServer::start("echo-1", &store, TTL, timeline).await?;
-    let echo2 = EchoServer::start("echo-2", &store, TTL, timeline).await?;
-    let echo3 = EchoServer::start("echo-3", &store, TTL, timeline).await?;
-    client.wait_for("three servers", |s| s.len() == 3).await?;
+    let echo1 = start("echo-1", &store, &client, timeline).await?;
+    let echo2 = start("echo-2", &store, &client, timeline).await?;
+    let echo3 = start("echo-3", &store, &client, timeline).await?;
     let three = phase(&mut client, timeline).await?;
 
     timeline.log(
@@ -60,40 +58,34 @@ pub async fn run() -> Result<(), CliError> {
     let deregistered_at = timeline.elapsed();
     echo2.shut_down().await?;
     client
-        .wait_for("echo-2 to vanish", |s| s.get(&id("echo-2")).is_none())
+        .wait_for("echo-2 to vanish", |s| !s.contains("echo-2"))
         .await?;
+    let after = (timeline.elapsed() - deregistered_at).as_millis();
     timeline.log(
         "client",
-        format_args!(
-            "echo-2 gone from the set {}ms after it deregistered",
-            since_ms(timeline, deregistered_at)
-        ),
+        format_args!("echo-2 gone from the set {after}ms after it deregistered"),
     );
     let two = phase(&mut client, timeline).await?;
 
     let crashed_at = timeline.elapsed();
     echo3.crash().await;
-    let crash = client.send_until(|s, _| s.get(&id("echo-3")).is_none()).await?;
+    let crash = client.send_until(|s, _| !s.contains("echo-3")).await?;
     timeline.log("client", &crash);
+    let after = (timeline.elapsed() - crashed_at).as_secs_f64();
+    let ttl = humantime::format_duration(TTL);
     timeline.log(
         "client",
-        format_args!(
-            "echo-3 expired from the registry {:.1}s after its crash (TTL {})",
-            (timeline.elapsed() - crashed_at).as_secs_f64(),
-            humantime::format_duration(TTL)
-        ),
+        format_args!("echo-3 expired from the registry {after:.1}s after its crash (TTL {ttl})"),
     );
 
-    let echo4 = EchoServer::start("echo-4", &store, TTL, timeline).await?;
-    client
-        .wait_for("echo-4 to appear", |s| s.get(&id("echo-4")).is_some())
-        .await?;
+    let echo4 = start("echo-4", &store, &client, timeline).await?;
     let joined = phase(&mut client, timeline).await?;
 
     check(&three, &two, &crash, &joined)?;
     timeline.log("demo", "shutting down echo-1 and echo-4");
     echo1.shut_down().await?;
     echo4.shut_down().await?;
+    client.wait_for("the servers to vanish", Seen::is_empty).await?;
     let phases = [&three, &two, &crash, &joined];
     let requests: u64 = phases
         .iter()
@@ -107,6 +99,20 @@ pub async fn run() -> Result<(), CliError> {
         ),
     );
     Ok(())
+}
+
+/// Starts the server `name` and waits until the client has discovered it.
+async fn start(
+    name: &str,
+    store: &MemoryStore,
+    client: &Client,
+    timeline: Timeline,
+) -> Result<EchoServer, CliError> {
+    let server = EchoServer::start(name, store, TTL, timeline).await?;
+    client
+        .wait_for(&format!("{name} to be discovered"), |s| s.contains(name))
+        .await?;
+    Ok(server)
 }
 
 /// One steady phase of [`PHASE_REQUESTS`] requests, then its summary.
@@ -139,12 +145,4 @@ fn check(three: &Tally, two: &Tally, crash: &Tally, joined: &Tally) -> Result<()
         return broken("echo-4 never served after joining");
     }
     Ok(())
-}
-
-fn id(name: &str) -> InstanceId {
-    InstanceId::new(name).expect("the demo's ids are valid")
-}
-
-fn since_ms(timeline: Timeline, then: Duration) -> u128 {
-    (timeline.elapsed() - then).as_millis()
 }
