@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use zookeeper_client as zk;
 
 use crate::layout::Layout;
-use crate::session::Connect;
+use crate::session::{is_transport, Connect};
 
 /// How long to wait between looks for our own node after a create whose reply was lost.
 const LOOKUP_PAUSE: Duration = Duration::from_millis(200);
@@ -198,7 +198,7 @@ impl ZkLeases {
         loop {
             match client.create(&prefix, value, &node).await {
                 Ok((_, sequence)) => return Ok(format!("{prefix}{sequence}")),
-                Err(zk::Error::ConnectionLoss) => {
+                Err(e) if is_transport(&e) => {
                     if let Some(found) = find_own(client, &parent, &guid, deadline).await? {
                         return Ok(found);
                     }
@@ -220,7 +220,8 @@ impl ZkLeases {
         let node = zk::CreateMode::Ephemeral.with_acls(zk::Acls::new(&self.acls.node));
         match client.create(&path, value, &node).await {
             Ok(_) => Ok(path),
-            Err(zk::Error::NodeExists | zk::Error::ConnectionLoss) => match client.check_stat(&path).await? {
+            Err(e) if e == zk::Error::NodeExists || is_transport(&e) => match client.check_stat(&path).await?
+            {
                 Some(stat) if stat.ephemeral_owner == client.session_id().0 => {
                     client.set_data(&path, value, None).await?;
                     Ok(path)
@@ -251,9 +252,7 @@ async fn find_own(
                 return Ok(found.map(|name| format!("{parent}/{name}")));
             }
             Err(zk::Error::NoNode) => return Ok(None),
-            Err(zk::Error::ConnectionLoss) if Instant::now() < deadline => {
-                tokio::time::sleep(LOOKUP_PAUSE).await
-            }
+            Err(e) if is_transport(&e) && Instant::now() < deadline => tokio::time::sleep(LOOKUP_PAUSE).await,
             Err(e) => return Err(e),
         }
     }
@@ -275,7 +274,7 @@ impl ZkLease {
                         }
                     }
                     Ok((None, _)) => break,
-                    Err(zk::Error::ConnectionLoss) => tokio::time::sleep(LOOKUP_PAUSE).await,
+                    Err(e) if is_transport(&e) => tokio::time::sleep(LOOKUP_PAUSE).await,
                     Err(_) => return,
                 }
             }

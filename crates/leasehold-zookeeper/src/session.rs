@@ -13,6 +13,21 @@ use crate::options::Digest;
 /// How long closing a session may take before we leave it to expire.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Whether `e` says the connection failed rather than what the server did: the request
+/// may or may not have been applied. The client fails requests pending on a broken
+/// connection with the connection's own error (`ConnectionLoss`, "no response from
+/// connection in ...", an I/O error).
+pub(crate) fn is_transport(e: &zk::Error) -> bool {
+    matches!(
+        e,
+        zk::Error::ConnectionLoss
+            | zk::Error::Timeout
+            | zk::Error::NoHosts
+            | zk::Error::Custom(_)
+            | zk::Error::UnexpectedError(_)
+    )
+}
+
 /// Opens sessions to one ensemble, with one identity, within a bounded time.
 #[derive(Debug)]
 pub(crate) struct Connect {
@@ -83,7 +98,7 @@ impl Connect {
                 endpoints,
                 reason: format!("{what}: authentication failed"),
             },
-            zk::Error::NoHosts | zk::Error::ConnectionLoss | zk::Error::Timeout => Error::Unreachable {
+            e if is_transport(&e) => Error::Unreachable {
                 endpoints,
                 source: format!("{what}: {e}").into(),
             },

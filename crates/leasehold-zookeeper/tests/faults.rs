@@ -401,3 +401,36 @@ async fn frozen_server_marks_discovery_stale_then_live() {
         resumed.elapsed()
     );
 }
+
+/// A create sent to a server that freezes before answering: the client loses the
+/// connection (and the reply), the server may still apply the create when it thaws. The
+/// registration must end up as exactly one node, never a twin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_with_a_lost_reply_makes_no_twin() {
+    let zk = standalone().await;
+    let svc = service("lost-reply");
+    let owner = common::client(&zk);
+    let ttl = RegisterOptions::ttl(Duration::from_secs(10));
+    let _a = owner.register(instance(&svc, "a"), ttl).await.unwrap();
+
+    zk.pause(0).unwrap();
+    let registering = tokio::spawn(async move {
+        let registration = owner.register(instance(&svc, "b"), ttl).await;
+        (owner, svc, registration)
+    });
+    // Past the client's connection timeout (4/10 of the session timeout), within the
+    // session timeout.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let started = Instant::now();
+    zk.resume(0).unwrap();
+    let (owner, svc, registration) = tokio::time::timeout(WAIT, registering).await.unwrap().unwrap();
+    let registration = registration.expect("registered once the server thaws");
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    let names = until_nodes(&zk, &svc, "a and b once each", |n| n.len() == 2).await;
+    assert_eq!(names.iter().filter(|n| n.contains("-b")).count(), 1, "{names:?}");
+    assert_eq!(owner.list(&svc).await.unwrap().len(), 2);
+    eprintln!(
+        "RECOVERY create with a lost reply: registered {:?} after the server thawed",
+        started.elapsed()
+    );
+}
