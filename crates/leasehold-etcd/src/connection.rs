@@ -85,7 +85,7 @@ impl Connection {
         let connecting = Client::connect(options.endpoints.clone(), Some(connect_options));
         let client = match tokio::time::timeout(bound, connecting).await {
             Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(map_error(&endpoints, Failure::Etcd(e))),
+            Ok(Err(e)) => return Err(map_error(&endpoints, bound, Failure::Etcd(e))),
             Err(_) => {
                 return Err(Error::Timeout {
                     endpoints,
@@ -173,7 +173,7 @@ impl Connection {
     }
 
     pub(crate) fn error(&self, failure: Failure) -> Error {
-        map_error(&self.endpoints, failure)
+        map_error(&self.endpoints, self.request_timeout, failure)
     }
 
     pub(crate) fn is_crashed(&self) -> bool {
@@ -199,16 +199,11 @@ fn is_transport(e: &etcd_client::Error) -> bool {
 
 /// Maps an etcd-client failure to the error an operator reads: unreachable, timed out,
 /// refused credentials, or anything else, always with the endpoints.
-pub(crate) fn map_error(endpoints: &str, failure: Failure) -> Error {
+pub(crate) fn map_error(endpoints: &str, timeout: Duration, failure: Failure) -> Error {
     let endpoints = endpoints.to_owned();
     let e = match failure {
         Failure::Crashed => return Error::Closed,
-        Failure::TimedOut => {
-            return Error::Unreachable {
-                endpoints,
-                source: "no member answered within the request timeout".into(),
-            }
-        }
+        Failure::TimedOut => return Error::Timeout { endpoints, timeout },
         Failure::Etcd(e) => e,
     };
     match e {

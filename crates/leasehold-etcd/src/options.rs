@@ -223,7 +223,10 @@ impl EtcdOptions {
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
         if let Some((name, password)) = &self.user {
-            options = options.with_user(name.clone(), password.clone());
+            // Tokens expire (5 min by default); a long-lived client must get new ones.
+            options = options
+                .with_user(name.clone(), password.clone())
+                .with_auto_token_refresh(true);
         }
         if self.ca.is_some() || self.identity.is_some() {
             let mut tls = TlsOptions::new();
