@@ -75,7 +75,7 @@ pub async fn run() -> Result<(), CliError> {
     let ttl = humantime::format_duration(TTL);
     timeline.log(
         "client",
-        format_args!("echo-3 expired from the registry {after:.1}s after its crash (TTL {ttl})"),
+        format_args!("echo-3 expired from the registry within {after:.1}s of its crash (TTL {ttl})"),
     );
 
     let echo4 = start("echo-4", &store, &client, timeline).await?;
