@@ -55,3 +55,53 @@ fn labels(instance: &Instance) -> String {
         .collect();
     pairs.join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance() -> Instance {
+        Instance::builder("echo", "127.0.0.1:7001")
+            .id("e1")
+            .weight(3)
+            .zone("z1")
+            .version("1.2")
+            .metadata("color", "blue")
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn json_has_the_native_fields() {
+        let value = json(&instance());
+        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["addr", "id", "metadata", "service", "version", "weight", "zone"]
+        );
+        assert_eq!(value["metadata"]["color"], "blue");
+        assert_eq!(value["weight"], 3);
+    }
+
+    #[test]
+    fn descriptions_and_tables_show_every_field_set() {
+        assert_eq!(
+            describe(&instance()),
+            "e1 127.0.0.1:7001 weight=3 zone=z1 version=1.2 color=blue"
+        );
+        let plain = Instance::builder("echo", "127.0.0.1:7001")
+            .id("e2")
+            .build()
+            .unwrap();
+        assert_eq!(describe(&plain), "e2 127.0.0.1:7001");
+        let table = table([&instance(), &plain]).to_string();
+        let rows: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows[0],
+            ["ID", "ADDRESS", "WEIGHT", "ZONE", "VERSION", "METADATA"]
+        );
+        assert_eq!(rows[1], ["e1", "127.0.0.1:7001", "3", "z1", "1.2", "color=blue"]);
+        assert_eq!(rows[2], ["e2", "127.0.0.1:7001", "1", "-", "-"]);
+    }
+}
