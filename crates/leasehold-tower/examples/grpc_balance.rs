@@ -89,7 +89,10 @@ pub async fn connect_registry(url: &str) -> Result<Arc<dyn Registry>, BoxError> 
     let url = RegistryUrl::parse(url)?;
     match url.scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryRegistry::connect(&url)?)),
-        other => Err(format!("registry scheme {other}:// is not supported by this example yet; use memory://").into()),
+        other => Err(format!(
+            "registry scheme {other}:// is not supported by this example yet; use memory://"
+        )
+        .into()),
     }
 }
 
@@ -99,7 +102,10 @@ struct Hello {
 
 #[tonic::async_trait]
 impl Greeter for Hello {
-    async fn say_hello(&self, request: tonic::Request<HelloRequest>) -> Result<tonic::Response<HelloReply>, tonic::Status> {
+    async fn say_hello(
+        &self,
+        request: tonic::Request<HelloRequest>,
+    ) -> Result<tonic::Response<HelloReply>, tonic::Status> {
         Ok(tonic::Response::new(HelloReply {
             message: format!("hello, {}", request.into_inner().name),
             server: self.addr.clone(),
@@ -129,7 +135,10 @@ impl Server {
                 }),
         );
         let id = format!("{service}-{}", addr.rsplit(':').next().unwrap_or("0"));
-        let instance = Instance::builder(service, addr.as_str()).id(id).weight(weight).build()?;
+        let instance = Instance::builder(service, addr.as_str())
+            .id(id)
+            .weight(weight)
+            .build()?;
         let registration = registry.register(instance, RegisterOptions::default()).await?;
         Ok(Server {
             addr,
@@ -189,7 +198,9 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
                     name: format!("caller-{n}"),
                 });
                 request.extensions_mut().insert(RetrySafe);
-                request.extensions_mut().insert(HashKey::new(format!("user-{}", n % 64)));
+                request
+                    .extensions_mut()
+                    .insert(HashKey::new(format!("user-{}", n % 64)));
                 client.say_hello(request).await
             }
         })

@@ -47,7 +47,11 @@ struct State<M> {
 
 impl<M: MakeEndpoint> State<M> {
     fn insert(&mut self, instance: Arc<Instance>, out: &mut Vec<Change<InstanceId, M::Endpoint>>) {
-        if self.known.get(instance.id()).is_some_and(|known| known.addr() == instance.addr()) {
+        if self
+            .known
+            .get(instance.id())
+            .is_some_and(|known| known.addr() == instance.addr())
+        {
             self.known.insert(instance.id().clone(), instance);
             return;
         }

@@ -34,6 +34,9 @@ where
     }
 }
 
+/// Each instance's client, with the instance it was made for.
+type Entries<E> = HashMap<InstanceId, (Arc<Instance>, E)>;
+
 /// The clients of the instances in use, keyed by instance id.
 ///
 /// [`get`](EndpointCache::get) makes a client on first need; [`sync`](EndpointCache::sync)
@@ -42,7 +45,7 @@ where
 #[derive(Debug)]
 pub struct EndpointCache<M: MakeEndpoint> {
     make: M,
-    entries: Mutex<HashMap<InstanceId, (Arc<Instance>, M::Endpoint)>>,
+    entries: Mutex<Entries<M::Endpoint>>,
     /// The snapshot version last synced with, plus one (0: never).
     synced: AtomicU64,
 }

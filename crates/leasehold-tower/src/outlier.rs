@@ -175,7 +175,11 @@ impl OutlierDetector {
             return false;
         }
         let factor = 1u32.checked_shl(h.ejections.min(16)).unwrap_or(u32::MAX);
-        let period = self.policy.base_ejection.saturating_mul(factor).min(self.policy.max_ejection);
+        let period = self
+            .policy
+            .base_ejection
+            .saturating_mul(factor)
+            .min(self.policy.max_ejection);
         h.ejections += 1;
         h.failures = 0;
         tracing::info!(service = %instance.service(), id = %instance.id(), addr = %instance.addr(), ?period, "ejecting a failing instance");
@@ -191,7 +195,10 @@ impl OutlierDetector {
 
     /// Forgets instances that are no longer in `snapshot`.
     pub fn retain(&self, snapshot: &Snapshot) {
-        self.health.lock().unwrap().retain(|id, _| snapshot.get(id).is_some());
+        self.health
+            .lock()
+            .unwrap()
+            .retain(|id, _| snapshot.get(id).is_some());
         let ejected = self.ejected.load();
         if ejected.keys().any(|id| snapshot.get(id).is_none()) {
             let kept = ejected
@@ -236,7 +243,10 @@ mod tests {
         assert!(detector.record_failure(bad, &set));
         assert!(detector.is_ejected(bad.id()));
         tokio::time::advance(Duration::from_millis(1_100)).await;
-        assert!(!detector.is_ejected(bad.id()), "reinstated after the base ejection");
+        assert!(
+            !detector.is_ejected(bad.id()),
+            "reinstated after the base ejection"
+        );
         assert!(detector.record_failure(bad, &set));
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert!(detector.is_ejected(bad.id()), "the second ejection lasts 2 s");
@@ -263,7 +273,10 @@ mod tests {
         assert_eq!(ejected, [true, true, false, false, false], "3 of 5 stay");
         assert_eq!(detector.ejected().len(), 2);
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(detector.record_failure(&set.instances()[4], &set), "room again once they are back");
+        assert!(
+            detector.record_failure(&set.instances()[4], &set),
+            "room again once they are back"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -106,6 +106,7 @@ impl RetryPolicy {
     }
 
     pub(crate) fn budget_ttl_clamped(&self) -> Duration {
-        self.budget_ttl.clamp(Duration::from_secs(1), Duration::from_secs(60))
+        self.budget_ttl
+            .clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }

@@ -121,7 +121,10 @@ impl BalanceOptions {
     }
 
     /// Sets which responses are failures.
-    pub fn classify(mut self, classify: impl Fn(http::StatusCode, &http::HeaderMap) -> bool + Send + Sync + 'static) -> Self {
+    pub fn classify(
+        mut self,
+        classify: impl Fn(http::StatusCode, &http::HeaderMap) -> bool + Send + Sync + 'static,
+    ) -> Self {
         self.classify = Arc::new(classify);
         self
     }
@@ -169,7 +172,11 @@ impl<M: MakeEndpoint> Balanced<M> {
     /// Routes over `discovery`'s instances, making their clients with `make`.
     pub fn new(discovery: Discovery, make: M, options: BalanceOptions) -> Self {
         let retry = &options.retry;
-        let budget = TpsBudget::new(retry.budget_ttl_clamped(), retry.budget_min_per_sec, retry.budget_ratio);
+        let budget = TpsBudget::new(
+            retry.budget_ttl_clamped(),
+            retry.budget_min_per_sec,
+            retry.budget_ratio,
+        );
         Balanced {
             shared: Arc::new(Shared {
                 outliers: OutlierDetector::new(options.outliers),
@@ -202,7 +209,8 @@ impl<M: MakeEndpoint> Shared<M> {
     /// else one not ejected, else any. `None` only for an empty set.
     fn pick(&self, snapshot: &Snapshot, key: Option<u64>, tried: &[InstanceId]) -> Option<Arc<Instance>> {
         let now = Instant::now();
-        let fresh_and_healthy = |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected_at(i.id(), now);
+        let fresh_and_healthy =
+            |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected_at(i.id(), now);
         let fresh = |i: &Instance| !tried.contains(i.id());
         let healthy = |i: &Instance| !self.outliers.is_ejected_at(i.id(), now);
         let balancer = &self.options.balancer;
@@ -246,7 +254,11 @@ impl<'a> Attempt<'a> {
     fn finish(mut self, success: bool) {
         let latency = self.started.elapsed();
         self.done = true;
-        let outcome = if success { Outcome::Success(latency) } else { Outcome::Failure(latency) };
+        let outcome = if success {
+            Outcome::Success(latency)
+        } else {
+            Outcome::Failure(latency)
+        };
         self.balancer.finish(self.instance, outcome);
     }
 }
@@ -273,7 +285,10 @@ impl PendingBody {
     }
 }
 
-async fn route<M, ResBody>(shared: Arc<Shared<M>>, request: http::Request<RequestBody>) -> Result<http::Response<ResBody>, Error>
+async fn route<M, ResBody>(
+    shared: Arc<Shared<M>>,
+    request: http::Request<RequestBody>,
+) -> Result<http::Response<ResBody>, Error>
 where
     M: MakeEndpoint,
     M::Endpoint: Service<http::Request<RequestBody>, Response = http::Response<ResBody>>,
@@ -306,12 +321,15 @@ where
         let Some(instance) = shared.pick(&snapshot, key, &tried) else {
             return Err(Error::NoInstances { service });
         };
-        let endpoint = shared.endpoints.get(&instance).map_err(|source| Error::MakeEndpoint {
-            service: service.clone(),
-            id: instance.id().clone(),
-            addr: instance.addr().clone(),
-            source,
-        })?;
+        let endpoint = shared
+            .endpoints
+            .get(&instance)
+            .map_err(|source| Error::MakeEndpoint {
+                service: service.clone(),
+                id: instance.id().clone(),
+                addr: instance.addr().clone(),
+                source,
+            })?;
         let request = http::Request::from_parts(parts.clone(), body.next());
         let tracker = Attempt::start(&*shared.options.balancer, &instance);
         let result = endpoint.oneshot(request).await.map_err(Into::into);

@@ -14,7 +14,8 @@ use leasehold::memory::MemoryRegistry;
 use leasehold::{Discovery, Instance, RegisterOptions, Registration, Registry, ServiceName, WatchOptions};
 use leasehold_tower::balance::RoundRobin;
 use leasehold_tower::{
-    BalanceOptions, Balanced, BoxError, Error, MakeEndpoint, OutlierPolicy, RequestBody, RetryPolicy, RetrySafe,
+    BalanceOptions, Balanced, BoxError, Error, MakeEndpoint, OutlierPolicy, RequestBody, RetryPolicy,
+    RetrySafe,
 };
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
@@ -51,25 +52,29 @@ impl Fleet {
         move |instance: &Instance| -> Result<Endpoint, BoxError> {
             let fleet = fleet.clone();
             let id = instance.id().to_string();
-            Ok(BoxCloneService::new(tower::service_fn(move |request: http::Request<RequestBody>| {
-                let fleet = fleet.clone();
-                let id = id.clone();
-                async move {
-                    let tag = request
-                        .headers()
-                        .get("x-request")
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default();
-                    fleet.calls.lock().unwrap().push((id.clone(), tag));
-                    if fleet.slow.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok(BoxCloneService::new(tower::service_fn(
+                move |request: http::Request<RequestBody>| {
+                    let fleet = fleet.clone();
+                    let id = id.clone();
+                    async move {
+                        let tag = request
+                            .headers()
+                            .get("x-request")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        fleet.calls.lock().unwrap().push((id.clone(), tag));
+                        if fleet.slow.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        if fleet.broken.lock().unwrap().get(&id).copied().unwrap_or(false) {
+                            return Err::<http::Response<RequestBody>, BoxError>(
+                                format!("{id}: connection refused").into(),
+                            );
+                        }
+                        Ok(http::Response::new(RequestBody::empty()))
                     }
-                    if fleet.broken.lock().unwrap().get(&id).copied().unwrap_or(false) {
-                        return Err::<http::Response<RequestBody>, BoxError>(format!("{id}: connection refused").into());
-                    }
-                    Ok(http::Response::new(RequestBody::empty()))
-                }
-            })))
+                },
+            )))
         }
     }
 }
@@ -88,7 +93,12 @@ async fn setup(service: &str, ids: &[&str]) -> Setup {
             .id(*id)
             .build()
             .unwrap();
-        registrations.push(registry.register(instance, RegisterOptions::default()).await.unwrap());
+        registrations.push(
+            registry
+                .register(instance, RegisterOptions::default())
+                .await
+                .unwrap(),
+        );
     }
     let discovery = registry
         .watch(&ServiceName::new(service).unwrap(), WatchOptions::default())
@@ -110,16 +120,23 @@ fn request(tag: usize, safe: bool) -> http::Request<RequestBody> {
     if safe {
         builder = builder.extension(RetrySafe);
     }
-    builder.body(RequestBody::new(http_body_util::Full::new(bytes::Bytes::from_static(b"payload")))).unwrap()
+    builder
+        .body(RequestBody::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(b"payload"),
+        )))
+        .unwrap()
 }
 
 async fn send<M>(service: &Balanced<M>, tag: usize, safe: bool) -> Result<http::Response<RequestBody>, Error>
 where
     M: MakeEndpoint<Endpoint = Endpoint>,
 {
-    tokio::time::timeout(Duration::from_secs(10), service.clone().oneshot(request(tag, safe)))
-        .await
-        .expect("a call never hangs")
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        service.clone().oneshot(request(tag, safe)),
+    )
+    .await
+    .expect("a call never hangs")
 }
 
 #[tokio::test]
@@ -157,15 +174,25 @@ async fn a_failed_safe_request_is_retried_on_another_instance() {
         .retry(RetryPolicy::default().max_attempts(4).budget(1000.0, 1000));
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
     for tag in 0..20 {
-        send(&service, tag, true).await.expect("d answers every request in the end");
+        send(&service, tag, true)
+            .await
+            .expect("d answers every request in the end");
     }
     let calls = fleet.calls.lock().unwrap().clone();
     for tag in 0..20 {
-        let tried: Vec<&str> = calls.iter().filter(|(_, t)| *t == tag.to_string()).map(|(i, _)| i.as_str()).collect();
+        let tried: Vec<&str> = calls
+            .iter()
+            .filter(|(_, t)| *t == tag.to_string())
+            .map(|(i, _)| i.as_str())
+            .collect();
         let mut distinct = tried.clone();
         distinct.sort();
         distinct.dedup();
-        assert_eq!(distinct.len(), tried.len(), "request {tag} tried an instance twice: {tried:?}");
+        assert_eq!(
+            distinct.len(),
+            tried.len(),
+            "request {tag} tried an instance twice: {tried:?}"
+        );
         assert_eq!(tried.last(), Some(&"d"));
     }
 }
@@ -180,7 +207,10 @@ async fn only_requests_marked_safe_are_retried() {
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
     let err = send(&service, 0, false).await.unwrap_err();
     assert!(matches!(err, Error::Endpoint { attempts: 1, .. }), "{err}");
-    assert!(err.to_string().contains("unsafe") && err.to_string().contains("connection refused"), "{err}");
+    assert!(
+        err.to_string().contains("unsafe") && err.to_string().contains("connection refused"),
+        "{err}"
+    );
     assert_eq!(fleet.total(), 1);
     let err = send(&service, 1, true).await.unwrap_err();
     assert!(matches!(err, Error::Endpoint { attempts: 3, .. }), "{err}");
@@ -211,7 +241,8 @@ async fn the_deadline_bounds_all_attempts() {
     let setup = setup("slowpoke", &["a"]).await;
     let fleet = Fleet::default();
     fleet.slow.store(true, Ordering::SeqCst);
-    let options = BalanceOptions::default().retry(RetryPolicy::default().deadline(Duration::from_millis(200)));
+    let options =
+        BalanceOptions::default().retry(RetryPolicy::default().deadline(Duration::from_millis(200)));
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
     let err = send(&service, 0, true).await.unwrap_err();
     assert!(matches!(err, Error::DeadlineExceeded { .. }), "{err}");
@@ -260,7 +291,10 @@ async fn a_failing_instance_is_ejected_then_reinstated() {
     for tag in 200..240 {
         send(&service, tag, true).await.unwrap();
     }
-    assert!(fleet.calls_to("c") >= before + 5, "c is called again once reinstated");
+    assert!(
+        fleet.calls_to("c") >= before + 5,
+        "c is called again once reinstated"
+    );
     assert!(!service.outliers().is_ejected(&c));
 }
 
@@ -332,8 +366,15 @@ async fn the_discover_stream_yields_inserts_and_removes() {
     let mut first = vec![next(&mut stream).await, next(&mut stream).await];
     first.sort();
     assert_eq!(first, ["+a", "+b"]);
-    let instance = Instance::builder("discover", "127.0.0.1:7100").id("c").build().unwrap();
-    let c = setup.registry.register(instance, RegisterOptions::default()).await.unwrap();
+    let instance = Instance::builder("discover", "127.0.0.1:7100")
+        .id("c")
+        .build()
+        .unwrap();
+    let c = setup
+        .registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap();
     assert_eq!(next(&mut stream).await, "+c");
     setup.registrations.remove(0).deregister().await.unwrap();
     assert_eq!(next(&mut stream).await, "-a");

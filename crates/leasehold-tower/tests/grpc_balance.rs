@@ -45,7 +45,11 @@ async fn round_robin_loses_no_call_when_a_server_stops_mid_stream() {
     // About 100 calls each before the stop, then the two survivors share the rest.
     let stopped = report.served[&report.stopped];
     assert!((70..=130).contains(&stopped), "{}", report.to_json());
-    assert!(survivors(&report).iter().all(|&n| n >= 200), "{}", report.to_json());
+    assert!(
+        survivors(&report).iter().all(|&n| n >= 200),
+        "{}",
+        report.to_json()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -59,7 +63,11 @@ async fn weighted_follows_the_registered_weights() {
         report.served[addr]
     };
     assert!((30..=75).contains(&by_weight(1)), "{}", report.to_json());
-    assert!(by_weight(3) > by_weight(2) && by_weight(2) > by_weight(1), "{}", report.to_json());
+    assert!(
+        by_weight(3) > by_weight(2) && by_weight(2) > by_weight(1),
+        "{}",
+        report.to_json()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +76,16 @@ async fn random_p2c_and_hash_lose_no_call() {
         let report = run(balancer, 400, false).await;
         assert_eq!(report.failed, 0, "{balancer}: {}", report.to_json());
         assert_eq!(answered(&report), 400, "{balancer}");
-        assert!(survivors(&report).iter().all(|&n| n > 0), "{balancer}: {}", report.to_json());
-        assert!(report.served[&report.stopped] < 200, "{balancer}: {}", report.to_json());
+        assert!(
+            survivors(&report).iter().all(|&n| n > 0),
+            "{balancer}: {}",
+            report.to_json()
+        );
+        assert!(
+            report.served[&report.stopped] < 200,
+            "{balancer}: {}",
+            report.to_json()
+        );
     }
 }
 

@@ -108,7 +108,10 @@ mod tests {
             PickContext::new().with_key_hash(super::super::hash_key(&(k as u64).to_le_bytes()))
         });
         assert_eq!(counts.len(), 10);
-        assert!(counts.values().all(|&c| (7_000..=13_000).contains(&c)), "{counts:?}");
+        assert!(
+            counts.values().all(|&c| (7_000..=13_000).contains(&c)),
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -138,7 +141,9 @@ mod tests {
         let not_two = |i: &Instance| i.id().as_str() != "i00002";
         let during: Vec<String> = (0..2_000)
             .map(|k| {
-                let ctx = PickContext::new().with_key(format!("user-{k}")).with_filter(&not_two);
+                let ctx = PickContext::new()
+                    .with_key(format!("user-{k}"))
+                    .with_filter(&not_two);
                 balancer.pick_from(&set, &ctx).unwrap().id().to_string()
             })
             .collect();

@@ -272,7 +272,12 @@ impl<T> fmt::Debug for PerSet<T> {
 
 impl<T> PerSet<T> {
     /// Runs `f` on the table for `set`, building it with `build` first if `set` is new.
-    pub(crate) fn with<R>(&self, set: &InstanceSet, build: impl FnOnce(&InstanceSet) -> T, f: impl FnOnce(&T) -> R) -> R {
+    pub(crate) fn with<R>(
+        &self,
+        set: &InstanceSet,
+        build: impl FnOnce(&InstanceSet) -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
         let guard = self.current.load();
         if let Some(entry) = guard.as_deref() {
             if Arc::ptr_eq(&entry.0, set) {
@@ -291,7 +296,11 @@ impl<T> PerSet<T> {
 }
 
 /// The first instance at or after `start` (wrapping) that `ctx` allows.
-pub(crate) fn first_allowed(instances: &[Arc<Instance>], start: usize, ctx: &PickContext<'_>) -> Option<usize> {
+pub(crate) fn first_allowed(
+    instances: &[Arc<Instance>],
+    start: usize,
+    ctx: &PickContext<'_>,
+) -> Option<usize> {
     let n = instances.len();
     if n == 0 {
         return None;
@@ -299,7 +308,9 @@ pub(crate) fn first_allowed(instances: &[Arc<Instance>], start: usize, ctx: &Pic
     if !ctx.is_filtered() {
         return Some(start % n);
     }
-    (0..n).map(|step| (start + step) % n).find(|&at| ctx.allows(&instances[at]))
+    (0..n)
+        .map(|step| (start + step) % n)
+        .find(|&at| ctx.allows(&instances[at]))
 }
 
 #[cfg(test)]
@@ -358,7 +369,10 @@ mod tests {
         let none = |_: &Instance| false;
         for kind in BalancerKind::ALL {
             let balancer = kind.build();
-            assert!(balancer.pick_from(&empty, &PickContext::new()).is_none(), "{kind}");
+            assert!(
+                balancer.pick_from(&empty, &PickContext::new()).is_none(),
+                "{kind}"
+            );
             let ctx = PickContext::new().with_key("k").with_filter(&none);
             assert!(balancer.pick_from(&set, &ctx).is_none(), "{kind}");
         }
@@ -373,7 +387,11 @@ mod tests {
             for n in 0..50 {
                 let key = format!("k{n}");
                 let ctx = PickContext::new().with_key(&key).with_filter(&only);
-                assert_eq!(balancer.pick_from(&set, &ctx).unwrap().id().as_str(), "i00003", "{kind}");
+                assert_eq!(
+                    balancer.pick_from(&set, &ctx).unwrap().id().as_str(),
+                    "i00003",
+                    "{kind}"
+                );
             }
         }
     }

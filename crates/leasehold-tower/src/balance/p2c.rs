@@ -110,12 +110,18 @@ impl PeakEwma {
                     .unwrap_or_else(|| self.new_load(now))
             })
             .collect();
-        let by_id = set.iter().map(|i| i.id().clone()).zip(by_index.iter().cloned()).collect();
+        let by_id = set
+            .iter()
+            .map(|i| i.id().clone())
+            .zip(by_index.iter().cloned())
+            .collect();
         Loads { by_index, by_id }
     }
 
     fn load_of(&self, instance: &Instance) -> Option<Arc<Load>> {
-        self.tables.last().and_then(|t| t.1.by_id.get(instance.id()).cloned())
+        self.tables
+            .last()
+            .and_then(|t| t.1.by_id.get(instance.id()).cloned())
     }
 
     /// `estimate × (in-flight + 1)`, the estimate decayed toward zero since its last
@@ -154,7 +160,11 @@ impl Balancer for PeakEwma {
         let (a, b) = {
             let mut rng = rand::rng();
             let a = rng.random_range(0..n);
-            let b = if n > 1 { (a + rng.random_range(1..n)) % n } else { a };
+            let b = if n > 1 {
+                (a + rng.random_range(1..n)) % n
+            } else {
+                a
+            };
             (a, b)
         };
         let a = first_allowed(instances, a, ctx)?;
@@ -167,7 +177,10 @@ impl Balancer for PeakEwma {
             |set| self.build(set),
             |loads| {
                 let now = self.now_ns();
-                let (ca, cb) = (self.cost(&loads.by_index[a], now), self.cost(&loads.by_index[b], now));
+                let (ca, cb) = (
+                    self.cost(&loads.by_index[a], now),
+                    self.cost(&loads.by_index[b], now),
+                );
                 Some(instances[if cb < ca { b } else { a }].clone())
             },
         )
@@ -213,7 +226,11 @@ mod tests {
         let balancer = PeakEwma::new();
         balancer.pick_from(&set, &PickContext::new());
         for instance in set.iter() {
-            let rtt = if instance.id().as_str() == "i00000" { 500 } else { 5 };
+            let rtt = if instance.id().as_str() == "i00000" {
+                500
+            } else {
+                5
+            };
             balancer.start(instance);
             balancer.finish(instance, Outcome::Success(Duration::from_millis(rtt)));
         }

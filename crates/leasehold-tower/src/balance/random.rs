@@ -42,6 +42,9 @@ mod tests {
         let counts = counts(&Random::new(), &set, 10_000, |_| PickContext::new());
         assert_eq!(counts.len(), 5);
         // Expected 2,000 each; the standard deviation is 40, so ±300 is over 7 sigma.
-        assert!(counts.values().all(|&c| (1_700..=2_300).contains(&c)), "{counts:?}");
+        assert!(
+            counts.values().all(|&c| (1_700..=2_300).contains(&c)),
+            "{counts:?}"
+        );
     }
 }

@@ -50,9 +50,14 @@ mod tests {
     fn a_filtered_instance_is_skipped() {
         let set = set(4, 0, |_| 1);
         let not_two = |i: &Instance| i.id().as_str() != "i00002";
-        let counts = counts(&RoundRobin::new(), &set, 4_000, |_| PickContext::new().with_filter(&not_two));
+        let counts = counts(&RoundRobin::new(), &set, 4_000, |_| {
+            PickContext::new().with_filter(&not_two)
+        });
         assert_eq!(counts.get("i00002"), None);
-        assert_eq!(counts["i00003"], 2_000, "the skipped turn goes to the next one: {counts:?}");
+        assert_eq!(
+            counts["i00003"], 2_000,
+            "the skipped turn goes to the next one: {counts:?}"
+        );
         assert_eq!(counts["i00000"] + counts["i00001"], 2_000);
     }
 }

@@ -72,7 +72,11 @@ mod tests {
         let balancer = SmoothWeighted::new();
         let seq: String = (0..7)
             .map(|_| {
-                let id = balancer.pick_from(&set, &PickContext::new()).unwrap().id().to_string();
+                let id = balancer
+                    .pick_from(&set, &PickContext::new())
+                    .unwrap()
+                    .id()
+                    .to_string();
                 ["a", "b", "c"][id[1..].parse::<usize>().unwrap()]
             })
             .collect();
@@ -114,7 +118,9 @@ mod tests {
     fn filtered_instances_are_left_out_of_the_round() {
         let set = set(3, 0, |i| [1, 1, 2][i]);
         let not_last = |i: &Instance| i.id().as_str() != "i00002";
-        let counts = counts(&SmoothWeighted::new(), &set, 1_000, |_| PickContext::new().with_filter(&not_last));
+        let counts = counts(&SmoothWeighted::new(), &set, 1_000, |_| {
+            PickContext::new().with_filter(&not_last)
+        });
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), [500, 500]);
     }
 }

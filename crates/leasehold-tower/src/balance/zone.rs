@@ -58,7 +58,10 @@ fn by_zone(set: &InstanceSet) -> HashMap<String, InstanceSet> {
             zones.entry(zone.to_owned()).or_default().push(instance.clone());
         }
     }
-    zones.into_iter().map(|(zone, members)| (zone, members.into())).collect()
+    zones
+        .into_iter()
+        .map(|(zone, members)| (zone, members.into()))
+        .collect()
 }
 
 impl<B: Balancer> Balancer for ZoneAware<B> {
@@ -122,11 +125,19 @@ mod tests {
         let balancer = ZoneAware::new(Some("z0".into()), RoundRobin::new).min_healthy(0.5);
         let half = |i: &Instance| !matches!(i.id().as_str(), "i00000" | "i00002");
         let seen = counts(&balancer, &set, 1_000, |_| PickContext::new().with_filter(&half));
-        assert_eq!(seen.keys().collect::<Vec<_>>(), ["i00004", "i00006"], "half is enough");
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ["i00004", "i00006"],
+            "half is enough"
+        );
 
         let most = |i: &Instance| !matches!(i.id().as_str(), "i00000" | "i00002" | "i00004");
         let seen = counts(&balancer, &set, 1_000, |_| PickContext::new().with_filter(&most));
-        assert_eq!(seen.len(), 5, "a quarter is not: all healthy instances serve: {seen:?}");
+        assert_eq!(
+            seen.len(),
+            5,
+            "a quarter is not: all healthy instances serve: {seen:?}"
+        );
         assert!(seen.contains_key("i00001") && seen.contains_key("i00006"));
     }
 
@@ -135,6 +146,9 @@ mod tests {
         let set = set(4, 2, |_| 1);
         let balancer = ZoneAware::new(None, RoundRobin::new);
         assert_eq!(counts(&balancer, &set, 400, |_| PickContext::new()).len(), 4);
-        assert_eq!(counts(&balancer, &set, 400, |_| PickContext::new().with_zone("mars")).len(), 4);
+        assert_eq!(
+            counts(&balancer, &set, 400, |_| PickContext::new().with_zone("mars")).len(),
+            4
+        );
     }
 }
