@@ -1,6 +1,7 @@
 //! Smooth weighted round robin.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use leasehold::Instance;
@@ -9,19 +10,110 @@ use super::{Balancer, InstanceSet, PerSet, PickContext};
 
 /// Smooth weighted round robin, nginx's algorithm: every instance has a current weight;
 /// each pick adds every allowed instance's weight to its current weight, takes the
-/// instance with the largest, and subtracts the total of the allowed weights from it.
+/// instance with the largest (the first in id order on a tie), and subtracts the total of
+/// the allowed weights from it.
 ///
 /// Each instance gets a share proportional to its [`weight`](Instance::weight), spread
-/// evenly (weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`). The current
-/// weights are atomics in a table built per instance set, so a pick is O(n) atomic
-/// additions and takes no lock. One pick alone is exactly nginx's; under concurrent
-/// picks each still adds the weights once and subtracts the total once, so the current
-/// weights keep summing to zero and the shares hold over time, though two simultaneous
-/// picks may land on the same instance. A new set starts from zero, as nginx does on
-/// reload.
+/// evenly (weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`). A new set starts
+/// from zero, as nginx does on reload. Picks take no lock:
+///
+/// - Unfiltered picks run in O(number of distinct weights). Instances of equal weight are
+///   always picked in turn (the one picked fewer times has the larger current weight), so
+///   after `t` picks an instance's current weight is `t·w − W·c`, `c` being its picks
+///   and `W` the total weight; it is enough to count the picks of each weight class and
+///   compare the classes' next-in-turn instances. Sequentially this is exactly nginx's
+///   sequence.
+/// - Filtered picks (while instances are ejected or a retry avoids some) run nginx's loop
+///   over per-instance atomic current weights: O(n).
+///
+/// Under concurrent picks every pick still counts once and subtracts once, so the shares
+/// hold over time, though two simultaneous picks may see the same state.
 #[derive(Debug, Default)]
 pub struct SmoothWeighted {
-    tables: PerSet<Vec<AtomicI64>>,
+    tables: PerSet<Weights>,
+}
+
+#[derive(Debug)]
+struct Weights {
+    /// Per-instance current weights, for filtered picks.
+    current: Vec<AtomicI64>,
+    /// Instances grouped by weight, ordered by their first member's index.
+    classes: Vec<Class>,
+    /// The total weight `W`.
+    total: i128,
+    /// Unfiltered picks made.
+    picks: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Class {
+    weight: i128,
+    /// Indices into the set, ascending: the order of turns.
+    members: Vec<usize>,
+    /// Picks of this class made.
+    picked: AtomicU64,
+}
+
+impl Weights {
+    fn new(set: &InstanceSet) -> Self {
+        let mut classes: Vec<Class> = Vec::new();
+        let mut by_weight: HashMap<u32, usize> = HashMap::new();
+        for (at, instance) in set.iter().enumerate() {
+            let class = *by_weight.entry(instance.weight()).or_insert_with(|| {
+                classes.push(Class {
+                    weight: i128::from(instance.weight()),
+                    members: Vec::new(),
+                    picked: AtomicU64::new(0),
+                });
+                classes.len() - 1
+            });
+            classes[class].members.push(at);
+        }
+        Weights {
+            current: set.iter().map(|_| AtomicI64::new(0)).collect(),
+            total: set.iter().map(|i| i128::from(i.weight())).sum(),
+            classes,
+            picks: AtomicU64::new(0),
+        }
+    }
+
+    /// The `t`-th unfiltered pick: the class whose next-in-turn instance has the largest
+    /// current weight `t·w − W·c` (lowest index on a tie).
+    fn pick_unfiltered(&self) -> usize {
+        let t = i128::from(self.picks.fetch_add(1, Ordering::Relaxed)) + 1;
+        let mut best: Option<(i128, usize, &Class)> = None;
+        for class in &self.classes {
+            let k = class.picked.load(Ordering::Relaxed) as usize;
+            let m = class.members.len();
+            let value = t * class.weight - self.total * (k / m) as i128;
+            let leader = class.members[k % m];
+            if best.is_none_or(|(top, at, _)| value > top || (value == top && leader < at)) {
+                best = Some((value, leader, class));
+            }
+        }
+        let (_, _, class) = best.expect("a non-empty set has a class");
+        let k = class.picked.fetch_add(1, Ordering::Relaxed) as usize;
+        class.members[k % class.members.len()]
+    }
+
+    fn pick_filtered(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<usize> {
+        let mut best: Option<(usize, i64)> = None;
+        let mut total = 0i64;
+        for (at, instance) in instances.iter().enumerate() {
+            if !ctx.allows(instance) {
+                continue;
+            }
+            let weight = i64::from(instance.weight());
+            total += weight;
+            let now = self.current[at].fetch_add(weight, Ordering::Relaxed) + weight;
+            if best.is_none_or(|(_, top)| now > top) {
+                best = Some((at, now));
+            }
+        }
+        let (at, _) = best?;
+        self.current[at].fetch_sub(total, Ordering::Relaxed);
+        Some(at)
+    }
 }
 
 impl SmoothWeighted {
@@ -36,28 +128,14 @@ impl Balancer for SmoothWeighted {
         if instances.is_empty() {
             return None;
         }
-        self.tables.with(
-            instances,
-            |set| set.iter().map(|_| AtomicI64::new(0)).collect(),
-            |current| {
-                let mut best: Option<(usize, i64)> = None;
-                let mut total = 0i64;
-                for (at, instance) in instances.iter().enumerate() {
-                    if !ctx.allows(instance) {
-                        continue;
-                    }
-                    let weight = i64::from(instance.weight());
-                    total += weight;
-                    let now = current[at].fetch_add(weight, Ordering::Relaxed) + weight;
-                    if best.is_none_or(|(_, top)| now > top) {
-                        best = Some((at, now));
-                    }
-                }
-                let (at, _) = best?;
-                current[at].fetch_sub(total, Ordering::Relaxed);
-                Some(instances[at].clone())
-            },
-        )
+        let at = self.tables.with(instances, Weights::new, |weights| {
+            if ctx.is_filtered() {
+                weights.pick_filtered(instances, ctx)
+            } else {
+                Some(weights.pick_unfiltered())
+            }
+        })?;
+        Some(instances[at].clone())
     }
 }
 
@@ -81,6 +159,38 @@ mod tests {
             })
             .collect();
         assert_eq!(seq, "aabacaa");
+    }
+
+    #[test]
+    fn the_class_shortcut_gives_exactly_nginx_s_sequence() {
+        let set = set(40, 0, |i| {
+            [3, 1, 4, 1, 5, 9, 2, 6][i % 8] * if i % 5 == 0 { 2 } else { 1 }
+        });
+        let fast = SmoothWeighted::new();
+        let full = SmoothWeighted::new();
+        let anything = |_: &Instance| true;
+        for _ in 0..5_000 {
+            let a = fast.pick_from(&set, &PickContext::new()).unwrap();
+            let b = full
+                .pick_from(&set, &PickContext::new().with_filter(&anything))
+                .unwrap();
+            assert_eq!(a.id(), b.id());
+        }
+    }
+
+    #[test]
+    fn equal_weights_give_round_robin_order_as_the_full_algorithm_does() {
+        let set = set(5, 0, |_| 3);
+        let fast = SmoothWeighted::new();
+        let full = SmoothWeighted::new();
+        let anything = |_: &Instance| true;
+        for _ in 0..23 {
+            let a = fast.pick_from(&set, &PickContext::new()).unwrap();
+            let b = full
+                .pick_from(&set, &PickContext::new().with_filter(&anything))
+                .unwrap();
+            assert_eq!(a.id(), b.id());
+        }
     }
 
     #[test]
