@@ -21,13 +21,19 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// A layout under `root` (absolute, no trailing `/`) for `codec`'s format.
+    /// A layout under `root` (absolute with no trailing `/`, or empty for the top of the
+    /// tree) for `codec`'s format.
     pub(crate) fn new(root: String, codec: Arc<dyn Codec>) -> Self {
         Layout { root, codec }
     }
 
-    pub(crate) fn root(&self) -> &str {
-        &self.root
+    /// The node whose children are the services.
+    pub(crate) fn root_node(&self) -> &str {
+        if self.root.is_empty() {
+            "/"
+        } else {
+            &self.root
+        }
     }
 
     pub(crate) fn codec(&self) -> &Arc<dyn Codec> {
@@ -101,5 +107,10 @@ mod tests {
         assert!(!Layout::has_guid(&name, &Layout::new_guid()));
         assert!(!Layout::has_guid("a0000000007", &guid));
         assert_eq!(layout.exact_path(&instance), "/leasehold/services/echo/a");
+        let top = Layout::new(String::new(), Arc::new(NativeCodec));
+        assert_eq!(
+            (top.root_node(), top.service_path(instance.service()).as_str()),
+            ("/", "/echo")
+        );
     }
 }

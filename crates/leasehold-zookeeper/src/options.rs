@@ -179,11 +179,12 @@ impl ZkOptions {
         Ok(options)
     }
 
-    /// The path under which services live (`{root}/{service}/...`).
+    /// The path under which services live (`{root}/{service}/...`); `/` puts services
+    /// at the top of the tree.
     pub fn root(mut self, root: &str) -> Self {
-        let root = root.trim_end_matches('/');
-        self.root = if root.starts_with('/') {
-            root.to_owned()
+        let root = root.trim_matches('/');
+        self.root = if root.is_empty() {
+            String::new()
         } else {
             format!("/{root}")
         };
@@ -245,6 +246,8 @@ mod tests {
         assert_eq!(options.connect_timeout, Duration::from_millis(300));
         assert_eq!(options.digest, Some(Digest::new("u", "pw")));
         assert_eq!(parse("zk://h:1").unwrap().root, DEFAULT_ROOT);
+        assert_eq!(ZkOptions::new(["h:1"]).root("/").root, "");
+        assert_eq!(ZkOptions::new(["h:1"]).root("a/b/").root, "/a/b");
         let params = parse("zk://h:1/r?user=a&password=b").unwrap();
         assert_eq!(params.digest.unwrap().credentials(), b"a:b");
     }

@@ -174,7 +174,7 @@ impl Registry for ZkRegistry {
     async fn list_services(&self) -> Result<Vec<ServiceName>> {
         self.check_alive()?;
         let client = self.session.client().await?;
-        let root = self.layout.root();
+        let root = self.layout.root_node();
         let names = match client.list_children(root).await {
             Ok(names) => names,
             Err(zk::Error::NoNode) => return Ok(Vec::new()),

@@ -92,7 +92,7 @@ impl Connect {
         match e {
             zk::Error::NoAuth => Error::PermissionDenied {
                 endpoints,
-                reason: format!("{what}: not allowed by the node's ACL"),
+                reason: format!("{what}: not allowed by the ACLs of the node or its parent"),
             },
             zk::Error::AuthFailed => Error::PermissionDenied {
                 endpoints,

@@ -15,6 +15,9 @@ use zookeeper_client as zk;
 use crate::layout::Layout;
 use crate::session::{Connect, SharedSession};
 
+/// How long to wait before re-listing again after a failed attempt.
+const RELIST_PAUSE: Duration = Duration::from_millis(200);
+
 /// The children of a service node and their values, and the zxid the listing reaches.
 pub(crate) struct Listing {
     pub(crate) nodes: Vec<(String, Vec<u8>)>,
@@ -155,14 +158,24 @@ impl Follow {
                 zk::EventType::Session => match event.session_state {
                     zk::SessionState::Disconnected => feed.mark_stale(),
                     zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
-                        match self.rewatch(client).await {
-                            Ok((rewatched, listing)) => {
-                                *watcher = rewatched;
-                                feed.reset(listing.nodes, listing.revision);
-                                feed.mark_live();
-                            }
-                            Err(e) => {
-                                tracing::debug!(path = %self.path, error = %e, "re-listing after a reconnect failed")
+                        // Until it works or the session ends: events missed while
+                        // disconnected are only recovered by a listing.
+                        loop {
+                            match self.rewatch(client).await {
+                                Ok((rewatched, listing)) => {
+                                    *watcher = rewatched;
+                                    feed.reset(listing.nodes, listing.revision);
+                                    feed.mark_live();
+                                    break;
+                                }
+                                Err(e) if client.state().is_terminated() => {
+                                    tracing::debug!(path = %self.path, error = %e, "watch session ended while re-listing");
+                                    return;
+                                }
+                                Err(e) => {
+                                    tracing::debug!(path = %self.path, error = %e, "re-listing after a reconnect failed; retrying");
+                                    tokio::time::sleep(RELIST_PAUSE).await;
+                                }
                             }
                         }
                     }
