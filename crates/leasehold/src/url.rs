@@ -172,6 +172,7 @@ impl fmt::Display for RegistryUrl {
             f.write_str(root)?;
         }
         for (n, (key, value)) in self.params.iter().enumerate() {
+            let value = if is_secret(key) { "***" } else { value };
             write!(f, "{}{key}={value}", if n == 0 { '?' } else { '&' })?;
         }
         Ok(())
@@ -184,8 +185,26 @@ impl fmt::Debug for RegistryUrl {
     }
 }
 
+/// Query parameters whose values are never shown.
+fn is_secret(key: &str) -> bool {
+    matches!(key, "password" | "passwd" | "token")
+}
+
 /// `url` with any password replaced by `***`, for messages about a URL that did not parse.
 fn mask_password(url: &str) -> String {
+    let url = &match url.split_once('?') {
+        Some((head, query)) => {
+            let query: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if is_secret(key) => format!("{key}=***"),
+                    _ => pair.to_owned(),
+                })
+                .collect();
+            format!("{head}?{}", query.join("&"))
+        }
+        None => url.to_owned(),
+    };
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
