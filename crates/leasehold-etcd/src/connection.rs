@@ -11,6 +11,10 @@ use leasehold::{Codec, Error, Instance, KeyContext, Result, ServiceName};
 
 use crate::EtcdOptions;
 
+/// The largest answer accepted (tonic's default is 4 MiB: about 25,000 instances in one
+/// listing).
+pub(crate) const MAX_MESSAGE: usize = 256 * 1024 * 1024;
+
 /// Where keys go: the root and the codec, so every key is computed in one place and
 /// other formats plug in through the [`Codec`].
 #[derive(Debug)]
@@ -161,9 +165,15 @@ impl Connection {
     ) -> Result<GetResponse> {
         self.ranges.fetch_add(1, Ordering::Relaxed);
         let key = key.into();
-        self.call(|mut client| {
+        self.call(|client| {
             let (key, options) = (key.clone(), options.clone());
-            async move { client.get(key, options).await }
+            async move {
+                client
+                    .kv_client()
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .get(key, options)
+                    .await
+            }
         })
         .await
     }

@@ -1,6 +1,11 @@
 //! Discovery: one range of a service's prefix, then a watch from the next revision,
 //! resumed after the last applied revision whenever the stream breaks, and re-listed
 //! (emitting the exact difference) when the history is compacted or the store replaced.
+//!
+//! A resumed watch is checked with one count-only range at the last applied revision
+//! before its events are applied: a store that was wiped and has since passed that
+//! revision again would otherwise feed events of another history, and the cache would
+//! keep instances that no longer exist.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,15 +14,17 @@ use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use leasehold::{Backoff, DiscoveryFeed, Result};
 use tokio::time::Instant;
 
-use crate::connection::{Connection, Failure};
+use crate::connection::{Connection, Failure, MAX_MESSAGE};
 
 /// Where the cache stands in the store's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Position {
     /// Every event up to and including this revision is applied.
     pub(crate) revision: i64,
-    /// The cluster the revision belongs to; a wiped and redeployed etcd has a new one.
+    /// The cluster the revision belongs to.
     pub(crate) cluster_id: u64,
+    /// How many keys the prefix held at `revision`, decodable or not.
+    pub(crate) keys: i64,
 }
 
 /// How often a watch asks etcd for a progress answer: proof that the member is alive
@@ -49,6 +56,7 @@ pub(crate) async fn list(conn: &Connection, prefix: &str) -> Result<(Vec<(String
     let position = Position {
         revision: header.as_ref().map_or(0, |h| h.revision()),
         cluster_id: header.as_ref().map_or(0, |h| h.cluster_id()),
+        keys: answer.kvs().len() as i64,
     };
     let listing = answer
         .take_kvs()
@@ -73,6 +81,7 @@ pub(crate) async fn follow(
 ) {
     let mut delays: Delays = Box::new(backoff.delays());
     let mut relist = false;
+    let mut resumed = false;
     loop {
         if relist {
             match list(&conn, &prefix).await {
@@ -80,6 +89,7 @@ pub(crate) async fn follow(
                     feed.reset(listing, position.revision as u64);
                     at = position;
                     relist = false;
+                    resumed = false;
                 }
                 Err(e) => {
                     tracing::warn!(service = %feed.service(), error = %e, "etcd: re-listing failed; retrying");
@@ -89,7 +99,9 @@ pub(crate) async fn follow(
                 }
             }
         }
-        match watch(&mut feed, &conn, &prefix, &mut at, &mut delays, backoff).await {
+        let end = watch(&mut feed, &conn, &prefix, &mut at, &mut delays, backoff, resumed).await;
+        resumed = true;
+        match end {
             End::Closed => return,
             End::Relist(reason) => {
                 tracing::info!(service = %feed.service(), %reason, "etcd: listing the service again");
@@ -115,6 +127,7 @@ async fn watch(
     at: &mut Position,
     delays: &mut Delays,
     backoff: Backoff,
+    mut resumed: bool,
 ) -> End {
     let options = WatchOptions::new()
         .with_prefix()
@@ -122,9 +135,15 @@ async fn watch(
         .with_progress_notify()
         .with_start_revision(at.revision + 1);
     let opened = conn
-        .attempt(|mut client| {
+        .attempt(|client| {
             let options = options.clone();
-            async move { client.watch(prefix, Some(options)).await }
+            async move {
+                client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(prefix, Some(options))
+                    .await
+            }
         })
         .await;
     let mut stream = match opened {
@@ -189,9 +208,41 @@ async fn watch(
             }
             continue;
         }
+        if resumed {
+            match same_history(conn, prefix, at).await {
+                Ok(true) => resumed = false,
+                Ok(false) => {
+                    return End::Relist(format!(
+                        "the store does not hold {} keys at revision {}: its history was replaced",
+                        at.keys, at.revision
+                    ))
+                }
+                Err(e) => return End::Broken(e.to_string()),
+            }
+        }
         *delays = Box::new(backoff.delays());
         apply(feed, prefix, at, &answer);
         feed.mark_live();
+    }
+}
+
+/// Whether the store still has the history we applied: as many keys under the prefix
+/// at the last applied revision as we counted. A compacted or future revision is a no.
+async fn same_history(conn: &Connection, prefix: &str, at: &Position) -> Result<bool> {
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_count_only()
+        .with_revision(at.revision);
+    match conn.range(prefix, Some(options)).await {
+        Ok(answer) => Ok(answer.count() == at.keys),
+        Err(e) => {
+            let reason = e.to_string();
+            if reason.contains("compacted") || reason.contains("future revision") {
+                Ok(false)
+            } else {
+                Err(e)
+            }
+        }
     }
 }
 
@@ -205,6 +256,11 @@ fn apply(feed: &mut DiscoveryFeed, prefix: &str, at: &mut Position, answer: &Wat
             continue;
         }
         reached = reached.max(kv.mod_revision());
+        match event.event_type() {
+            EventType::Put if kv.version() == 1 => at.keys += 1,
+            EventType::Put => {}
+            EventType::Delete => at.keys -= 1,
+        }
         let Some(key) = std::str::from_utf8(kv.key())
             .ok()
             .and_then(|k| k.strip_prefix(prefix))
