@@ -224,6 +224,10 @@ pub(crate) fn map_error(endpoints: &str, timeout: Duration, failure: Failure) ->
                 || message.contains("permission denied")
                 || message.contains("invalid auth token")
                 || message.contains("user name is empty");
+            let text = describe(&status);
+            let transport = matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+                || (matches!(status.code(), Code::Unknown | Code::Cancelled)
+                    && text.contains("transport error"));
             match status.code() {
                 Code::Unauthenticated | Code::PermissionDenied => Error::PermissionDenied {
                     endpoints,
@@ -233,15 +237,11 @@ pub(crate) fn map_error(endpoints: &str, timeout: Duration, failure: Failure) ->
                     endpoints,
                     reason: message.to_owned(),
                 },
-                Code::Unavailable => Error::Unreachable {
+                _ if transport => Error::Unreachable {
                     endpoints,
-                    source: describe(&status).into(),
+                    source: text.into(),
                 },
-                Code::DeadlineExceeded => Error::Unreachable {
-                    endpoints,
-                    source: describe(&status).into(),
-                },
-                _ => Error::backend(endpoints, describe(&status)),
+                _ => Error::backend(endpoints, text),
             }
         }
         etcd_client::Error::TransportError(e) => Error::Unreachable {

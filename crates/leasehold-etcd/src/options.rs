@@ -306,7 +306,14 @@ mod tests {
         let err = options.connect_options().unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
-        let err = parse("etcd://root:hunter2@h:1?fromat=x").unwrap_err().to_string();
-        assert!(!err.contains("hunter2"), "{err}");
+        for url in [
+            "etcd://root:hunter2@h:1?fromat=x",
+            "etcd://h:1?user=root&password=hunter2&fromat=x",
+        ] {
+            let err = parse(url).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        let options = parse("etcd://h:1?user=root&password=hunter2").unwrap();
+        assert!(!format!("{options:?}").contains("hunter2"));
     }
 }
