@@ -67,5 +67,28 @@ fn pick(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick);
+/// Picks while one instance is ejected (or avoided by a retry): the filtered path.
+fn pick_filtered(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pick_filtered");
+    for n in [10, 100, 10_000] {
+        let instances = set(n);
+        let ejected = instances[n / 2].id().clone();
+        let allowed = move |i: &Instance| *i.id() != ejected;
+        for (name, balancer) in balancers() {
+            let key = AtomicU64::new(0);
+            balancer.pick_from(&instances, &PickContext::new().with_key_hash(0));
+            group.bench_with_input(BenchmarkId::new(name, n), &instances, |b, instances| {
+                b.iter(|| {
+                    let ctx = PickContext::new()
+                        .with_key_hash(key.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed))
+                        .with_filter(&allowed);
+                    black_box(balancer.pick_from(instances, &ctx))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, pick_filtered);
 criterion_main!(benches);
