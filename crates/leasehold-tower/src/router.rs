@@ -3,13 +3,14 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant as StdInstant;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use leasehold::{Discovery, Instance, InstanceId, Snapshot};
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
@@ -149,6 +150,8 @@ struct Shared<M: MakeEndpoint> {
     endpoints: EndpointCache<M>,
     outliers: OutlierDetector,
     budget: TpsBudget,
+    /// Dropped with the last clone, which stops the pruning task.
+    _closed: oneshot::Sender<()>,
 }
 
 impl<M: MakeEndpoint> Clone for Balanced<M> {
@@ -170,6 +173,10 @@ impl<M: MakeEndpoint> fmt::Debug for Balanced<M> {
 
 impl<M: MakeEndpoint> Balanced<M> {
     /// Routes over `discovery`'s instances, making their clients with `make`.
+    ///
+    /// Inside a Tokio runtime, a task follows the discovery and drops the client (and
+    /// the health record) of an instance as soon as it leaves; it ends with the last
+    /// clone. Outside one, that happens on the next call instead.
     pub fn new(discovery: Discovery, make: M, options: BalanceOptions) -> Self {
         let retry = &options.retry;
         let budget = TpsBudget::new(
@@ -177,15 +184,20 @@ impl<M: MakeEndpoint> Balanced<M> {
             retry.budget_min_per_sec,
             retry.budget_ratio,
         );
-        Balanced {
-            shared: Arc::new(Shared {
-                outliers: OutlierDetector::new(options.outliers),
-                endpoints: EndpointCache::new(make),
-                discovery,
-                options,
-                budget,
-            }),
+        let (closed_tx, closed) = oneshot::channel();
+        let shared = Arc::new(Shared {
+            outliers: OutlierDetector::new(options.outliers),
+            endpoints: EndpointCache::new(make),
+            discovery,
+            options,
+            budget,
+            _closed: closed_tx,
+        });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let versions = shared.discovery.versions();
+            runtime.spawn(prune(Arc::downgrade(&shared), versions, closed));
         }
+        Balanced { shared }
     }
 
     /// The discovery this service routes over.
@@ -229,6 +241,27 @@ impl<M: MakeEndpoint> Shared<M> {
             .into_iter()
             .find_map(|filter| balancer.pick(snapshot, &ctx.with_filter(filter)));
         picked.or_else(|| balancer.pick(snapshot, &ctx))
+    }
+}
+
+/// Drops the clients and health records of instances as they leave the set.
+async fn prune<M: MakeEndpoint>(
+    shared: Weak<Shared<M>>,
+    mut versions: watch::Receiver<u64>,
+    mut closed: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            changed = versions.changed() => if changed.is_err() { return },
+            _ = &mut closed => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let snapshot = shared.discovery.snapshot();
+        if shared.endpoints.sync(&snapshot) {
+            shared.outliers.retain(&snapshot);
+        }
     }
 }
 

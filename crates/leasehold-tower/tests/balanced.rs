@@ -340,6 +340,10 @@ async fn endpoints_are_made_on_first_need_and_dropped_when_their_instance_leaves
         .wait_for(Duration::from_secs(10), |s| s.len() == 2)
         .await
         .expect("a is gone");
+    until("a's client is dropped without waiting for a call", || {
+        service.endpoints().len() == 2
+    })
+    .await;
     send(&service, 9, true).await.unwrap();
     assert_eq!(service.endpoints().len(), 2);
     drop(setup.registry);
