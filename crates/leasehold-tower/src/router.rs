@@ -346,7 +346,9 @@ where
     };
     shared.budget.deposit();
     let mut tried: Vec<InstanceId> = Vec::new();
-    for attempt in 1.. {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
         let snapshot = shared.discovery.snapshot();
         if shared.endpoints.sync(&snapshot) {
             shared.outliers.retain(&snapshot);
@@ -354,31 +356,41 @@ where
         let Some(instance) = shared.pick(&snapshot, key, &tried) else {
             return Err(Error::NoInstances { service });
         };
-        let endpoint = shared
-            .endpoints
-            .get(&instance)
-            .map_err(|source| Error::MakeEndpoint {
-                service: service.clone(),
-                id: instance.id().clone(),
-                addr: instance.addr().clone(),
-                source,
-            })?;
+        let endpoint = match shared.endpoints.get(&instance) {
+            Ok(endpoint) => endpoint,
+            Err(source) => {
+                // Nothing was sent, so trying another instance is safe for any request.
+                tracing::warn!(%service, id = %instance.id(), addr = %instance.addr(), error = %source, "cannot make a client");
+                shared.outliers.record_failure(&instance, &snapshot);
+                tried.push(instance.id().clone());
+                if attempt < policy.max_attempts {
+                    continue;
+                }
+                return Err(Error::MakeEndpoint {
+                    service,
+                    id: instance.id().clone(),
+                    addr: instance.addr().clone(),
+                    source,
+                });
+            }
+        };
         let request = http::Request::from_parts(parts.clone(), body.next());
         let tracker = Attempt::start(&*shared.options.balancer, &instance);
-        let result = endpoint.oneshot(request).await.map_err(Into::into);
+        let result: Result<_, BoxError> = endpoint.oneshot(request).await.map_err(Into::into);
         let failed = match &result {
             Ok(response) => (shared.options.classify)(response.status(), response.headers()),
             Err(_) => true,
         };
         tracker.finish(!failed);
-        if !failed {
+        if failed {
+            shared.outliers.record_failure(&instance, &snapshot);
+            tried.push(instance.id().clone());
+        } else {
             shared.outliers.record_success(&instance);
-            return result.map_err(|_| unreachable!("a success"));
         }
-        shared.outliers.record_failure(&instance, &snapshot);
-        tried.push(instance.id().clone());
-        let retry = retryable && attempt < policy.max_attempts && shared.budget.withdraw();
+        let retry = failed && retryable && attempt < policy.max_attempts && shared.budget.withdraw();
         match result {
+            Ok(response) if !retry => return Ok(response),
             Err(source) if !retry => {
                 return Err(Error::Endpoint {
                     service,
@@ -388,16 +400,14 @@ where
                     source,
                 })
             }
-            Ok(response) if !retry => return Ok(response),
-            Err(error) => {
-                tracing::debug!(%service, id = %instance.id(), attempt, %error, "retrying on another instance")
-            }
             Ok(response) => {
                 tracing::debug!(%service, id = %instance.id(), attempt, status = %response.status(), "retrying on another instance")
             }
+            Err(error) => {
+                tracing::debug!(%service, id = %instance.id(), attempt, %error, "retrying on another instance")
+            }
         }
     }
-    unreachable!("the attempts loop only ends by returning")
 }
 
 impl<M, ResBody> Service<http::Request<RequestBody>> for Balanced<M>

@@ -385,3 +385,37 @@ async fn the_discover_stream_yields_inserts_and_removes() {
     c.deregister().await.unwrap();
     assert_eq!(next(&mut stream).await, "-c");
 }
+
+#[tokio::test]
+async fn an_instance_whose_client_cannot_be_made_is_passed_over_even_for_unsafe_requests() {
+    let mixed = setup("unmakeable", &["a", "bad"]).await;
+    let fleet = Fleet::default();
+    let inner = fleet.maker();
+    let maker = move |instance: &Instance| -> Result<Endpoint, BoxError> {
+        if instance.id().as_str() == "bad" {
+            return Err("no client for you".into());
+        }
+        inner.make_endpoint(instance)
+    };
+    let options = BalanceOptions::default()
+        .balancer(RoundRobin::new())
+        .outliers(OutlierPolicy::disabled());
+    let service = Balanced::new(mixed.discovery.clone(), maker, options);
+    for tag in 0..10 {
+        send(&service, tag, false).await.expect("a answers");
+    }
+    assert_eq!(fleet.calls_to("a"), 10);
+
+    let only_bad = setup("unmakeable-only", &["bad"]).await;
+    let maker = |_: &Instance| -> Result<Endpoint, BoxError> { Err("no client for you".into()) };
+    let service = Balanced::new(only_bad.discovery.clone(), maker, BalanceOptions::default());
+    let err = send(&service, 0, false).await.unwrap_err();
+    assert!(matches!(err, Error::MakeEndpoint { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("unmakeable-only")
+            && message.contains("bad")
+            && message.contains("no client for you"),
+        "{message}"
+    );
+}
