@@ -2,11 +2,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::memory::{MemoryRegistry, MemoryStore};
-use leasehold::{Change, Changes, Discovery, Instance, Registry, ServiceName, Snapshot, WatchOptions};
+use leasehold::{
+    Change, Changes, Discovery, Instance, InstanceId, Registry, ServiceName, Snapshot, WatchOptions,
+};
+use leasehold_tower::balance::{Balancer, PickContext, RoundRobin};
+use leasehold_tower::{OutlierDetector, OutlierPolicy};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -30,7 +33,9 @@ const WAIT: Duration = Duration::from_secs(30);
 pub type Seen = BTreeSet<String>;
 
 /// A client with its own registry client, a watch of [`SERVICE`] whose changes it
-/// prints, and a round-robin turn.
+/// prints, and leasehold-tower's round-robin balancer with passive ejection: an instance
+/// that refuses a connection is set aside for a while, so the requests after it do not
+/// try it first.
 ///
 /// The demo's steps wait on what the client has *printed* ([`Seen`]), not on the cache
 /// itself, so the timeline reads in the same order on every run.
@@ -39,7 +44,8 @@ pub struct Client {
     discovery: Discovery,
     seen: watch::Receiver<Seen>,
     printing: JoinHandle<()>,
-    turn: usize,
+    balancer: RoundRobin,
+    outliers: OutlierDetector,
     sent: u64,
     timeline: Timeline,
 }
@@ -78,7 +84,8 @@ impl Client {
             discovery,
             seen,
             printing,
-            turn: 0,
+            balancer: RoundRobin::new(),
+            outliers: OutlierDetector::new(OutlierPolicy::default().consecutive_failures(1)),
             sent: 0,
             timeline,
         })
@@ -124,29 +131,40 @@ impl Client {
         Ok(tally)
     }
 
-    /// Sends one request, trying each discovered instance at most once.
+    /// Sends one request, trying each discovered instance at most once, skipping the
+    /// ejected ones.
     async fn send(&mut self, tally: &mut Tally) {
         self.sent += 1;
         let number = self.sent;
         let snapshot = self.discovery.snapshot();
-        let turn = self.turn;
-        self.turn = self.turn.wrapping_add(1);
-        for attempt in 0..snapshot.len() {
-            let Some(instance) = pick(&snapshot, turn.wrapping_add(attempt)) else {
+        self.outliers.retain(&snapshot);
+        let mut tried: Vec<InstanceId> = Vec::new();
+        loop {
+            let allowed = |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected(i.id());
+            let Some(instance) = self
+                .balancer
+                .pick(&snapshot, &PickContext::new().with_filter(&allowed))
+            else {
                 break;
             };
             match request(&instance, number).await {
                 Ok(server) => {
+                    self.outliers.record_success(&instance);
                     *tally.served.entry(server).or_default() += 1;
                     return;
                 }
                 Err(e) => {
                     let id = instance.id().to_string();
+                    let ejected = self.outliers.record_failure(&instance, &snapshot);
+                    let aside = if ejected { "; ejected for a while" } else { "" };
                     self.timeline.log(
                         "client",
-                        format_args!("request #{number} to {id} failed ({e}); retrying on the next instance"),
+                        format_args!(
+                            "request #{number} to {id} failed ({e}){aside}; retrying on the next instance"
+                        ),
                     );
                     *tally.failed.entry(id).or_default() += 1;
+                    tried.push(instance.id().clone());
                 }
             }
         }
@@ -162,15 +180,6 @@ impl Drop for Client {
     fn drop(&mut self) {
         self.printing.abort();
     }
-}
-
-/// The instance for the `turn`th request (and `turn + 1`, `turn + 2`... for its retries):
-/// round robin over the snapshot, sorted by id.
-///
-/// The one place the client chooses; a balancer from `leasehold-tower` can take its place.
-fn pick(snapshot: &Snapshot, turn: usize) -> Option<Arc<Instance>> {
-    let all = snapshot.instances();
-    (!all.is_empty()).then(|| all[turn % all.len()].clone())
 }
 
 /// One echo round trip on a fresh connection; returns the name of the server that
