@@ -26,7 +26,7 @@ fn demo_shows_the_timeline_and_exits_0() {
         "client  echo-2 gone from the set",
         "client  requests #11-#20 served by echo-1 ×5, echo-3 ×5",
         "echo-3  crashed",
-        "to echo-3 failed (",
+        "to echo-3 failed (Connection refused (os error 111)); ejected for a while",
         "client  discovered -echo-3: 1 instance",
         "failed attempt(s) on echo-3 retried on the next instance",
         "client  echo-3 expired from the registry",
