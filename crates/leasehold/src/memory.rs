@@ -42,6 +42,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::codec::KeyContext;
+use crate::formats::RegistryKind;
 use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write};
 use crate::{
     Backoff, Codec, Discovery, DiscoveryFeed, Error, Instance, InstanceId, NativeCodec, RegisterOptions,
@@ -500,18 +501,19 @@ impl MemoryRegistry {
         }
     }
 
-    /// A client for `memory://[name][/root]`: the process-wide store of that name.
+    /// A client for `memory://[name][/root][?format=...]`: the process-wide store of
+    /// that name, in any of the [formats](crate::formats).
     pub fn connect(url: &RegistryUrl) -> Result<Self> {
         if url.scheme != "memory" {
             return Err(Error::invalid_url(url.to_string(), "not a memory:// URL"));
         }
-        url.deny_unknown_params(&[])?;
+        url.deny_unknown_params(&["format"])?;
+        let (codec, root) = crate::formats::layout_from_url(url, RegistryKind::Memory, DEFAULT_ROOT)?;
         let name = url.endpoints.join(",");
-        let root = url.root.as_deref().unwrap_or(DEFAULT_ROOT);
         Ok(Self::with_options(
             MemoryStore::named(&name),
-            root,
-            Arc::new(NativeCodec),
+            &root,
+            codec,
             Backoff::default(),
         ))
     }
@@ -589,7 +591,10 @@ impl Registry for MemoryRegistry {
     async fn list_services(&self) -> Result<Vec<ServiceName>> {
         self.backend.check_alive()?;
         self.backend.store.state.lock().unwrap().check_reachable()?;
-        let root = format!("{}/", self.backend.root);
+        let root = match self.backend.root.as_str() {
+            "" => String::new(),
+            root => format!("{root}/"),
+        };
         let mut services: Vec<ServiceName> = self
             .backend
             .store

@@ -250,3 +250,32 @@ async fn many_concurrent_registrations_all_land_on_one_lease() {
     assert_eq!(registry.store().revision() - before, 500, "one revision per key");
     assert_eq!(registry.store().lease_count(), 1);
 }
+
+#[tokio::test]
+async fn a_memory_url_picks_the_format_and_its_root() {
+    let url = "memory://formats-test?format=go-zero".parse().unwrap();
+    let registry = MemoryRegistry::connect(&url).unwrap();
+    let instance = Instance::builder("user.rpc", "10.0.0.5:8080")
+        .id("7587869950362034437")
+        .build()
+        .unwrap();
+    let _registration = registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap();
+    let raw = registry.store().dump("user.rpc/");
+    assert_eq!(
+        raw,
+        [(
+            "user.rpc/7587869950362034437".to_owned(),
+            b"10.0.0.5:8080".to_vec()
+        )]
+    );
+    assert_eq!(
+        registry.list_services().await.unwrap(),
+        [ServiceName::new("user.rpc").unwrap()]
+    );
+    let bad = "memory://x?format=consul".parse().unwrap();
+    let err = MemoryRegistry::connect(&bad).unwrap_err().to_string();
+    assert!(err.contains("unknown format \"consul\""), "{err}");
+}

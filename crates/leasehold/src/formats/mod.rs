@@ -244,6 +244,37 @@ impl FromStr for Format {
     }
 }
 
+/// The codec and root a registry URL asks for, the one way every backend reads them:
+/// `?format=` (native when absent) and the URL's path, else the format's own
+/// [default root](Format::default_root), else `backend_root`.
+///
+/// ```
+/// use leasehold::formats::{layout_from_url, RegistryKind};
+/// let url = "etcd://127.0.0.1:2379?format=go-zero".parse()?;
+/// let (codec, root) = layout_from_url(&url, RegistryKind::Etcd, "/leasehold/services")?;
+/// assert_eq!((codec.name(), root.as_str()), ("go-zero", ""));
+/// # Ok::<(), leasehold::Error>(())
+/// ```
+pub fn layout_from_url(
+    url: &crate::RegistryUrl,
+    registry: RegistryKind,
+    backend_root: &str,
+) -> crate::Result<(Arc<dyn Codec>, String)> {
+    let format = Format::from_name(url.param("format").unwrap_or("native"))
+        .map_err(|e| crate::Error::invalid_url(url.to_string(), e.to_string()))?;
+    let codec = format
+        .codec_for(registry)
+        .map_err(|e| crate::Error::invalid_url(url.to_string(), e.to_string()))?;
+    let root = url
+        .root
+        .as_deref()
+        .or(format.default_root())
+        .unwrap_or(backend_root)
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((codec, root))
+}
+
 /// The codec for `?format=name` on a registry of kind `registry`: what a backend calls
 /// when it reads its URL.
 ///
