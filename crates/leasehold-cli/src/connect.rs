@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use leasehold::memory::MemoryRegistry;
 use leasehold::{Error, Registry, RegistryUrl, Result};
+use leasehold_zookeeper::ZkRegistry;
 
 /// The URL schemes this build can connect to.
-pub const SCHEMES: &[&str] = &["memory"];
+pub const SCHEMES: &[&str] = &["memory", "zk"];
 
 /// Connects to the registry `url` names, with the backend its scheme selects.
 ///
@@ -17,6 +18,7 @@ pub const SCHEMES: &[&str] = &["memory"];
 pub fn connect(url: &RegistryUrl) -> Result<Arc<dyn Registry>> {
     match url.scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryRegistry::connect(url)?)),
+        "zk" => Ok(Arc::new(ZkRegistry::connect(url)?)),
         other => Err(Error::invalid_url(
             url.to_string(),
             format!(
