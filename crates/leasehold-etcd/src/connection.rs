@@ -122,9 +122,13 @@ impl Connection {
 
     /// Runs one request on the shared client, bounded by the request timeout (which
     /// also bounds waiting for a reachable member: etcd-client's balancer waits forever
-    /// for one). A request that failed in transport (a connection to a dead member the
-    /// balancer still picked) is sent again, so the balancer can pick another member;
-    /// every request leasehold makes is idempotent or harmless to repeat.
+    /// for one).
+    ///
+    /// A request that failed in transport (a connection to a dead member the balancer
+    /// still picked), or that got no answer within half the timeout (a frozen member,
+    /// whose connection looks healthy until the HTTP/2 ping times out), is sent again so
+    /// the balancer can pick another member. Every request leasehold makes is idempotent
+    /// or harmless to repeat (a repeated lease grant leaves a lease that expires).
     pub(crate) async fn attempt<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
@@ -132,16 +136,21 @@ impl Connection {
     {
         const RETRIES: usize = 2;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
         for tried in 0.. {
             if self.is_crashed() {
                 return Err(Failure::Crashed);
             }
-            match tokio::time::timeout_at(deadline, request(self.client.clone())).await {
+            let try_deadline = deadline.min(tokio::time::Instant::now() + per_try);
+            match tokio::time::timeout_at(try_deadline, request(self.client.clone())).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(e)) if tried < RETRIES && is_transport(&e) => {
                     tracing::debug!(error = %e, "etcd: request failed in transport; sending it again");
                 }
                 Ok(Err(e)) => return Err(Failure::Etcd(e)),
+                Err(_) if tried < RETRIES && try_deadline < deadline => {
+                    tracing::debug!(after = ?per_try, "etcd: no answer; sending the request again");
+                }
                 Err(_) => return Err(Failure::TimedOut),
             }
         }

@@ -27,8 +27,10 @@ pub(crate) struct Position {
     pub(crate) keys: i64,
 }
 
-/// How often a watch asks etcd for a progress answer: proof that the member is alive
-/// and the revision every event up to which has been sent.
+/// How often a watch asks etcd for a progress answer, as proof that the member is
+/// alive. Only that: etcd 3.4 answers a progress request at once with the store's
+/// revision, even while events below it are still on their way, so progress answers
+/// never advance the applied revision.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// A watch with no answer for this long is on a frozen or cut-off member: resumed
@@ -248,6 +250,7 @@ async fn same_history(conn: &Connection, prefix: &str, at: &Position) -> Result<
 
 /// Applies one response's events as one snapshot. Events at or below the applied
 /// revision (replayed after a resume) are skipped, so each change is seen exactly once.
+/// A response without events (progress) changes nothing.
 fn apply(feed: &mut DiscoveryFeed, prefix: &str, at: &mut Position, answer: &WatchResponse) {
     let mut reached = at.revision;
     for event in answer.events() {
@@ -271,10 +274,6 @@ fn apply(feed: &mut DiscoveryFeed, prefix: &str, at: &mut Position, answer: &Wat
             EventType::Put => feed.put(key, kv.value()),
             EventType::Delete => feed.delete(key),
         }
-    }
-    if answer.events().is_empty() {
-        // A progress notification: every event up to its revision has been sent.
-        reached = reached.max(answer.header().map_or(0, |h| h.revision()));
     }
     if reached > at.revision {
         at.revision = reached;

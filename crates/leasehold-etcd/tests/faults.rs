@@ -548,3 +548,27 @@ async fn crashed_client_expires_with_its_lease() {
     ));
     drop(registration);
 }
+
+/// A change made right after a watch starts, while the watch is being created, is
+/// never lost (etcd 3.4 answers a progress request at once with the store's revision,
+/// before the events below it that an unsynced watch is still to send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_right_after_watch_starts_are_seen() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let watcher = connect(&etcd).await;
+    let mut writer = raw(&etcd).await;
+    for round in 0..100 {
+        let service = leasehold::ServiceName::new(format!("race{round}")).unwrap();
+        let discovery = watcher.watch(&service, WatchOptions::default()).await.unwrap();
+        let value = br#"{"service":"SERVICE","id":"x","addr":"127.0.0.1:1"}"#;
+        let value = String::from_utf8_lossy(value).replace("SERVICE", service.as_str());
+        writer
+            .put(format!("{ROOT}/{service}/x"), value, None)
+            .await
+            .unwrap();
+        discovery
+            .wait_for(WAIT, |s| s.len() == 1)
+            .await
+            .unwrap_or_else(|| panic!("round {round}: the instance is seen"));
+    }
+}
