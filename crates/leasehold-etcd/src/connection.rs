@@ -24,9 +24,13 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// `{root}/`: every service's keys are under it.
+    /// `{root}/`, under which every service's keys are; empty (every key) for the
+    /// formats that keep services at the top of etcd.
     pub(crate) fn root_prefix(&self) -> String {
-        format!("{}/", self.root)
+        match self.root.as_str() {
+            "" => String::new(),
+            root => format!("{root}/"),
+        }
     }
 
     /// The prefix under which `service`'s instances live, ending in `/`.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+use leasehold::formats::{self, RegistryKind};
 use leasehold::{Backoff, Codec, Error, NativeCodec, RegistryUrl, Result};
 
 /// The root under which the native format keeps services: `{root}/{service}/{id}`.
@@ -94,8 +95,10 @@ impl EtcdOptions {
     ///
     /// Parameters: `user`, `password` (also accepted from the URL's userinfo), `ca`,
     /// `cert`, `key` (PEM file paths; any of them turns TLS on), `connect_timeout` and
-    /// `request_timeout` (such as `5s` or `500ms`), `format` (`native`). Anything else is
-    /// refused by name, so a typo is an error rather than silently ignored.
+    /// `request_timeout` (such as `5s` or `500ms`), `format` (any of
+    /// [`leasehold::formats`] that etcd carries; native by default, and a format's own
+    /// root when the URL has no path). Anything else is refused by name, so a typo is an
+    /// error rather than silently ignored.
     pub fn from_url(url: &RegistryUrl) -> Result<Self> {
         if url.scheme != "etcd" {
             return Err(Error::invalid_url(url.to_string(), "not an etcd:// URL"));
@@ -103,10 +106,10 @@ impl EtcdOptions {
         url.require_endpoints()?;
         url.deny_unknown_params(KNOWN_PARAMS)?;
         let fail = |reason: String| Error::invalid_url(url.to_string(), reason);
-        let mut options = EtcdOptions::new(url.endpoints.iter().cloned());
-        if let Some(root) = &url.root {
-            options.root = root.clone();
-        }
+        let (codec, root) = formats::layout_from_url(url, RegistryKind::Etcd, DEFAULT_ROOT)?;
+        let mut options = EtcdOptions::new(url.endpoints.iter().cloned())
+            .root(root)
+            .codec(codec);
         let user = url.param("user").map(str::to_owned).or_else(|| url.user.clone());
         let password = url
             .param("password")
@@ -139,13 +142,6 @@ impl EtcdOptions {
         }
         if let Some(timeout) = duration("request_timeout")? {
             options.request_timeout = timeout;
-        }
-        if let Some(format) = url.param("format") {
-            options.codec = codec_named(format).ok_or_else(|| {
-                fail(format!(
-                    "unknown format {format:?}; the etcd backend knows: native"
-                ))
-            })?;
         }
         Ok(options)
     }
@@ -251,14 +247,6 @@ fn read_pem(what: &str, path: &PathBuf) -> Result<Vec<u8>> {
     })
 }
 
-/// The codec for a `format=` name.
-fn codec_named(name: &str) -> Option<Arc<dyn Codec>> {
-    match name {
-        "native" => Some(Arc::new(NativeCodec)),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +266,8 @@ mod tests {
         let defaults = parse("etcd://h:1").unwrap();
         assert_eq!(defaults.root, DEFAULT_ROOT);
         assert_eq!(defaults.codec.name(), "native");
+        let go_zero = parse("etcd://h:1?format=go-zero").unwrap();
+        assert_eq!((go_zero.codec.name(), go_zero.root.as_str()), ("go-zero", ""));
         let params = parse("etcd://h:1?user=a&password=b").unwrap();
         assert_eq!(params.user, Some(("a".into(), "b".into())));
     }
@@ -288,7 +278,8 @@ mod tests {
             ("zk://h:1", "not an etcd"),
             ("etcd://h/x", "not host:port"),
             ("etcd://h:1?fromat=native", "fromat"),
-            ("etcd://h:1?format=go-kit", "unknown format \"go-kit\""),
+            ("etcd://h:1?format=gokit", "unknown format \"gokit\""),
+            ("etcd://h:1?format=curator", "not available on etcd"),
             ("etcd://h:1?connect_timeout=soon", "connect_timeout=\"soon\""),
             ("etcd://u@h:1", "without a password"),
             ("etcd://h:1?cert=a.pem", "together"),

@@ -572,3 +572,68 @@ async fn changes_right_after_watch_starts_are_seen() {
             .unwrap_or_else(|| panic!("round {round}: the instance is seen"));
     }
 }
+
+/// go-zero names keys after the lease: a lost lease moves the registration to a key
+/// named after the new one, and the old key is removed in the same transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_zero_keys_follow_the_lease() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let url = format!("etcd://{}?format=go-zero", etcd.endpoint(0));
+    let registry = connect_url(&url).await;
+    let watcher = connect_url(&url).await;
+    let service = leasehold::ServiceName::new("user.rpc").unwrap();
+    let instance = leasehold::Instance::builder("user.rpc", "10.0.0.5:8080")
+        .build()
+        .unwrap();
+    let registration = registry
+        .register(instance, RegisterOptions::ttl(TTL))
+        .await
+        .unwrap();
+    let discovery = watcher.watch(&service, WatchOptions::default()).await.unwrap();
+    let mut client = raw(&etcd).await;
+    let keys = |answer: etcd_client::GetResponse| -> Vec<(String, String)> {
+        answer
+            .kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_owned(),
+                    kv.value_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let prefix = etcd_client::GetOptions::new().with_prefix();
+    let before = keys(client.get("user.rpc/", Some(prefix.clone())).await.unwrap());
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0].1, "10.0.0.5:8080");
+    assert!(
+        before[0].0["user.rpc/".len()..].parse::<i64>().is_ok(),
+        "{before:?}"
+    );
+    assert_eq!(discovery.snapshot().len(), 1);
+
+    etcd.kill(0).await.unwrap();
+    etcd.restart(0).await.unwrap();
+    registered(&registration).await;
+    let mut client = raw(&etcd).await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after = keys(client.get("user.rpc/", Some(prefix.clone())).await.unwrap());
+        if after.len() == 1 && after[0].0 != before[0].0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one key, named after a new lease: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    discovery
+        .wait_for(WAIT, |s| {
+            s.connection().is_live() && s.len() == 1 && s.instances()[0].addr().as_str() == "10.0.0.5:8080"
+        })
+        .await
+        .expect("the watcher holds the one instance under its new key");
+    assert_eq!(registry.list_services().await.unwrap(), [service]);
+}
