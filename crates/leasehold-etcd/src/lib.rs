@@ -1,4 +1,4 @@
-//! The etcd v3 backend of [leasehold](leasehold): service registration and discovery
+//! The etcd v3 backend of [leasehold]: service registration and discovery
 //! that survive etcd restarts, wipes, member failures and compaction.
 //!
 //! [`EtcdRegistry`] implements [`leasehold::Registry`]:
