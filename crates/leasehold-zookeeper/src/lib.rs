@@ -15,6 +15,11 @@
 //! while serving the last known set marked stale, and opens a new session when its own
 //! expires.
 //!
+//! Other frameworks' layouts are chosen with `?format=` ([`leasehold::formats`]):
+//! `go-kit` writes go-kit `sd/zk`'s nodes (`_c_{guid}-{sequence}` holding the raw
+//! address) and `curator` Curator x-discovery's (`{basePath}/{name}/{id}` holding
+//! Curator's JSON), so services of those frameworks and leasehold's find each other.
+//!
 //! With a digest identity (`zk://user:password@...`), nodes are created with ACLs that
 //! let only that identity change or delete them.
 //!

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use leasehold::formats::{self, RegistryKind};
 use leasehold::{Backoff, Codec, Error, NativeCodec, RegistryUrl, Result};
 
 /// The root under which services live when the URL names none.
@@ -118,6 +119,8 @@ impl ZkOptions {
     }
 
     /// Reads `zk://[user:password@]h1:p1,h2:p2[/root][?session_timeout=6s&connect_timeout=5s&format=native&user=u&password=p]`.
+    /// `format` is any of [`leasehold::formats`] that ZooKeeper carries (`native`,
+    /// `go-kit`, `curator`), read with [`formats::layout_from_url`] as every backend does.
     /// Unknown parameters, malformed durations and unknown formats are refused with an
     /// error naming them.
     pub fn from_url(url: &RegistryUrl) -> Result<Self> {
@@ -130,10 +133,10 @@ impl ZkOptions {
         }
         url.require_endpoints()?;
         url.deny_unknown_params(KNOWN_PARAMS)?;
-        let mut options = ZkOptions::new(url.endpoints.iter().cloned());
-        if let Some(root) = &url.root {
-            options = options.root(root);
-        }
+        let (codec, root) = formats::layout_from_url(url, RegistryKind::ZooKeeper, DEFAULT_ROOT)?;
+        let mut options = ZkOptions::new(url.endpoints.iter().cloned())
+            .root(&root)
+            .codec(codec);
         let duration = |key: &str| -> Result<Option<Duration>> {
             url.param(key)
                 .map(|value| {
@@ -164,15 +167,6 @@ impl ZkOptions {
                 return Err(Error::invalid_url(
                     url.to_string(),
                     "digest auth needs both a user and a password",
-                ))
-            }
-        }
-        match url.param("format").unwrap_or("native") {
-            "native" => {}
-            other => {
-                return Err(Error::invalid_url(
-                    url.to_string(),
-                    format!("unknown format {other:?}; known: native"),
                 ))
             }
         }
@@ -246,6 +240,9 @@ mod tests {
         assert_eq!(options.connect_timeout, Duration::from_millis(300));
         assert_eq!(options.digest, Some(Digest::new("u", "pw")));
         assert_eq!(parse("zk://h:1").unwrap().root, DEFAULT_ROOT);
+        let curator = parse("zk://h:1/services?format=curator").unwrap();
+        assert_eq!((curator.codec.name(), curator.root.as_str()), ("curator", "/services"));
+        assert_eq!(parse("zk://h:1?format=go-kit").unwrap().codec.name(), "go-kit");
         assert_eq!(ZkOptions::new(["h:1"]).root("/").root, "");
         assert_eq!(ZkOptions::new(["h:1"]).root("a/b/").root, "/a/b");
         let params = parse("zk://h:1/r?user=a&password=b").unwrap();
@@ -260,7 +257,8 @@ mod tests {
             ("zk://h:1?sesion_timeout=1s", "sesion_timeout"),
             ("zk://h:1?session_timeout=soon", "session_timeout=\"soon\""),
             ("zk://h:1?connect_timeout=0s", "connect_timeout"),
-            ("zk://h:1?format=curator", "unknown format \"curator\""),
+            ("zk://h:1?format=gokit", "unknown format \"gokit\""),
+            ("zk://h:1?format=go-zero", "not available on ZooKeeper"),
             ("zk://h:1?user=a", "both a user and a password"),
         ];
         for (url, expected) in cases {

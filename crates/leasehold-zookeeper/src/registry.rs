@@ -19,8 +19,10 @@ use crate::watch::{list, Follow};
 
 /// A client of a ZooKeeper ensemble, implementing [`Registry`].
 ///
-/// Each registration is a protected ephemeral sequential node
-/// `{root}/{service}/_c_{guid}-{id}{sequence}` holding the codec's value, written under
+/// Each registration is an ephemeral node holding the codec's value, named as the codec
+/// says ([`NodeNaming`](leasehold::NodeNaming)): natively a protected ephemeral sequential
+/// node `{root}/{service}/_c_{guid}-{id}{sequence}` (go-kit's has no `{id}`), for
+/// Curator exactly `{root}/{service}/{id}`. It is written under
 /// one ZooKeeper session per TTL (the session timeout is the TTL). When that session
 /// expires, a new one is opened and every registration written again, our node of the
 /// old session removed if it still shows; a disconnection that keeps the session changes
