@@ -89,16 +89,20 @@ fn main() -> ExitCode {
 /// Runs one command. Input is validated before the registry is contacted, so bad input
 /// is exit 2 whether or not the registry is reachable.
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let connect = || connect::connect(&cli.registry).context(format_args!("connecting to {}", cli.registry));
+    let connect = || async {
+        connect::connect(&cli.registry)
+            .await
+            .context(format_args!("connecting to {}", cli.registry))
+    };
     match cli.command {
         Command::Register(ref args) => {
             let (instance, options) = register::instance(args)?;
-            register::run(connect()?, instance, options).await
+            register::run(connect().await?, instance, options).await
         }
-        Command::Ls(ref args) => ls::run(connect()?, args.service.clone(), args.json).await,
-        Command::Watch(ref args) => watch::run(connect()?, args.service.clone(), args.json).await,
+        Command::Ls(ref args) => ls::run(connect().await?, args.service.clone(), args.json).await,
+        Command::Watch(ref args) => watch::run(connect().await?, args.service.clone(), args.json).await,
         Command::Deregister(ref args) => {
-            deregister::run(connect()?, args.service.clone(), args.id.clone()).await
+            deregister::run(connect().await?, args.service.clone(), args.id.clone()).await
         }
         Command::Demo => demo::run().await,
     }

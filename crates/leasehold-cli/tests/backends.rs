@@ -88,3 +88,25 @@ async fn every_command_works_on_zookeeper() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_command_works_on_etcd() {
+    let etcd = leasehold_testkit::EtcdCluster::start_single()
+        .await
+        .expect("etcd starts");
+    let url = etcd.url("/leasehold/services");
+    tokio::task::spawn_blocking(move || every_command_works_on(&url))
+        .await
+        .unwrap();
+}
+
+/// A registry nobody answers at is a run-time error (exit 1) that names the address.
+#[test]
+fn unreachable_registries_are_named_and_exit_1() {
+    for url in ["etcd://127.0.0.1:1/x", "zk://127.0.0.1:1/x"] {
+        let output = run(&["--registry", url, "ls"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
+        assert!(stderr.contains("cannot reach registry at 127.0.0.1:1"), "{url}: {stderr}");
+    }
+}
