@@ -82,17 +82,14 @@ impl Report {
     }
 }
 
-/// The registry client for `url`. Knows `memory://` for now; the etcd and ZooKeeper
-/// backends are added here as `leasehold_etcd::EtcdRegistry::connect(&url)` and
-/// `leasehold_zookeeper::ZkRegistry::connect(&url)`.
+/// The registry client for `url`: `memory://`, `etcd://` or `zk://`.
 pub async fn connect_registry(url: &str) -> Result<Arc<dyn Registry>, BoxError> {
     let url = RegistryUrl::parse(url)?;
     match url.scheme.as_str() {
         "memory" => Ok(Arc::new(MemoryRegistry::connect(&url)?)),
-        other => Err(format!(
-            "registry scheme {other}:// is not supported by this example yet; use memory://"
-        )
-        .into()),
+        "etcd" => Ok(Arc::new(leasehold_etcd::EtcdRegistry::connect(&url).await?)),
+        "zk" => Ok(Arc::new(leasehold_zookeeper::ZkRegistry::connect(&url)?)),
+        other => Err(format!("unknown registry scheme {other}://; use memory://, etcd:// or zk://").into()),
     }
 }
 

@@ -9,8 +9,18 @@ use example::{Args, Report};
 use leasehold_tower::balance::BalancerKind;
 
 async fn run(balancer: BalancerKind, requests: usize, no_retries: bool) -> Report {
+    run_on(
+        format!("memory://grpc-balance-{balancer}-{no_retries}"),
+        balancer,
+        requests,
+        no_retries,
+    )
+    .await
+}
+
+async fn run_on(registry: String, balancer: BalancerKind, requests: usize, no_retries: bool) -> Report {
     let report = example::run(Args {
-        registry: format!("memory://grpc-balance-{balancer}-{no_retries}"),
+        registry,
         requests,
         balancer,
         concurrency: 4,
@@ -94,4 +104,22 @@ async fn without_retries_the_stopped_server_costs_calls() {
     let report = run(BalancerKind::RoundRobin, 300, true).await;
     assert!(report.failed >= 1, "{}", report.to_json());
     assert_eq!(answered(&report) + report.failed, 300);
+}
+
+/// The example on real registries: the same zero failed calls, whichever backend
+/// discovery runs on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_call_fails_on_etcd_or_zookeeper() {
+    let etcd = leasehold_testkit::EtcdCluster::start_single()
+        .await
+        .expect("etcd starts");
+    let zk = leasehold_testkit::ZkEnsemble::start_standalone()
+        .await
+        .expect("ZooKeeper starts");
+    for url in [etcd.url("/leasehold/services"), zk.url("/leasehold")] {
+        let report = run_on(url.clone(), BalancerKind::RoundRobin, 300, false).await;
+        assert_eq!(report.failed, 0, "{url}: {}", report.to_json());
+        assert_eq!(answered(&report), 300, "{url}");
+        assert_eq!(report.served.len(), 3, "{url}: {}", report.to_json());
+    }
 }
