@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use crate::{Error, Result};
 
@@ -124,6 +125,46 @@ impl RegistryUrl {
     /// Takes the query parameter `key`, if present.
     pub fn param(&self, key: &str) -> Option<&str> {
         self.params.get(key).map(String::as_str)
+    }
+
+    /// The positive duration in query parameter `key` (`5s`, `500ms`, `1m30s`), if
+    /// present; a malformed or zero value is an error naming it.
+    pub fn duration_param(&self, key: &str) -> Result<Option<Duration>> {
+        let Some(value) = self.param(key) else {
+            return Ok(None);
+        };
+        match humantime::parse_duration(value) {
+            Ok(duration) if !duration.is_zero() => Ok(Some(duration)),
+            _ => Err(Error::invalid_url(
+                self.to_string(),
+                format!("{key}={value:?} is not a positive duration such as 5s or 500ms"),
+            )),
+        }
+    }
+
+    /// The user and password the URL carries, as `user:password@` or as `?user=` and
+    /// `?password=` (the query wins). Both or neither: one without the other is an error.
+    pub fn credentials(&self) -> Result<Option<(String, String)>> {
+        let user = self
+            .param("user")
+            .map(str::to_owned)
+            .or_else(|| self.user.clone());
+        let password = self
+            .param("password")
+            .map(str::to_owned)
+            .or_else(|| self.password.clone());
+        match (user, password) {
+            (Some(user), Some(password)) => Ok(Some((user, password))),
+            (None, None) => Ok(None),
+            (Some(user), None) => Err(Error::invalid_url(
+                self.to_string(),
+                format!("user {user:?} given without a password"),
+            )),
+            (None, Some(_)) => Err(Error::invalid_url(
+                self.to_string(),
+                "password given without a user",
+            )),
+        }
     }
 
     /// Fails with the names of any query parameters not in `known`, so a typo is an
@@ -258,6 +299,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("fromat"));
+    }
+
+    #[test]
+    fn durations_and_credentials() {
+        let url = RegistryUrl::parse("etcd://u:p@h:1/x?connect_timeout=1m30s&bad=0s&worse=soon").unwrap();
+        assert_eq!(
+            url.duration_param("connect_timeout").unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(url.duration_param("absent").unwrap(), None);
+        for key in ["bad", "worse"] {
+            let err = url.duration_param(key).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{key}=")) && err.contains("positive duration"),
+                "{err}"
+            );
+        }
+        assert_eq!(url.credentials().unwrap(), Some(("u".into(), "p".into())));
+        let query = RegistryUrl::parse("zk://h:1?user=a&password=b").unwrap();
+        assert_eq!(query.credentials().unwrap(), Some(("a".into(), "b".into())));
+        let half = RegistryUrl::parse("zk://h:1?user=a").unwrap();
+        assert!(half
+            .credentials()
+            .unwrap_err()
+            .to_string()
+            .contains("without a password"));
+        assert_eq!(
+            RegistryUrl::parse("zk://h:1").unwrap().credentials().unwrap(),
+            None
+        );
     }
 
     #[test]
