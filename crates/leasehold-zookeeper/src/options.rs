@@ -241,7 +241,10 @@ mod tests {
         assert_eq!(options.digest, Some(Digest::new("u", "pw")));
         assert_eq!(parse("zk://h:1").unwrap().root, DEFAULT_ROOT);
         let curator = parse("zk://h:1/services?format=curator").unwrap();
-        assert_eq!((curator.codec.name(), curator.root.as_str()), ("curator", "/services"));
+        assert_eq!(
+            (curator.codec.name(), curator.root.as_str()),
+            ("curator", "/services")
+        );
         assert_eq!(parse("zk://h:1?format=go-kit").unwrap().codec.name(), "go-kit");
         assert_eq!(ZkOptions::new(["h:1"]).root("/").root, "");
         assert_eq!(ZkOptions::new(["h:1"]).root("a/b/").root, "/a/b");
