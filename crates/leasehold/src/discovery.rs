@@ -54,7 +54,7 @@ impl ConnectionState {
 /// every change, sharing structure with the last.
 pub struct Snapshot {
     service: ServiceName,
-    entries: imbl::HashMap<String, Arc<Instance>>,
+    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
     sorted: OnceLock<Arc<[Arc<Instance>]>>,
     revision: u64,
     version: u64,
@@ -346,7 +346,7 @@ pub struct DiscoveryFeed {
     service: ServiceName,
     codec: Arc<dyn Codec>,
     options: WatchOptions,
-    entries: imbl::HashMap<String, Arc<Instance>>,
+    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
     pending: Vec<Change>,
     revision: u64,
     version: u64,
@@ -432,11 +432,21 @@ impl DiscoveryFeed {
         self.handle.strong_count() == 0
     }
 
-    fn decode(&mut self, key: &str, value: &[u8]) -> Option<Arc<Instance>> {
+    /// The instance at `key`, and the key as the map holds it. The key shares the id's
+    /// string when they are equal (the native layout) and the instance shares the
+    /// service name, so a cache of N instances costs little more than N decoded values.
+    fn decode(&mut self, key: &str, value: &[u8]) -> Option<(Arc<str>, Arc<Instance>)> {
         match self.codec.decode(&self.service, key, value) {
-            Ok(instance) => {
-                self.logged.remove(key);
-                Some(Arc::new(instance))
+            Ok(mut instance) => {
+                if !self.logged.is_empty() {
+                    self.logged.remove(key);
+                }
+                instance.share_service(&self.service);
+                let key = match instance.id().as_str() == key {
+                    true => instance.id().shared().clone(),
+                    false => Arc::from(key),
+                };
+                Some((key, Arc::new(instance)))
             }
             Err(e) => {
                 self.shared.skipped.fetch_add(1, Ordering::Relaxed);
@@ -452,7 +462,7 @@ impl DiscoveryFeed {
     /// counted; whatever the key held before is removed, since it no longer holds it.
     pub fn put(&mut self, key: &str, value: &[u8]) {
         match self.decode(key, value) {
-            Some(instance) => match self.entries.insert(key.to_owned(), instance.clone()) {
+            Some((key, instance)) => match self.entries.insert(key, instance.clone()) {
                 None => self.pending.push(Change::Added(instance)),
                 Some(old) if old != instance => self.pending.push(Change::Updated { old, new: instance }),
                 Some(_) => {}
@@ -486,8 +496,8 @@ impl DiscoveryFeed {
         let mut next = imbl::HashMap::new();
         for (key, value) in listing {
             let key = key.as_ref();
-            if let Some(instance) = self.decode(key, value.as_ref()) {
-                next.insert(key.to_owned(), instance);
+            if let Some((key, instance)) = self.decode(key, value.as_ref()) {
+                next.insert(key, instance);
             }
         }
         self.revision = revision;
@@ -545,6 +555,8 @@ impl DiscoveryFeed {
         for change in self.pending.drain(..) {
             let _ = self.shared.changes.send(change);
         }
+        // A listing of thousands leaves a large buffer behind; keep a modest one.
+        self.pending.shrink_to(64);
     }
 
     /// Marks the set stale: the registry cannot be reached. Kept and served meanwhile.

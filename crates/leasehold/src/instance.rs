@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -78,14 +79,14 @@ macro_rules! name_type {
         $(#[$doc])*
         #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `value` and wraps it.
             pub fn new(value: impl Into<String>) -> Result<Self, InvalidInput> {
                 let value = value.into();
                 check_name($field, &value, $extra)?;
-                Ok($name(value))
+                Ok($name(value.into()))
             }
 
             /// The name as a string slice.
@@ -123,7 +124,7 @@ macro_rules! name_type {
 
         impl From<$name> for String {
             fn from(n: $name) -> String {
-                n.0
+                n.0.to_string()
             }
         }
 
@@ -155,7 +156,12 @@ name_type!(
 impl InstanceId {
     /// A fresh random id (a UUID v4 in its simple form), as Curator gives its instances.
     pub fn random() -> Self {
-        InstanceId(uuid::Uuid::new_v4().simple().to_string())
+        InstanceId(uuid::Uuid::new_v4().simple().to_string().into())
+    }
+
+    /// The id's shared string, so a cache can key by it without another allocation.
+    pub(crate) fn shared(&self) -> &Arc<str> {
+        &self.0
     }
 }
 
@@ -164,14 +170,14 @@ impl InstanceId {
 /// `grpc://10.0.0.5:9000`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct Address(String);
+pub struct Address(Box<str>);
 
 impl Address {
     /// Validates `value` as `host:port` or a URI and wraps it.
     pub fn new(value: impl Into<String>) -> Result<Self, InvalidInput> {
         let value = value.into();
         Self::check(&value)?;
-        Ok(Address(value))
+        Ok(Address(value.into()))
     }
 
     fn check(value: &str) -> Result<(), InvalidInput> {
@@ -298,7 +304,7 @@ impl TryFrom<String> for Address {
 
 impl From<Address> for String {
     fn from(a: Address) -> String {
-        a.0
+        a.0.into()
     }
 }
 
@@ -316,11 +322,28 @@ pub struct Instance {
     service: ServiceName,
     id: InstanceId,
     addr: Address,
-    metadata: Metadata,
     weight: NonZeroU32,
-    zone: Option<String>,
-    version: Option<String>,
+    /// Metadata, zone and version, boxed and `None` when all are empty: most instances
+    /// have none, and a cache holds thousands of instances.
+    labels: Option<Box<Labels>>,
 }
+
+/// The optional parts of an instance. Never all empty inside an `Instance`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Labels {
+    metadata: Metadata,
+    zone: Option<Box<str>>,
+    version: Option<Box<str>>,
+}
+
+impl Labels {
+    fn boxed(self) -> Option<Box<Labels>> {
+        (self != Labels::default()).then(|| Box::new(self))
+    }
+}
+
+/// The metadata of an instance that has none.
+static NO_METADATA: Metadata = Metadata::new();
 
 impl Instance {
     /// Starts building an instance of `service` reached at `addr`.
@@ -360,7 +383,7 @@ impl Instance {
     }
     /// The instance's labels.
     pub fn metadata(&self) -> &Metadata {
-        &self.metadata
+        self.labels.as_ref().map_or(&NO_METADATA, |l| &l.metadata)
     }
     /// Relative share of traffic for weighted balancing; at least 1.
     pub fn weight(&self) -> u32 {
@@ -368,30 +391,40 @@ impl Instance {
     }
     /// The zone (availability zone, rack, region) the instance runs in, if known.
     pub fn zone(&self) -> Option<&str> {
-        self.zone.as_deref()
+        self.labels.as_ref()?.zone.as_deref()
     }
     /// The version of the software the instance runs, if known.
     pub fn version(&self) -> Option<&str> {
-        self.version.as_deref()
+        self.labels.as_ref()?.version.as_deref()
+    }
+
+    /// Makes this instance share `service`'s string, when it names the same service,
+    /// so a cache of many instances holds the name once.
+    pub(crate) fn share_service(&mut self, service: &ServiceName) {
+        if self.service == *service {
+            self.service = service.clone();
+        }
     }
 
     /// A copy with `update` applied, validated like a new instance. Service, id and
     /// address never change in place: they make a different instance.
     pub fn updated(&self, update: &InstanceUpdate) -> Result<Instance, InvalidInput> {
         let mut next = self.clone();
+        let mut labels = next.labels.take().map(|l| *l).unwrap_or_default();
         if let Some(metadata) = &update.metadata {
             check_metadata(metadata)?;
-            next.metadata = metadata.clone();
+            labels.metadata = metadata.clone();
         }
         if let Some(weight) = update.weight {
             next.weight = check_weight(weight)?;
         }
         if let Some(zone) = &update.zone {
-            next.zone = check_label("zone", zone.clone())?;
+            labels.zone = check_label("zone", zone.clone())?;
         }
         if let Some(version) = &update.version {
-            next.version = check_label("version", version.clone())?;
+            labels.version = check_label("version", version.clone())?;
         }
+        next.labels = labels.boxed();
         Ok(next)
     }
 }
@@ -407,7 +440,7 @@ fn check_metadata(metadata: &Metadata) -> Result<(), InvalidInput> {
     Ok(())
 }
 
-fn check_label(field: &'static str, value: Option<String>) -> Result<Option<String>, InvalidInput> {
+fn check_label(field: &'static str, value: Option<String>) -> Result<Option<Box<str>>, InvalidInput> {
     match value {
         Some(v) if v.is_empty() => Ok(None),
         Some(v) if v.len() > MAX_NAME_LEN => Err(InvalidInput::new(
@@ -420,7 +453,7 @@ fn check_label(field: &'static str, value: Option<String>) -> Result<Option<Stri
             &v,
             "must not contain control characters",
         )),
-        other => Ok(other),
+        other => Ok(other.map(String::into_boxed_str)),
     }
 }
 
@@ -480,10 +513,13 @@ impl InstanceBuilder {
                 None => InstanceId::random(),
             },
             addr: Address::new(self.addr)?,
-            metadata: self.metadata,
             weight: check_weight(self.weight)?,
-            zone: check_label("zone", self.zone)?,
-            version: check_label("version", self.version)?,
+            labels: Labels {
+                metadata: self.metadata,
+                zone: check_label("zone", self.zone)?,
+                version: check_label("version", self.version)?,
+            }
+            .boxed(),
         })
     }
 }
@@ -566,14 +602,15 @@ impl TryFrom<InstanceRepr> for Instance {
 
 impl From<Instance> for InstanceRepr {
     fn from(i: Instance) -> Self {
+        let labels = i.labels.map(|l| *l).unwrap_or_default();
         InstanceRepr {
-            service: i.service.0,
-            id: i.id.0,
-            addr: i.addr.0,
-            metadata: i.metadata,
+            service: i.service.into(),
+            id: i.id.into(),
+            addr: i.addr.into(),
+            metadata: labels.metadata,
             weight: i.weight.get(),
-            zone: i.zone,
-            version: i.version,
+            zone: labels.zone.map(String::from),
+            version: labels.version.map(String::from),
         }
     }
 }
@@ -667,6 +704,18 @@ mod tests {
         assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), instance);
         let bad = r#"{"service":"echo","id":"e1","addr":"nope"}"#;
         assert!(serde_json::from_str::<Instance>(bad).is_err());
+    }
+
+    #[test]
+    fn clearing_every_label_compares_equal_to_never_having_one() {
+        let plain = Instance::builder("s", "h:1").id("i").build().unwrap();
+        let labelled = plain
+            .updated(&InstanceUpdate::new().zone(Some("z".into())).version(Some("1".into())))
+            .unwrap();
+        assert_ne!(plain, labelled);
+        let cleared = labelled.updated(&InstanceUpdate::new().zone(None).version(None)).unwrap();
+        assert_eq!(plain, cleared);
+        assert!(cleared.metadata().is_empty());
     }
 
     #[test]
