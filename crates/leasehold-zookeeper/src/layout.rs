@@ -92,6 +92,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use leasehold::formats::{CuratorCodec, GoKitZkCodec};
     use leasehold::NativeCodec;
 
     #[test]
@@ -112,5 +113,24 @@ mod tests {
             (top.root_node(), top.service_path(instance.service()).as_str()),
             ("/", "/echo")
         );
+    }
+
+    #[test]
+    fn go_kit_nodes_have_no_instance_key_and_curator_nodes_are_the_id() {
+        let instance = Instance::builder("hello", "10.0.0.5:8080")
+            .id("a")
+            .build()
+            .unwrap();
+        let go_kit = Layout::new("/services".into(), Arc::new(GoKitZkCodec));
+        let guid = Layout::new_guid();
+        assert_eq!(go_kit.naming(), NodeNaming::ProtectedSequential);
+        assert_eq!(
+            go_kit.protected_prefix(&instance, &guid),
+            format!("/services/hello/_c_{guid}-")
+        );
+        assert!(Layout::has_guid(&format!("_c_{guid}-0000000000"), &guid));
+        let curator = Layout::new("/services".into(), Arc::new(CuratorCodec::new()));
+        assert_eq!(curator.naming(), NodeNaming::Exact);
+        assert_eq!(curator.exact_path(&instance), "/services/hello/a");
     }
 }
