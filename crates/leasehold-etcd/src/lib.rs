@@ -21,6 +21,10 @@
 //!
 //! Options come from an `etcd://` URL or from [`EtcdOptions`]: user and password (never
 //! shown in `Debug`, `Display`, logs or errors), TLS files, timeouts, root and format.
+//! `?format=` ([`leasehold::formats`]) writes and reads go-kit `sd/etcdv3`, go-zero
+//! `discov` (keys named after the shared lease's id), etcd `naming/endpoints` (grpc-go's
+//! `etcd:///` resolver) or Kratos keys and values, so their services and leasehold's
+//! find each other.
 //!
 //! # Example
 //!
