@@ -1,4 +1,4 @@
-//! The ZooKeeper backend of [leasehold](leasehold): service registration and discovery
+//! The ZooKeeper backend of [leasehold]: service registration and discovery
 //! on an Apache ZooKeeper ensemble (3.6 or later, for persistent recursive watches).
 //!
 //! [`ZkRegistry`] implements [`leasehold::Registry`]. Each registration is a protected
