@@ -45,6 +45,11 @@ impl Harness for ZkHarness {
         // timeouts are in session-timeout units.
         Duration::from_secs(10)
     }
+
+    fn coalesces_changes(&self) -> bool {
+        // Watch events carry no data: the watcher reads each node after the fact.
+        true
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
