@@ -110,16 +110,8 @@ impl EtcdOptions {
         let mut options = EtcdOptions::new(url.endpoints.iter().cloned())
             .root(root)
             .codec(codec);
-        let user = url.param("user").map(str::to_owned).or_else(|| url.user.clone());
-        let password = url
-            .param("password")
-            .map(str::to_owned)
-            .or_else(|| url.password.clone());
-        match (user, password) {
-            (Some(user), Some(password)) => options = options.user(user, password),
-            (Some(user), None) => return Err(fail(format!("user {user:?} given without a password"))),
-            (None, Some(_)) => return Err(fail("password given without a user".into())),
-            (None, None) => {}
+        if let Some((user, password)) = url.credentials()? {
+            options = options.user(user, password);
         }
         if let Some(ca) = url.param("ca") {
             options = options.ca(ca);
@@ -129,18 +121,10 @@ impl EtcdOptions {
             (None, None) => {}
             _ => return Err(fail("cert and key must be given together".into())),
         }
-        let duration = |name: &str| -> Result<Option<Duration>> {
-            url.param(name)
-                .map(|value| {
-                    humantime::parse_duration(value)
-                        .map_err(|e| fail(format!("{name}={value:?} is not a duration such as 5s: {e}")))
-                })
-                .transpose()
-        };
-        if let Some(timeout) = duration("connect_timeout")? {
+        if let Some(timeout) = url.duration_param("connect_timeout")? {
             options.connect_timeout = timeout;
         }
-        if let Some(timeout) = duration("request_timeout")? {
+        if let Some(timeout) = url.duration_param("request_timeout")? {
             options.request_timeout = timeout;
         }
         Ok(options)

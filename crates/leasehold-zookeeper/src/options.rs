@@ -124,10 +124,6 @@ impl ZkOptions {
     /// Unknown parameters, malformed durations and unknown formats are refused with an
     /// error naming them.
     pub fn from_url(url: &RegistryUrl) -> Result<Self> {
-        // A password given as a query parameter would show in the URL's Display.
-        let mut url = url.clone();
-        let password_param = url.params.remove("password");
-        let url = &url;
         if url.scheme != "zk" {
             return Err(Error::invalid_url(url.to_string(), "not a zk:// URL"));
         }
@@ -137,38 +133,14 @@ impl ZkOptions {
         let mut options = ZkOptions::new(url.endpoints.iter().cloned())
             .root(&root)
             .codec(codec);
-        let duration = |key: &str| -> Result<Option<Duration>> {
-            url.param(key)
-                .map(|value| {
-                    humantime::parse_duration(value)
-                        .ok()
-                        .filter(|d| !d.is_zero())
-                        .ok_or_else(|| {
-                            Error::invalid_url(
-                                url.to_string(),
-                                format!("{key}={value:?} is not a positive duration such as 6s or 500ms"),
-                            )
-                        })
-                })
-                .transpose()
-        };
-        if let Some(timeout) = duration("session_timeout")? {
+        if let Some(timeout) = url.duration_param("session_timeout")? {
             options = options.session_timeout(timeout);
         }
-        if let Some(timeout) = duration("connect_timeout")? {
+        if let Some(timeout) = url.duration_param("connect_timeout")? {
             options = options.connect_timeout(timeout);
         }
-        let user = url.param("user").map(str::to_owned).or_else(|| url.user.clone());
-        let password = password_param.or_else(|| url.password.clone());
-        match (user, password) {
-            (Some(user), Some(password)) => options = options.digest(user, password),
-            (None, None) => {}
-            _ => {
-                return Err(Error::invalid_url(
-                    url.to_string(),
-                    "digest auth needs both a user and a password",
-                ))
-            }
+        if let Some((user, password)) = url.credentials()? {
+            options = options.digest(user, password);
         }
         Ok(options)
     }
@@ -262,7 +234,7 @@ mod tests {
             ("zk://h:1?connect_timeout=0s", "connect_timeout"),
             ("zk://h:1?format=gokit", "unknown format \"gokit\""),
             ("zk://h:1?format=go-zero", "not available on ZooKeeper"),
-            ("zk://h:1?user=a", "both a user and a password"),
+            ("zk://h:1?user=a", "user \"a\" given without a password"),
         ];
         for (url, expected) in cases {
             let err = parse(url).unwrap_err().to_string();
