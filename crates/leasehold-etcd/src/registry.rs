@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use etcd_client::{GetOptions, Txn, TxnOp};
+use leasehold::codec::decode_listing;
 use leasehold::registrar::Registrar;
 use leasehold::{
     Discovery, DiscoveryFeed, Instance, InstanceId, RegisterOptions, Registration, Registry, RegistryUrl,
@@ -84,16 +85,9 @@ impl EtcdRegistry {
     async fn instances_with_keys(&self, service: &ServiceName) -> Result<Vec<(String, Instance)>> {
         let prefix = self.conn.layout.service_prefix(service);
         let (listing, _) = watch::list(&self.conn, &prefix).await?;
-        let codec = &self.conn.layout.codec;
-        Ok(listing
+        Ok(decode_listing(&*self.conn.layout.codec, service, listing)
             .into_iter()
-            .filter_map(|(key, value)| match codec.decode(service, &key, &value) {
-                Ok(instance) => Some((format!("{prefix}{key}"), instance)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "skipping a value that does not decode");
-                    None
-                }
-            })
+            .map(|(key, instance)| (format!("{prefix}{key}"), instance))
             .collect())
     }
 }
@@ -120,14 +114,8 @@ impl Registry for EtcdRegistry {
     }
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
-        let mut instances: Vec<Instance> = self
-            .instances_with_keys(service)
-            .await?
-            .into_iter()
-            .map(|(_, instance)| instance)
-            .collect();
-        instances.sort_by(|a, b| a.id().cmp(b.id()));
-        Ok(instances)
+        let listed = self.instances_with_keys(service).await?;
+        Ok(listed.into_iter().map(|(_, instance)| instance).collect())
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceName>> {

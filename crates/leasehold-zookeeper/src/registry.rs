@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use leasehold::codec::decode_listing;
 use leasehold::registrar::Registrar;
 use leasehold::{
     Discovery, DiscoveryFeed, Error, Instance, InstanceId, RegisterOptions, Registration, Registry,
@@ -128,18 +129,9 @@ impl ZkRegistry {
         let client = self.session.client().await?;
         let path = self.layout.service_path(service);
         let listing = list(&client, &self.connect, &path).await?;
-        Ok(listing
-            .nodes
+        Ok(decode_listing(&**self.layout.codec(), service, listing.nodes)
             .into_iter()
-            .filter_map(
-                |(name, value)| match self.layout.codec().decode(service, &name, &value) {
-                    Ok(instance) => Some((self.layout.child_path(service, &name), instance)),
-                    Err(e) => {
-                        tracing::warn!(path, name, error = %e, "skipping a value that does not decode");
-                        None
-                    }
-                },
-            )
+            .map(|(name, instance)| (self.layout.child_path(service, &name), instance))
             .collect())
     }
 }
@@ -163,14 +155,12 @@ impl Registry for ZkRegistry {
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
         self.check_alive()?;
-        let mut instances: Vec<Instance> = self
+        Ok(self
             .instances(service)
             .await?
             .into_iter()
             .map(|(_, i)| i)
-            .collect();
-        instances.sort_by(|a, b| a.id().cmp(b.id()));
-        Ok(instances)
+            .collect())
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceName>> {

@@ -53,6 +53,28 @@ pub trait Codec: Send + Sync + Debug + 'static {
     fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError>;
 }
 
+/// Decodes a listing of a service's keys (relative to its prefix) and values, as a
+/// backend's `list` and `deregister` need it: the instances with their keys, sorted by
+/// id. Values that do not decode are skipped and logged, as discovery skips them.
+pub fn decode_listing<K: AsRef<str>, V: AsRef<[u8]>>(
+    codec: &dyn Codec,
+    service: &ServiceName,
+    listing: impl IntoIterator<Item = (K, V)>,
+) -> Vec<(K, Instance)> {
+    let mut decoded: Vec<(K, Instance)> = listing
+        .into_iter()
+        .filter_map(|(key, value)| match codec.decode(service, key.as_ref(), value.as_ref()) {
+            Ok(instance) => Some((key, instance)),
+            Err(e) => {
+                tracing::debug!(%service, key = key.as_ref(), error = %e, "skipping a value that does not decode");
+                None
+            }
+        })
+        .collect();
+    decoded.sort_by(|(_, a), (_, b)| a.id().cmp(b.id()));
+    decoded
+}
+
 /// What a backend knows about where a key is written, for formats whose keys depend on
 /// it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -710,10 +710,16 @@ mod tests {
     fn clearing_every_label_compares_equal_to_never_having_one() {
         let plain = Instance::builder("s", "h:1").id("i").build().unwrap();
         let labelled = plain
-            .updated(&InstanceUpdate::new().zone(Some("z".into())).version(Some("1".into())))
+            .updated(
+                &InstanceUpdate::new()
+                    .zone(Some("z".into()))
+                    .version(Some("1".into())),
+            )
             .unwrap();
         assert_ne!(plain, labelled);
-        let cleared = labelled.updated(&InstanceUpdate::new().zone(None).version(None)).unwrap();
+        let cleared = labelled
+            .updated(&InstanceUpdate::new().zone(None).version(None))
+            .unwrap();
         assert_eq!(plain, cleared);
         assert!(cleared.metadata().is_empty());
     }

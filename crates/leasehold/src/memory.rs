@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::codec::KeyContext;
+use crate::codec::{decode_listing, KeyContext};
 use crate::formats::RegistryKind;
 use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write};
 use crate::{
@@ -534,25 +534,16 @@ impl MemoryRegistry {
         self.backend.codec.service_prefix(&self.backend.root, service)
     }
 
-    fn decode_listing(
-        &self,
-        service: &ServiceName,
-        prefix: &str,
-        listing: Vec<(String, Vec<u8>)>,
-    ) -> Vec<(String, Instance)> {
-        listing
+    /// The instances of `service` with their full keys, sorted by id.
+    fn instances(&self, service: &ServiceName) -> Result<Vec<(String, Instance)>> {
+        self.backend.check_alive()?;
+        self.backend.store.state.lock().unwrap().check_reachable()?;
+        let prefix = self.prefix(service);
+        let listing = relative(&prefix, self.backend.store.dump(&prefix));
+        Ok(decode_listing(&*self.backend.codec, service, listing)
             .into_iter()
-            .filter_map(|(key, value)| {
-                let relative = &key[prefix.len()..];
-                match self.backend.codec.decode(service, relative, &value) {
-                    Ok(instance) => Some((key, instance)),
-                    Err(e) => {
-                        tracing::warn!(key, error = %e, "skipping a value that does not decode");
-                        None
-                    }
-                }
-            })
-            .collect()
+            .map(|(key, instance)| (format!("{prefix}{key}"), instance))
+            .collect())
     }
 }
 
@@ -575,17 +566,7 @@ impl Registry for MemoryRegistry {
     }
 
     async fn list(&self, service: &ServiceName) -> Result<Vec<Instance>> {
-        self.backend.check_alive()?;
-        self.backend.store.state.lock().unwrap().check_reachable()?;
-        let prefix = self.prefix(service);
-        let listing = self.backend.store.dump(&prefix);
-        let mut instances: Vec<Instance> = self
-            .decode_listing(service, &prefix, listing)
-            .into_iter()
-            .map(|(_, i)| i)
-            .collect();
-        instances.sort_by(|a, b| a.id().cmp(b.id()));
-        Ok(instances)
+        Ok(self.instances(service)?.into_iter().map(|(_, i)| i).collect())
     }
 
     async fn list_services(&self) -> Result<Vec<ServiceName>> {
@@ -610,16 +591,8 @@ impl Registry for MemoryRegistry {
     }
 
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
-        self.backend.check_alive()?;
-        self.backend.store.state.lock().unwrap().check_reachable()?;
-        let prefix = self.prefix(service);
-        let listing = self.backend.store.dump(&prefix);
         let mut found = false;
-        for (key, _) in self
-            .decode_listing(service, &prefix, listing)
-            .into_iter()
-            .filter(|(_, i)| i.id() == id)
-        {
+        for (key, _) in self.instances(service)?.into_iter().filter(|(_, i)| i.id() == id) {
             found |= self.backend.store.delete_raw(&key);
         }
         Ok(found)
