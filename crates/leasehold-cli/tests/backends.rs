@@ -107,6 +107,9 @@ fn unreachable_registries_are_named_and_exit_1() {
         let output = run(&["--registry", url, "ls"]);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{url}: {stderr}");
-        assert!(stderr.contains("cannot reach registry at 127.0.0.1:1"), "{url}: {stderr}");
+        assert!(
+            stderr.contains("cannot reach registry at 127.0.0.1:1"),
+            "{url}: {stderr}"
+        );
     }
 }
