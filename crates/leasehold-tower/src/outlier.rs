@@ -188,7 +188,12 @@ impl OutlierDetector {
             .filter(|(id, until)| **until > now && snapshot.get(id).is_some())
             .map(|(id, until)| (id.clone(), *until))
             .collect();
-        next.insert(instance.id().clone(), now + period);
+        // A period past what `Instant` can hold (`Duration::MAX`: "until it answers")
+        // ends a century from now instead of overflowing.
+        let until = now
+            .checked_add(period)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400));
+        next.insert(instance.id().clone(), until);
         self.ejected.store(Arc::new(next));
         true
     }

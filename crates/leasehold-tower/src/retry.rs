@@ -4,6 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tower::retry::budget::TpsBudget;
+
 /// Marks a request as safe to send more than once (idempotent), so a failed attempt is
 /// retried on another instance. Insert it in the request's extensions: with tonic,
 /// `request.extensions_mut().insert(RetrySafe)` on the `tonic::Request`.
@@ -86,7 +88,8 @@ impl RetryPolicy {
         self
     }
 
-    /// Sets the retry budget: a fraction of requests, plus a floor per second.
+    /// Sets the retry budget: a fraction of requests (0 to 1000; not a number counts as
+    /// 0), plus a floor per second.
     pub fn budget(mut self, ratio: f32, min_per_sec: u32) -> Self {
         self.budget_ratio = ratio.clamp(0.0, 1000.0);
         self.budget_min_per_sec = min_per_sec;
@@ -105,8 +108,20 @@ impl RetryPolicy {
         self.safe_if(|_| true)
     }
 
-    pub(crate) fn budget_ttl_clamped(&self) -> Duration {
-        self.budget_ttl
-            .clamp(Duration::from_secs(1), Duration::from_secs(60))
+    /// The budget these settings describe, brought into the ranges `TpsBudget` asserts
+    /// (its fields are public, so any value can arrive here): ratio 0 to 1000 (NaN: 0),
+    /// fewer than `i32::MAX` retries per second, a ttl of 1 to 60 s.
+    pub(crate) fn make_budget(&self) -> TpsBudget {
+        let ratio = if self.budget_ratio.is_nan() {
+            0.0
+        } else {
+            self.budget_ratio.clamp(0.0, 1000.0)
+        };
+        TpsBudget::new(
+            self.budget_ttl
+                .clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            self.budget_min_per_sec.min(i32::MAX as u32 - 1),
+            ratio,
+        )
     }
 }

@@ -178,12 +178,7 @@ impl<M: MakeEndpoint> Balanced<M> {
     /// the health record) of an instance as soon as it leaves; it ends with the last
     /// clone. Outside one, that happens on the next call instead.
     pub fn new(discovery: Discovery, make: M, options: BalanceOptions) -> Self {
-        let retry = &options.retry;
-        let budget = TpsBudget::new(
-            retry.budget_ttl_clamped(),
-            retry.budget_min_per_sec,
-            retry.budget_ratio,
-        );
+        let budget = options.retry.make_budget();
         let (closed_tx, closed) = oneshot::channel();
         let shared = Arc::new(Shared {
             outliers: OutlierDetector::new(options.outliers),

@@ -419,3 +419,29 @@ async fn an_instance_whose_client_cannot_be_made_is_passed_over_even_for_unsafe_
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn out_of_range_retry_and_ejection_settings_never_panic() {
+    let setup = setup("odd-settings", &["a", "b", "c", "d"]).await;
+    let fleet = Fleet::default();
+    fleet.set_broken("a", true);
+    let mut retry = RetryPolicy::default().budget(f32::NAN, u32::MAX);
+    retry.budget_ratio = f32::NAN;
+    let mut wild = RetryPolicy::default();
+    wild.budget_ratio = 1e9;
+    let outliers = OutlierPolicy::default()
+        .base_ejection(Duration::MAX)
+        .max_ejection(Duration::MAX);
+    for retry in [retry, wild] {
+        let options = BalanceOptions::default()
+            .balancer(RoundRobin::new())
+            .retry(retry)
+            .outliers(outliers);
+        let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
+        for tag in 0..8 {
+            send(&service, tag, true).await.expect("retried past a");
+        }
+        let a = leasehold::InstanceId::new("a").unwrap();
+        assert!(service.outliers().is_ejected(&a), "a stays out");
+    }
+}
