@@ -13,7 +13,7 @@ use leasehold::{Backoff, Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::connection::{Connection, Failure};
+use crate::connection::{Connection, Failure, MAX_MESSAGE};
 
 /// etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default).
 const MAX_TXN_OPS: usize = 128;
@@ -224,9 +224,16 @@ async fn watch_deletes(conn: &Connection, id: i64, granted_at: i64, events: &Lea
             .with_start_revision(next)
             .with_filters([WatchFilterType::NoPut]);
         let watching = conn
-            .attempt(|mut client| {
+            .attempt(|client| {
                 let (prefix, options) = (prefix.clone(), options.clone());
-                async move { client.watch(prefix, Some(options)).await }
+                async move {
+                    // One revision's deletes anywhere under the root come in one answer.
+                    client
+                        .watch_client()
+                        .max_decoding_message_size(MAX_MESSAGE)
+                        .watch(prefix, Some(options))
+                        .await
+                }
             })
             .await;
         match watching {

@@ -637,3 +637,34 @@ async fn go_zero_keys_follow_the_lease() {
         .expect("the watcher holds the one instance under its new key");
     assert_eq!(registry.list_services().await.unwrap(), [service]);
 }
+
+/// One etcd revision whose deletes (with their previous values) make a watch answer
+/// over tonic's default 4 MiB, somewhere else under the root: the watch of the
+/// registry's own keys must read past it, or it stalls on that answer forever and a
+/// key deleted by someone else afterwards is never written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_key_rewritten_after_a_huge_delete_elsewhere() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let registry = connect(&etcd).await;
+    let registration = registry
+        .register(instance("a"), RegisterOptions::ttl(TTL))
+        .await
+        .unwrap();
+    let mut other = raw(&etcd).await;
+    let value = vec![b'x'; 1024 * 1024];
+    for n in 0..6 {
+        other
+            .put(format!("{ROOT}/bulky/{n}"), value.clone(), None)
+            .await
+            .unwrap();
+    }
+    let prefix = etcd_client::DeleteOptions::new().with_prefix();
+    other
+        .delete(format!("{ROOT}/bulky/"), Some(prefix))
+        .await
+        .unwrap();
+    other.delete(key("a"), None).await.unwrap();
+    let ka = key("a");
+    eventually("the deleted key written again", || exists(&etcd, &ka)).await;
+    registered(&registration).await;
+}
