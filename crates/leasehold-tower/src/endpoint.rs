@@ -71,11 +71,14 @@ impl<M: MakeEndpoint> EndpointCache<M> {
         let endpoint = self.make.make_endpoint(instance)?;
         tracing::debug!(service = %instance.service(), id = %instance.id(), addr = %instance.addr(), "made an endpoint");
         entries.insert(instance.id().clone(), (instance.clone(), endpoint.clone()));
+        // The instance may come from a snapshot older than the one last synced with (a
+        // request picked it just before it left): the next sync checks it again.
+        self.synced.store(0, Ordering::Release);
         Ok(endpoint)
     }
 
     /// Drops the clients of instances not in `snapshot`; returns whether the snapshot
-    /// was new to the cache. Cheap when it was not.
+    /// was new to the cache or a client was made since the last sync. Cheap when not.
     pub fn sync(&self, snapshot: &Snapshot) -> bool {
         let version = snapshot.version() + 1;
         if self.synced.swap(version, Ordering::AcqRel) == version {
@@ -99,5 +102,45 @@ impl<M: MakeEndpoint> EndpointCache<M> {
     /// Whether no client is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use leasehold::{DiscoveryFeed, NativeCodec, ServiceName, WatchOptions};
+
+    fn listing(ids: &[&str]) -> Vec<(String, Vec<u8>)> {
+        ids.iter()
+            .enumerate()
+            .map(|(n, id)| {
+                let instance = Instance::builder("svc", format!("10.0.0.{}:80", n + 1))
+                    .id(*id)
+                    .build()
+                    .unwrap();
+                (id.to_string(), serde_json::to_vec(&instance).unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_client_made_for_an_instance_that_already_left_goes_at_the_next_sync() {
+        let (mut feed, discovery) = DiscoveryFeed::new(
+            ServiceName::new("svc").unwrap(),
+            Arc::new(NativeCodec),
+            WatchOptions::default(),
+        );
+        feed.reset(listing(&["x", "y"]), 1);
+        let before = discovery.snapshot();
+        feed.reset(listing(&["y"]), 2);
+        let after = discovery.snapshot();
+        let cache = EndpointCache::new(|_: &Instance| -> Result<(), BoxError> { Ok(()) });
+        // A request picked x from the older snapshot while the prune task synced the
+        // newer one: x's client is made after x left.
+        assert!(cache.sync(&after));
+        let x = before.get(&InstanceId::new("x").unwrap()).unwrap().clone();
+        cache.get(&x).unwrap();
+        cache.sync(&after);
+        assert!(cache.is_empty(), "x's client is still held");
     }
 }
