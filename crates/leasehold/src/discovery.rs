@@ -265,7 +265,7 @@ impl Discovery {
     pub fn changes(&self) -> Changes {
         Changes {
             rx: self.handle.shared.changes.subscribe(),
-            shared: self.handle.shared.clone(),
+            shared: Arc::downgrade(&self.handle.shared),
         }
     }
 
@@ -300,9 +300,14 @@ impl Discovery {
 }
 
 /// A subscription to a [`Discovery`]'s changes.
+///
+/// It does not keep the watch alive: once the last [`Discovery`] handle is dropped the
+/// watcher stops and [`next`](Changes::next) returns `None`, rather than waiting forever.
 pub struct Changes {
     rx: broadcast::Receiver<Change>,
-    shared: Arc<Shared>,
+    /// Weak, so the cache and its change sender go with the last `Discovery` and the
+    /// watcher, which closes `rx`.
+    shared: Weak<Shared>,
 }
 
 impl fmt::Debug for Changes {
@@ -319,7 +324,8 @@ impl Changes {
             Ok(change) => Some(change),
             Err(broadcast::error::RecvError::Lagged(_)) => {
                 self.rx = self.rx.resubscribe();
-                Some(Change::Resync(self.shared.current.load_full()))
+                let shared = self.shared.upgrade()?;
+                Some(Change::Resync(shared.current.load_full()))
             }
             Err(broadcast::error::RecvError::Closed) => None,
         }
@@ -766,6 +772,19 @@ mod tests {
         assert!(
             rx.await.is_err(),
             "the watcher task was aborted and dropped its sender"
+        );
+    }
+
+    #[tokio::test]
+    async fn changes_end_when_the_watch_ends() {
+        let (feed, discovery) = feed(WatchOptions::default());
+        feed.spawn(|_feed| std::future::pending::<()>());
+        let mut changes = discovery.changes();
+        drop(discovery);
+        let next = tokio::time::timeout(Duration::from_secs(10), changes.next()).await;
+        assert!(
+            matches!(next, Ok(None)),
+            "a subscriber whose watch has stopped is told so, got {next:?}"
         );
     }
 }
