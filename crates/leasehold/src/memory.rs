@@ -586,6 +586,7 @@ impl Registry for MemoryRegistry {
                 ServiceName::new(name).ok()
             })
             .collect();
+        services.sort();
         services.dedup();
         Ok(services)
     }
@@ -653,5 +654,33 @@ fn apply(feed: &mut DiscoveryFeed, prefix: &str, event: Event) {
             feed.delete(&key[prefix.len()..]);
             feed.set_revision(revision);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn services_are_listed_sorted_by_name() {
+        let registry = MemoryRegistry::new();
+        let mut held = Vec::new();
+        for service in ["a-b", "a", "a.b", "b"] {
+            let instance = Instance::builder(service, "127.0.0.1:1").build().unwrap();
+            held.push(
+                registry
+                    .register(instance, RegisterOptions::default())
+                    .await
+                    .unwrap(),
+            );
+        }
+        let listed: Vec<String> = registry
+            .list_services()
+            .await
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(listed, ["a", "a-b", "a.b", "b"]);
     }
 }
