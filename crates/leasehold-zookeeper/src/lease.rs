@@ -328,7 +328,36 @@ impl LeaseBackend for ZkLeases {
         let client = lease.session.client()?;
         // Requests go out in call order on the session's connection, so these pipeline.
         let written = futures::future::join_all(writes.iter().map(|w| self.write(lease, &client, w))).await;
-        written.into_iter().collect()
+        let mut paths = Vec::with_capacity(writes.len());
+        let mut created = Vec::new();
+        let mut failure = None;
+        for (result, write) in written.into_iter().zip(writes) {
+            match result {
+                Ok(path) if write.current == Some(path.as_str()) => paths.push(path),
+                Ok(path) => {
+                    created.push(path.clone());
+                    paths.push(path);
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let Some(failure) = failure else {
+            return Ok(paths);
+        };
+        // The registrar keeps none of a failed batch's keys and writes them all again, so
+        // the nodes this batch created would be left as twins of the next attempt's.
+        let deleted = futures::future::join_all(created.iter().map(|path| client.delete(path, None))).await;
+        for (path, deleted) in created.iter().zip(deleted) {
+            match deleted {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "cannot remove a node of a failed batch; it stays until its session ends")
+                }
+            }
+        }
+        Err(failure)
     }
 
     async fn delete(&self, lease: &ZkLease, keys: &[String]) -> Result<(), LeaseError> {

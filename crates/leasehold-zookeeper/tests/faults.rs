@@ -434,3 +434,45 @@ async fn create_with_a_lost_reply_makes_no_twin() {
         started.elapsed()
     );
 }
+
+/// A recovery batch in which one registration fails (its service node refuses us) while
+/// another succeeds: the retries must not pile up twins of the one that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partly_failed_rewrite_leaves_no_twin() {
+    let zk = standalone().await;
+    let ok = service("batch-ok");
+    let denied = service("batch-denied");
+    let owner = common::client(&zk);
+    let ttl = RegisterOptions::ttl(Duration::from_secs(2));
+    let kept = owner.register(instance(&ok, "a"), ttl).await.unwrap();
+    let refused = owner.register(instance(&denied, "b"), ttl).await.unwrap();
+    let other = raw(&zk).await;
+    let denied_path = format!("{}/{denied}", common::ROOT);
+    let read_only = [zookeeper_client::Acl::new(
+        zookeeper_client::Permission::READ | zookeeper_client::Permission::ADMIN,
+        zookeeper_client::AuthId::anyone(),
+    )];
+    other.set_acl(&denied_path, &read_only, None).await.unwrap();
+
+    zk.pause(0).unwrap();
+    assert!(kept.wait_for(RegistrationState::Recovering, WAIT).await);
+    zk.resume(0).unwrap();
+    // Several retries of the batch while `denied` still refuses us.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(refused.state(), RegistrationState::Recovering);
+    let open = [zookeeper_client::Acl::new(
+        zookeeper_client::Permission::ALL,
+        zookeeper_client::AuthId::anyone(),
+    )];
+    raw(&zk).await.set_acl(&denied_path, &open, None).await.unwrap();
+    assert!(refused.wait_for(RegistrationState::Registered, WAIT).await);
+    assert!(kept.wait_for(RegistrationState::Registered, WAIT).await);
+    until_nodes(&zk, &denied, "one node for b", |n| n.len() == 1).await;
+    until_nodes(
+        &zk,
+        &ok,
+        "exactly one node for a once the old session is gone",
+        |n| n.len() == 1,
+    )
+    .await;
+}
