@@ -2,6 +2,7 @@
 //! transactions, and the events the shared [`Registrar`](leasehold::registrar::Registrar)
 //! recovers from.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,23 +108,35 @@ impl LeaseBackend for EtcdBackend {
 
     async fn put(&self, lease: &EtcdLease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
         let layout = &self.conn.layout;
-        let mut keys = Vec::with_capacity(writes.len());
+        let keys: Vec<String> = writes
+            .iter()
+            .map(|write| layout.instance_key(write.instance, lease.id))
+            .collect();
+        // etcd refuses a transaction that names a key twice. Keys named after the lease
+        // (go-zero) can be shared by two registrations: the last one written wins, as it
+        // would one write at a time.
+        let mut values = HashMap::with_capacity(writes.len());
+        for (write, key) in writes.iter().zip(&keys) {
+            values.insert(
+                key.as_str(),
+                layout.codec.encode(write.instance).map_err(Error::from)?,
+            );
+        }
+        let putting: HashSet<&str> = values.keys().copied().collect();
+        let options = PutOptions::new().with_lease(lease.id);
+        let mut deleting = HashSet::new();
         let mut ops = Vec::with_capacity(writes.len());
-        for write in writes {
-            let key = layout.instance_key(write.instance, lease.id);
-            let value = layout.codec.encode(write.instance).map_err(Error::from)?;
-            // Formats whose keys name the lease (go-zero) leave the old key behind.
+        for (write, key) in writes.iter().zip(&keys) {
+            // Formats whose keys name the lease (go-zero) leave the old key behind; its
+            // delete goes next to the put, in the same transaction.
             for stale in [write.current, write.previous].into_iter().flatten() {
-                if stale != key {
+                if !putting.contains(stale) && deleting.insert(stale) {
                     ops.push(TxnOp::delete(stale, None));
                 }
             }
-            ops.push(TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease.id)),
-            ));
-            keys.push(key);
+            if let Some(value) = values.remove(key.as_str()) {
+                ops.push(TxnOp::put(key.as_str(), value, Some(options.clone())));
+            }
         }
         self.transact(ops).await?;
         Ok(keys)

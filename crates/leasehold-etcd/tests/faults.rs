@@ -668,3 +668,33 @@ async fn deleted_key_rewritten_after_a_huge_delete_elsewhere() {
     eventually("the deleted key written again", || exists(&etcd, &ka)).await;
     registered(&registration).await;
 }
+
+/// go-zero names keys after the shared lease, so two instances of one service from one
+/// client share a key (documented on `GoZeroKey`). Writing every registration again
+/// after a lost lease must not send that key twice in one transaction: etcd refuses
+/// such a transaction whole, and every registration in it (of any service) would stay
+/// `Recovering` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_zero_shared_key_does_not_block_recovery() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let registry = connect_url(&format!("etcd://{}?format=go-zero", etcd.endpoint(0))).await;
+    let register = |service: &str, addr: &str| {
+        let instance = leasehold::Instance::builder(service, addr).build().unwrap();
+        registry.register(instance, RegisterOptions::ttl(TTL))
+    };
+    let registrations = [
+        register("user.rpc", "10.0.0.5:8080").await.unwrap(),
+        register("user.rpc", "10.0.0.6:8080").await.unwrap(),
+        register("order.rpc", "10.0.0.7:8080").await.unwrap(),
+    ];
+    etcd.kill(0).await.unwrap();
+    etcd.restart(0).await.unwrap();
+    for registration in &registrations {
+        registered(registration).await;
+    }
+    let order = leasehold::ServiceName::new("order.rpc").unwrap();
+    eventually("order.rpc written again", || async {
+        registry.list(&order).await.is_ok_and(|l| l.len() == 1)
+    })
+    .await;
+}
