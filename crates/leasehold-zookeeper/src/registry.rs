@@ -16,7 +16,7 @@ use crate::layout::Layout;
 use crate::lease::{Acls, ZkLeases};
 use crate::options::ZkOptions;
 use crate::session::{Connect, SharedSession};
-use crate::watch::{list, Follow};
+use crate::watch::{list, read_many, Follow};
 
 /// A client of a ZooKeeper ensemble, implementing [`Registry`].
 ///
@@ -176,21 +176,13 @@ impl Registry for ZkRegistry {
             .into_iter()
             .filter_map(|n| ServiceName::new(n).ok())
             .collect();
-        let mut reader = client.new_multi_reader();
-        for service in &services {
-            let path = self.layout.service_path(service);
-            reader
-                .add_get_children(&path)
-                .map_err(|e| self.connect.error(e, format_args!("listing {path}")))?;
-        }
-        let results = if services.is_empty() {
-            Vec::new()
-        } else {
-            reader.commit().await.map_err(|e| {
+        let paths: Vec<String> = services.iter().map(|s| self.layout.service_path(s)).collect();
+        let results = read_many(&client, &paths, zk::MultiReader::add_get_children)
+            .await
+            .map_err(|e| {
                 self.connect
                     .error(e, format_args!("listing the services under {root}"))
-            })?
-        };
+            })?;
         let mut services: Vec<ServiceName> = services
             .into_iter()
             .zip(results)

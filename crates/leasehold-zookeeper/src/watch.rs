@@ -24,7 +24,8 @@ pub(crate) struct Listing {
     pub(crate) revision: u64,
 }
 
-/// Lists the children of `path` and reads their values in one round trip. A missing
+/// Lists the children of `path` and reads their values in one round trip of pipelined
+/// multi-reads. A missing
 /// node is an empty listing.
 pub(crate) async fn list(client: &zk::Client, connect: &Connect, path: &str) -> Result<Listing> {
     let (names, stat) = match client.get_children(path).await {
@@ -44,14 +45,8 @@ pub(crate) async fn list(client: &zk::Client, connect: &Connect, path: &str) -> 
             revision,
         });
     }
-    let mut reader = client.new_multi_reader();
-    for name in &names {
-        reader
-            .add_get_data(&format!("{path}/{name}"))
-            .map_err(|e| connect.error(e, format_args!("reading {path}/{name}")))?;
-    }
-    let results = reader
-        .commit()
+    let paths: Vec<String> = names.iter().map(|name| format!("{path}/{name}")).collect();
+    let results = read_many(client, &paths, zk::MultiReader::add_get_data)
         .await
         .map_err(|e| connect.error(e, format_args!("reading the children of {path}")))?;
     let mut nodes = Vec::with_capacity(names.len());
@@ -62,6 +57,36 @@ pub(crate) async fn list(client: &zk::Client, connect: &Connect, path: &str) -> 
         }
     }
     Ok(Listing { nodes, revision })
+}
+
+/// The most bytes of paths one multi-read asks for: well under the server's
+/// `jute.maxbuffer` (1 MB by default), past which it drops the connection instead of
+/// answering.
+const MAX_READ_PATH_BYTES: usize = 256 * 1024;
+
+/// Reads every path in `paths` with `add` (a [`zk::MultiReader`] operation), in as few
+/// multi-reads as fit the server's request size, sent together; the results are in the
+/// order of `paths`.
+pub(crate) async fn read_many<'c>(
+    client: &'c zk::Client,
+    paths: &[String],
+    add: fn(&mut zk::MultiReader<'c>, &str) -> Result<(), zk::Error>,
+) -> Result<Vec<zk::MultiReadResult>, zk::Error> {
+    let mut batches = Vec::new();
+    let (mut reader, mut bytes) = (client.new_multi_reader(), 0);
+    for path in paths {
+        if bytes > 0 && bytes + path.len() > MAX_READ_PATH_BYTES {
+            batches.push(reader.commit());
+            (reader, bytes) = (client.new_multi_reader(), 0);
+        }
+        add(&mut reader, path)?;
+        bytes += path.len();
+    }
+    if bytes > 0 {
+        batches.push(reader.commit());
+    }
+    let results = futures::future::try_join_all(batches).await?;
+    Ok(results.into_iter().flatten().collect())
 }
 
 /// The service a watcher follows and how it reaches it.

@@ -476,3 +476,44 @@ async fn a_partly_failed_rewrite_leaves_no_twin() {
     )
     .await;
 }
+
+/// A service whose listing takes more than one ZooKeeper packet (`jute.maxbuffer`, 1 MB
+/// by default) to ask for: many instances, or long node names. Listing, watching and
+/// listing services still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_larger_than_one_packet_is_read() {
+    let zk = standalone().await;
+    let svc = service("large");
+    let owner = common::client(&zk);
+    let _a = owner
+        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // 3,000 foreign nodes whose names alone make a 1.4 MB request of reads.
+    let other = raw(&zk).await;
+    let parent = format!("{}/{svc}", common::ROOT);
+    let ephemeral = zookeeper_client::CreateMode::Ephemeral.with_acls(zookeeper_client::Acls::anyone_all());
+    let long = "x".repeat(400);
+    let paths: Vec<String> = (0..3000).map(|n| format!("{parent}/{long}{n}")).collect();
+    let created = futures::future::join_all(
+        paths
+            .iter()
+            .map(|path| other.create(path, b"not an instance", &ephemeral)),
+    )
+    .await;
+    assert!(created.iter().all(Result::is_ok));
+
+    let watcher = common::client(&zk);
+    let err = |e: Error| e.to_string();
+    let listed = tokio::time::timeout(WAIT, watcher.list(&svc))
+        .await
+        .expect("list answers");
+    assert_eq!(listed.map_err(err).unwrap().len(), 1);
+    let discovery = tokio::time::timeout(WAIT, watcher.watch(&svc, WatchOptions::default()))
+        .await
+        .expect("watch answers")
+        .map_err(err)
+        .unwrap();
+    assert_eq!(discovery.snapshot().len(), 1);
+    assert!(watcher.list_services().await.unwrap().contains(&svc));
+}
