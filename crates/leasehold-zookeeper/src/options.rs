@@ -182,7 +182,8 @@ impl ZkOptions {
         self
     }
 
-    /// How recovery retries are spaced.
+    /// How recovery retries are spaced: re-registering after a lost session, and watching
+    /// again after the watch session ended.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
         self

@@ -145,7 +145,13 @@ impl Registry for ZkRegistry {
 
     async fn watch(&self, service: &ServiceName, options: WatchOptions) -> Result<Discovery> {
         self.check_alive()?;
-        let follow = Follow::new(self.session.clone(), self.connect.clone(), &self.layout, service);
+        let follow = Follow::new(
+            self.session.clone(),
+            self.connect.clone(),
+            &self.layout,
+            service,
+            self.options.backoff,
+        );
         let (client, watcher, listing) = follow.start().await?;
         let (mut feed, discovery) = DiscoveryFeed::new(service.clone(), self.layout.codec().clone(), options);
         feed.reset(listing.nodes, listing.revision);

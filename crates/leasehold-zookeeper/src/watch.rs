@@ -94,6 +94,8 @@ pub(crate) struct Follow {
     pub(crate) session: Arc<SharedSession>,
     pub(crate) connect: Arc<Connect>,
     pub(crate) path: String,
+    /// How attempts to watch again after the session ended are spaced.
+    pub(crate) backoff: Backoff,
 }
 
 impl Follow {
@@ -102,11 +104,13 @@ impl Follow {
         connect: Arc<Connect>,
         layout: &Layout,
         service: &ServiceName,
+        backoff: Backoff,
     ) -> Self {
         Follow {
             session,
             connect,
             path: layout.service_path(service),
+            backoff,
         }
     }
 
@@ -114,11 +118,7 @@ impl Follow {
     /// session expired.
     pub(crate) async fn start(&self) -> Result<(zk::Client, zk::PersistentWatcher, Listing)> {
         let client = self.session.client().await?;
-        let watcher = client
-            .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
-            .await
-            .map_err(|e| self.connect.error(e, format_args!("watching {}", self.path)))?;
-        let listing = list(&client, &self.connect, &self.path).await?;
+        let (watcher, listing) = self.rewatch(&client).await?;
         Ok((client, watcher, listing))
     }
 
@@ -150,14 +150,9 @@ impl Follow {
         loop {
             self.follow(&mut feed, &client, &mut watcher).await;
             feed.mark_stale();
-            let mut delays = Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_secs(2),
-                factor: 2,
-            }
-            .delays();
+            let mut delays = self.backoff.delays();
             (client, watcher) = loop {
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(2))).await;
+                tokio::time::sleep(delays.next().unwrap_or(self.backoff.max)).await;
                 match self.start().await {
                     Ok((client, watcher, listing)) => {
                         feed.reset(listing.nodes, listing.revision);
