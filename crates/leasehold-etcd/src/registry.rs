@@ -98,6 +98,9 @@ impl Registry for EtcdRegistry {
         if self.conn.is_crashed() {
             return Err(leasehold::Error::Closed);
         }
+        // Refused here, alone: a value that fails to encode inside a batched write would
+        // fail every registration written with it.
+        self.conn.layout.codec.encode(&instance)?;
         self.registrar.register(instance, options).await
     }
 

@@ -698,3 +698,28 @@ async fn go_zero_shared_key_does_not_block_recovery() {
     })
     .await;
 }
+
+/// An instance the format cannot carry (go-zero needs `host:port`) is refused at
+/// `register` with the reason, and never takes down the registrations written in the
+/// same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unencodable_instance_is_refused_alone() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let registry = connect_url(&format!("etcd://{}?format=go-zero", etcd.endpoint(0))).await;
+    let register = |service: String, addr: &str| {
+        let instance = leasehold::Instance::builder(service, addr).build().unwrap();
+        registry.register(instance, RegisterOptions::ttl(TTL))
+    };
+    let good = (0..40).map(|n| register(format!("s{n}.rpc"), "10.0.0.5:8080"));
+    let bad = register("bad.rpc".into(), "http://example.com/path");
+    let (good, bad) = futures::join!(futures::future::join_all(good), bad);
+    let err = bad.expect_err("no host:port").to_string();
+    assert!(err.contains("http://example.com/path"), "{err}");
+    for (n, registration) in good.iter().enumerate() {
+        assert!(
+            registration.is_ok(),
+            "s{n}.rpc: {:?}",
+            registration.as_ref().err()
+        );
+    }
+}
