@@ -186,7 +186,10 @@ async fn a_key_deleted_by_someone_else_is_written_again() {
         matches!(changes.next().await, Some(Change::Added(_))),
         "written again"
     );
-    assert_eq!(registration.state(), RegistrationState::Registered);
+    assert!(
+        registration.wait_for(RegistrationState::Registered, WAIT).await,
+        "the handle shows the registration repaired"
+    );
 }
 
 #[tokio::test]
