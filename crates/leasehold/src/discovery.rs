@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
-use crate::{Codec, Instance, InstanceId, ServiceName};
+use crate::{Codec, Instance, InstanceId, InvalidInput, ServiceName};
 
 /// Whether the cache is following the registry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,9 +161,14 @@ pub enum Change {
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[non_exhaustive]
 pub struct WatchOptions {
-    /// The empty-set guard, off by default.
+    guard: Option<f64>,
+}
+
+impl WatchOptions {
+    /// Options with the empty-set guard at `fraction`, a number above 0 and at most 1
+    /// (for example 0.5). The guard is off by default.
     ///
-    /// With `Some(f)`, a full listing that would leave fewer than `f` times the
+    /// With a guard of `f`, a full listing that would leave fewer than `f` times the
     /// instances of the last accepted set (a registry that comes back empty after a
     /// wipe, or a glitch that lists nothing — the Nacos #3880 failure) is not applied:
     /// the cache keeps serving the old set and logs a warning. Single deletes always
@@ -171,15 +176,30 @@ pub struct WatchOptions {
     /// The held set is replaced by the next listing that passes the guard. This trades
     /// freshness for availability: use it where calling a stale address is cheaper than
     /// having none.
-    pub guard: Option<f64>,
-}
-
-impl WatchOptions {
-    /// Options with the empty-set guard at `fraction` (for example 0.5).
-    pub fn guard(fraction: f64) -> Self {
-        WatchOptions {
-            guard: Some(fraction),
+    ///
+    /// ```
+    /// let options = leasehold::WatchOptions::guard(0.5)?;
+    /// assert_eq!(options.guard_fraction(), Some(0.5));
+    /// let err = leasehold::WatchOptions::guard(1.5).unwrap_err();
+    /// assert_eq!(err.field, "guard");
+    /// # Ok::<(), leasehold::InvalidInput>(())
+    /// ```
+    pub fn guard(fraction: f64) -> Result<Self, InvalidInput> {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(InvalidInput::new(
+                "guard",
+                &fraction.to_string(),
+                "must be a fraction above 0 and at most 1",
+            ));
         }
+        Ok(WatchOptions {
+            guard: Some(fraction),
+        })
+    }
+
+    /// The empty-set guard's fraction, if the guard is on.
+    pub fn guard_fraction(&self) -> Option<f64> {
+        self.guard
     }
 }
 
@@ -700,7 +720,7 @@ mod tests {
 
     #[test]
     fn guard_holds_the_set_against_an_empty_listing() {
-        let (mut feed, discovery) = feed(WatchOptions::guard(0.5));
+        let (mut feed, discovery) = feed(WatchOptions::guard(0.5).unwrap());
         feed.reset(
             [
                 ("a", value("a", 1)),
