@@ -59,10 +59,20 @@ impl RegistryUrl {
             Some((credentials, hosts)) => (Some(credentials), hosts),
             None => (None, authority),
         };
+        if path.is_some_and(|p| p.contains('@')) {
+            return Err(fail(
+                "an `@` after the first `/`: percent-encode a user or password that has `/` in it (as %2F)",
+            ));
+        }
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
         let (user, password) = match credentials {
             Some(c) => match c.split_once(':') {
-                Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
-                None => (Some(c.to_owned()), None),
+                Some((u, p)) => (Some(decode(u)), Some(decode(p))),
+                None => (Some(decode(c)), None),
             },
             None => (None, None),
         };
@@ -92,7 +102,7 @@ impl RegistryUrl {
             if key.is_empty() {
                 return Err(fail("query parameter without a name"));
             }
-            params.insert(key.to_owned(), value.to_owned());
+            params.insert(key.to_owned(), decode(value));
         }
         Ok(RegistryUrl {
             scheme: scheme.to_ascii_lowercase(),
@@ -249,7 +259,9 @@ fn mask_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    // Up to the query, not the first `/`: an unencoded `/` in a password must not
+    // leave the rest of it in view.
+    let end = rest.find('?').unwrap_or(rest.len());
     match rest[..end].rsplit_once('@') {
         Some((credentials, _)) => match credentials.split_once(':') {
             Some((user, _)) => format!("{scheme}://{user}:***@{}", &rest[credentials.len() + 1..]),
