@@ -200,10 +200,10 @@ impl OutlierDetector {
 
     /// Forgets instances that are no longer in `snapshot`.
     pub fn retain(&self, snapshot: &Snapshot) {
-        self.health
-            .lock()
-            .unwrap()
-            .retain(|id, _| snapshot.get(id).is_some());
+        // Held until the ejected set is stored: `record_failure` rewrites that set under
+        // the same lock, so neither can store over the other's ejection.
+        let mut health = self.health.lock().unwrap();
+        health.retain(|id, _| snapshot.get(id).is_some());
         let ejected = self.ejected.load();
         if ejected.keys().any(|id| snapshot.get(id).is_none()) {
             let kept = ejected

@@ -266,7 +266,9 @@ async fn a_failing_instance_is_ejected_then_reinstated() {
     fleet.set_broken("c", true);
     let options = BalanceOptions::default()
         .balancer(RoundRobin::new())
-        .outliers(OutlierPolicy::default().base_ejection(Duration::from_millis(300)))
+        // Long enough that the 40 calls below all fall inside the first ejection, however
+        // slow the machine.
+        .outliers(OutlierPolicy::default().base_ejection(Duration::from_secs(2)))
         .retry(RetryPolicy::default());
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
     let c = leasehold::InstanceId::new("c").unwrap();
@@ -281,9 +283,11 @@ async fn a_failing_instance_is_ejected_then_reinstated() {
     for tag in 100..140 {
         send(&service, tag, true).await.unwrap();
     }
-    if service.outliers().is_ejected(&c) {
-        assert_eq!(fleet.calls_to("c"), before, "an ejected instance gets no calls");
-    }
+    assert!(
+        service.outliers().is_ejected(&c),
+        "still inside the first ejection"
+    );
+    assert_eq!(fleet.calls_to("c"), before, "an ejected instance gets no calls");
 
     fleet.set_broken("c", false);
     until("c is reinstated", || !service.outliers().is_ejected(&c)).await;
