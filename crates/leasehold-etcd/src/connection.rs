@@ -133,14 +133,29 @@ impl Connection {
     /// whose connection looks healthy until the HTTP/2 ping times out), is sent again so
     /// the balancer can pick another member. Every request leasehold makes is idempotent
     /// or harmless to repeat (a repeated lease grant leaves a lease that expires).
-    pub(crate) async fn attempt<T, F, Fut>(&self, mut request: F) -> Result<T, Failure>
+    pub(crate) async fn attempt<T, F, Fut>(&self, request: F) -> Result<T, Failure>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
+        self.attempt_within(per_try, request).await
+    }
+
+    /// [`attempt`](Self::attempt) with each try cut off after `per_try`, for requests
+    /// that must land sooner than the request timeout (a lease's keepalive must reach a
+    /// live member within its period).
+    pub(crate) async fn attempt_within<T, F, Fut>(
+        &self,
+        per_try: Duration,
+        mut request: F,
+    ) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         const RETRIES: usize = 2;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
         for tried in 0.. {
             if self.is_crashed() {
                 return Err(Failure::Crashed);

@@ -162,61 +162,85 @@ impl LeaseBackend for EtcdBackend {
     }
 }
 
-/// Keeps lease `id` alive: a request every TTL/3, every answer drained. Reports the
-/// lease lost when etcd answers TTL ≤ 0, when the stream ends or fails, or when two
-/// periods pass without an answer; then returns, since the registrar grants a new one.
+/// Keeps lease `id` alive: a request every TTL/3, every answer drained.
+///
+/// Only etcd decides that a lease is gone: an answer with TTL ≤ 0 (what etcd sends for a
+/// lease it no longer has, after an expiry, a revoke or a wipe) reports it lost at once.
+/// A stream that ends, fails, or goes silent for two periods (a member that died or
+/// froze) is opened again, each try cut off after one period so the balancer moves on
+/// to a live member, and the lease carries on with no rewrite. Only when no answer has
+/// come for a whole TTL, so the lease has expired whatever etcd says later, is it
+/// reported lost without one. Then returns, since the registrar grants a new lease.
 async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEvents) {
     let period = (ttl / 3).max(Duration::from_millis(100));
-    let opened = conn
-        .attempt(|mut client| async move { client.lease_keep_alive(id).await })
-        .await;
-    let (mut keeper, mut answers) = match opened {
-        Ok(stream) => stream,
-        Err(Failure::Crashed) => return,
-        Err(failure) => {
+    let mut answered = Instant::now();
+    loop {
+        if conn.is_crashed() || events.is_closed() {
+            return;
+        }
+        if answered.elapsed() >= ttl {
             events.lost(format!(
-                "lease {id:x}: keepalive could not start: {}",
-                conn.error(failure)
+                "lease {id:x}: no keepalive answer for {:?}",
+                answered.elapsed()
             ));
             return;
         }
-    };
-    let mut tick = tokio::time::interval_at(Instant::now() + period, period);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut answered = Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if conn.is_crashed() || events.is_closed() {
-                    return;
-                }
-                if answered.elapsed() > period * 2 {
-                    events.lost(format!("lease {id:x}: no keepalive answer for {:?}", answered.elapsed()));
-                    return;
-                }
-                if let Err(e) = keeper.keep_alive().await {
-                    events.lost(format!("lease {id:x}: keepalive stream closed: {e}"));
-                    return;
-                }
+        let opened = conn
+            .attempt_within(
+                period,
+                |mut client| async move { client.lease_keep_alive(id).await },
+            )
+            .await;
+        let (mut keeper, mut answers) = match opened {
+            Ok(stream) => stream,
+            Err(Failure::Crashed) => return,
+            Err(failure) if failure.is_lease_not_found() => {
+                events.lost(format!("lease {id:x} not found"));
+                return;
             }
-            answer = answers.message() => match answer {
-                Ok(Some(answer)) if answer.ttl() > 0 => answered = Instant::now(),
-                Ok(Some(_)) => {
-                    events.lost(format!("lease {id:x} expired (keepalive answered TTL 0)"));
-                    return;
-                }
-                Ok(None) => {
-                    events.lost(format!("lease {id:x}: keepalive stream ended"));
-                    return;
-                }
-                Err(e) => {
-                    if !conn.is_crashed() {
-                        events.lost(format!("lease {id:x}: keepalive stream failed: {}", conn.error(Failure::Etcd(e))));
+            Err(failure) => {
+                tracing::debug!(lease = %format!("{id:x}"), error = %conn.error(failure), "keepalive could not start; trying again");
+                tokio::time::sleep(period / 4).await;
+                continue;
+            }
+        };
+        // The first request goes out at once, so a reopened stream confirms the lease
+        // (or learns it is gone) within one round trip.
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut sent = Instant::now();
+        let reason = loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if conn.is_crashed() || events.is_closed() {
+                        return;
                     }
-                    return;
+                    if answered.elapsed() >= ttl {
+                        events.lost(format!("lease {id:x}: no keepalive answer for {:?}", answered.elapsed()));
+                        return;
+                    }
+                    if answered < sent && sent.elapsed() > period * 2 {
+                        break format!("no answer for {:?}", sent.elapsed());
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        break format!("stream closed: {e}");
+                    }
+                    if answered >= sent {
+                        sent = Instant::now();
+                    }
+                }
+                answer = answers.message() => match answer {
+                    Ok(Some(answer)) if answer.ttl() > 0 => answered = Instant::now(),
+                    Ok(Some(_)) => {
+                        events.lost(format!("lease {id:x} expired (keepalive answered TTL 0)"));
+                        return;
+                    }
+                    Ok(None) => break "stream ended".to_owned(),
+                    Err(e) => break format!("stream failed: {}", conn.error(Failure::Etcd(e))),
                 }
             }
-        }
+        };
+        tracing::debug!(lease = %format!("{id:x}"), %reason, "keepalive stream lost; opening another");
     }
 }
 

@@ -42,6 +42,10 @@ async fn restart_with_data_kept() {
         .unwrap();
     let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
     assert_eq!(discovery.snapshot().len(), 1);
+    let lease_of = |answer: etcd_client::GetResponse| answer.kvs().first().map(|kv| kv.lease());
+    let lease = lease_of(raw(&etcd).await.get(key("a"), None).await.unwrap());
+    let mut states = registration.states();
+    states.mark_unchanged();
 
     etcd.kill(0).await.unwrap();
     let down = Instant::now();
@@ -58,6 +62,15 @@ async fn restart_with_data_kept() {
         up.elapsed()
     );
     kept_alive(&etcd, &key("a")).await;
+    // etcd kept the lease, so nothing had to be written again.
+    assert_eq!(
+        lease_of(raw(&etcd).await.get(key("a"), None).await.unwrap()),
+        lease
+    );
+    assert!(
+        !states.has_changed().unwrap(),
+        "the registration never left Registered"
+    );
     // Still following: a change after the restart arrives.
     let b = registry
         .register(instance("b"), RegisterOptions::ttl(TTL))
@@ -574,7 +587,9 @@ async fn changes_right_after_watch_starts_are_seen() {
 }
 
 /// go-zero names keys after the lease: a lost lease moves the registration to a key
-/// named after the new one, and the old key is removed in the same transaction.
+/// named after the new one, and the old key is removed in the same transaction. etcd
+/// is down for longer than the TTL, so the client gives the lease up even though etcd,
+/// restarted with its data, would still hold it (and the old key) for a while.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_zero_keys_follow_the_lease() {
     let etcd = EtcdCluster::start_single().await.unwrap();
@@ -614,6 +629,7 @@ async fn go_zero_keys_follow_the_lease() {
     assert_eq!(discovery.snapshot().len(), 1);
 
     etcd.kill(0).await.unwrap();
+    tokio::time::sleep(TTL + Duration::from_secs(1)).await;
     etcd.restart(0).await.unwrap();
     registered(&registration).await;
     let mut client = raw(&etcd).await;
