@@ -100,11 +100,7 @@ impl EtcdOptions {
     /// root when the URL has no path). Anything else is refused by name, so a typo is an
     /// error rather than silently ignored.
     pub fn from_url(url: &RegistryUrl) -> Result<Self> {
-        if url.scheme != "etcd" {
-            return Err(Error::invalid_url(url.to_string(), "not an etcd:// URL"));
-        }
-        url.require_endpoints()?;
-        url.deny_unknown_params(KNOWN_PARAMS)?;
+        url.expect_server("etcd", KNOWN_PARAMS)?;
         let fail = |reason: String| Error::invalid_url(url.to_string(), reason);
         let (codec, root) = formats::layout_from_url(url, RegistryKind::Etcd, DEFAULT_ROOT)?;
         let mut options = EtcdOptions::new(url.endpoints.iter().cloned())
@@ -259,7 +255,7 @@ mod tests {
     #[test]
     fn bad_urls_name_the_problem() {
         let cases = [
-            ("zk://h:1", "not an etcd"),
+            ("zk://h:1", "the scheme must be etcd://"),
             ("etcd://h/x", "not host:port"),
             ("etcd://h:1?fromat=native", "fromat"),
             ("etcd://h:1?format=gokit", "unknown format \"gokit\""),

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::formats::{self, RegistryKind};
-use leasehold::{Backoff, Codec, Error, NativeCodec, RegistryUrl, Result};
+use leasehold::{Backoff, Codec, NativeCodec, RegistryUrl, Result};
 
 /// The root under which services live when the URL names none.
 pub const DEFAULT_ROOT: &str = "/leasehold/services";
@@ -124,11 +124,7 @@ impl ZkOptions {
     /// Unknown parameters, malformed durations and unknown formats are refused with an
     /// error naming them.
     pub fn from_url(url: &RegistryUrl) -> Result<Self> {
-        if url.scheme != "zk" {
-            return Err(Error::invalid_url(url.to_string(), "not a zk:// URL"));
-        }
-        url.require_endpoints()?;
-        url.deny_unknown_params(KNOWN_PARAMS)?;
+        url.expect_server("zk", KNOWN_PARAMS)?;
         let (codec, root) = formats::layout_from_url(url, RegistryKind::ZooKeeper, DEFAULT_ROOT)?;
         let mut options = ZkOptions::new(url.endpoints.iter().cloned())
             .root(&root)
@@ -228,7 +224,7 @@ mod tests {
     #[test]
     fn bad_urls_name_the_problem() {
         let cases = [
-            ("etcd://h:1", "not a zk://"),
+            ("etcd://h:1", "the scheme must be zk://"),
             ("zk://h/x", "not host:port"),
             ("zk://h:1?sesion_timeout=1s", "sesion_timeout"),
             ("zk://h:1?session_timeout=soon", "session_timeout=\"soon\""),

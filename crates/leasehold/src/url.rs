@@ -114,6 +114,19 @@ impl RegistryUrl {
         })
     }
 
+    /// Checks what every server backend checks first: the URL is `scheme://`, names
+    /// `host:port` endpoints, and has no query parameter outside `known`.
+    pub fn expect_server(&self, scheme: &str, known: &[&str]) -> Result<()> {
+        if self.scheme != scheme {
+            return Err(Error::invalid_url(
+                self.to_string(),
+                format!("the scheme must be {scheme}://"),
+            ));
+        }
+        self.require_endpoints()?;
+        self.deny_unknown_params(known)
+    }
+
     /// Checks that every endpoint is `host:port`, for backends that connect to servers.
     pub fn require_endpoints(&self) -> Result<()> {
         let fail = |reason: String| Error::invalid_url(self.to_string(), reason);
