@@ -75,6 +75,20 @@ pub fn decode_listing<K: AsRef<str>, V: AsRef<[u8]>>(
     decoded
 }
 
+/// Checks that a value's own service name is the one whose key it sits under, so a
+/// value copied under the wrong service is refused rather than listed there; the error
+/// is the reason, for the codec to wrap.
+pub(crate) fn same_service(named: &str, service: &ServiceName) -> Result<(), String> {
+    if named == service.as_str() {
+        Ok(())
+    } else {
+        Err(format!(
+            "value names service {named:?}, the key is under {:?}",
+            service.as_str()
+        ))
+    }
+}
+
 /// What a backend knows about where a key is written, for formats whose keys depend on
 /// it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -151,13 +165,7 @@ impl Codec for NativeCodec {
             reason,
         };
         let instance: Instance = serde_json::from_slice(value).map_err(|e| fail(e.to_string()))?;
-        if instance.service() != service {
-            return Err(fail(format!(
-                "value names service {:?}, the key is under {:?}",
-                instance.service().as_str(),
-                service.as_str()
-            )));
-        }
+        same_service(instance.service().as_str(), service).map_err(fail)?;
         Ok(instance)
     }
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use super::etcd_naming::string_map;
 use super::{codec_error, foreign_id, labels_from_metadata, labels_to_metadata};
-use crate::codec::{Codec, CodecError, KeyContext, NodeNaming};
+use crate::codec::{same_service, Codec, CodecError, KeyContext, NodeNaming};
 use crate::{Address, Instance, Metadata, ServiceName};
 
 const NAME: &str = "curator";
@@ -288,13 +288,7 @@ impl Codec for CuratorCodec {
     fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError> {
         let fail = |reason: String| codec_error(NAME, "decode", key, reason);
         let value: ServiceInstanceIn = serde_json::from_slice(value).map_err(|e| fail(e.to_string()))?;
-        if value.name != service.as_str() {
-            return Err(fail(format!(
-                "value names service {:?}, the node is under {:?}",
-                value.name,
-                service.as_str()
-            )));
-        }
+        same_service(&value.name, service).map_err(fail)?;
         if value.enabled == Some(false) {
             return Err(fail("the instance is disabled (\"enabled\":false)".into()));
         }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use super::etcd_naming::string_map;
 use super::{codec_error, foreign_id, labels_from_metadata, labels_to_metadata};
-use crate::codec::{Codec, CodecError, KeyContext};
+use crate::codec::{same_service, Codec, CodecError, KeyContext};
 use crate::{Address, Instance, Metadata, ServiceName};
 
 const NAME: &str = "kratos";
@@ -128,13 +128,7 @@ impl Codec for KratosCodec {
     fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError> {
         let fail = |reason: String| codec_error(NAME, "decode", key, reason);
         let value: ServiceInstanceIn = serde_json::from_slice(value).map_err(|e| fail(e.to_string()))?;
-        if value.name != service.as_str() {
-            return Err(fail(format!(
-                "value names service {:?}, the key is under {:?}",
-                value.name,
-                service.as_str()
-            )));
-        }
+        same_service(&value.name, service).map_err(fail)?;
         let endpoints = value.endpoints.unwrap_or_default();
         let addr = endpoints
             .iter()
