@@ -48,6 +48,7 @@ mod error;
 pub mod etcd;
 mod http;
 mod locate;
+mod poll;
 mod ports;
 mod process;
 mod ready;
@@ -56,6 +57,7 @@ pub mod zookeeper;
 pub use curator::{CuratorInstance, CuratorPeer};
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
+pub use poll::eventually;
 pub use process::MemberState;
 pub use zookeeper::{ZkEnsemble, ZkSession};
 

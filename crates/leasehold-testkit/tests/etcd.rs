@@ -5,18 +5,12 @@ use std::time::Duration;
 use leasehold_testkit::{Error, EtcdCluster, MemberState};
 
 /// Polls `check` until it is true, panicking with `what` after a generous timeout.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..600 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
+    leasehold_testkit::eventually(what, Duration::from_secs(30), check).await
 }
 
 #[tokio::test]

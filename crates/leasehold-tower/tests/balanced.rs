@@ -250,13 +250,7 @@ async fn the_deadline_bounds_all_attempts() {
 }
 
 async fn until(what: &str, mut ready: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if ready() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting until {what}");
+    leasehold_testkit::eventually(what, Duration::from_secs(10), || std::future::ready(ready())).await
 }
 
 #[tokio::test]

@@ -25,19 +25,12 @@ fn connect(zk: &ZkEnsemble, path_and_query: &str) -> ZkRegistry {
 }
 
 /// Polls `check` until it holds, up to [`WAIT`]; panics naming `what` otherwise.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    leasehold_testkit::eventually(what, WAIT, check).await
 }
 
 /// Whether `name` is a protected sequential node name as go-zookeeper's

@@ -62,19 +62,12 @@ pub async fn raw(etcd: &EtcdCluster) -> etcd_client::Client {
 }
 
 /// Polls `check` until it holds, up to [`WAIT`]; panics with `what` otherwise.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    leasehold_testkit::eventually(what, WAIT, check).await
 }
 
 /// Whether `key` exists in etcd (asked through a fresh client, so a broken registry
