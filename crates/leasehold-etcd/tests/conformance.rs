@@ -4,7 +4,7 @@
 mod common;
 
 use async_trait::async_trait;
-use leasehold::conformance::{self, Harness};
+use leasehold::conformance::Harness;
 use leasehold::{Error, Result, ServiceName};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
@@ -43,32 +43,4 @@ impl Harness for EtcdHarness {
     }
 }
 
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                conformance::$case(&EtcdHarness::start().await).await;
-            }
-        )*
-    };
-}
-
-cases!(
-    register,
-    list,
-    list_services,
-    watch_from_empty,
-    watch_with_existing,
-    update_in_place,
-    pause_resume,
-    deregister,
-    drop_deregisters,
-    invalid_input,
-    deleted_key_rewritten,
-    corrupt_values_skipped,
-    changes_exactly_once_in_order,
-    many_services,
-    many_watchers,
-    lease_expiry,
-);
+leasehold::conformance_tests!(EtcdHarness::start().await);

@@ -154,6 +154,36 @@ impl Harness for MemoryHarness {
     }
 }
 
+/// One `#[tokio::test]` per case, each with its own harness from `$harness` (an
+/// expression, evaluated in an async context, giving a [`Harness`]), so a backend's
+/// test file names every case once and a failure names its case. The caller needs
+/// `tokio` as a dev-dependency.
+///
+/// ```
+/// use leasehold::conformance::MemoryHarness;
+/// // In a backend crate's tests/conformance.rs: its own harness, started per case.
+/// leasehold::conformance_tests!(MemoryHarness::new());
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@cases $harness;
+            register, list, list_services, watch_from_empty, watch_with_existing,
+            update_in_place, pause_resume, deregister, drop_deregisters, invalid_input,
+            deleted_key_rewritten, corrupt_values_skipped, changes_exactly_once_in_order,
+            many_services, many_watchers, lease_expiry);
+    };
+    (@cases $harness:expr; $($case:ident),*) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $crate::conformance::$case(&$harness).await;
+            }
+        )*
+    };
+}
+
 /// Runs every case in sequence; panics at the first that fails, naming it.
 pub async fn run<H: Harness>(harness: &H) {
     register(harness).await;

@@ -6,35 +6,7 @@ use leasehold::conformance::{self, Harness, MemoryHarness};
 use leasehold::memory::MemoryRegistry;
 use leasehold::{Registry, ServiceName};
 
-macro_rules! cases {
-    ($($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test]
-            async fn $case() {
-                conformance::$case(&MemoryHarness::new()).await;
-            }
-        )*
-    };
-}
-
-cases!(
-    register,
-    list,
-    list_services,
-    watch_from_empty,
-    watch_with_existing,
-    update_in_place,
-    pause_resume,
-    deregister,
-    drop_deregisters,
-    lease_expiry,
-    many_services,
-    many_watchers,
-    invalid_input,
-    deleted_key_rewritten,
-    corrupt_values_skipped,
-    changes_exactly_once_in_order,
-);
+leasehold::conformance_tests!(MemoryHarness::new());
 
 /// `run` itself, on one store shared by every case, as a backend's single test would.
 #[tokio::test]
