@@ -85,6 +85,8 @@ fn state_name(state: RegistrationState) -> &'static str {
         RegistrationState::Registered => "registered",
         RegistrationState::Recovering => "recovering",
         RegistrationState::Paused => "paused",
+        RegistrationState::Conflict => "conflict (another client holds this id)",
+        RegistrationState::Drained => "drained by an operator",
         RegistrationState::Deregistered => "deregistered",
     }
 }

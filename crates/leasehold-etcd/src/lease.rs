@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions};
 use futures::{StreamExt, TryStreamExt};
-use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write};
+use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Backoff, Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -106,7 +106,7 @@ impl LeaseBackend for EtcdBackend {
         Ok(EtcdLease { id, task })
     }
 
-    async fn put(&self, lease: &EtcdLease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
+    async fn put(&self, lease: &EtcdLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
         let layout = &self.conn.layout;
         let keys: Vec<String> = writes
             .iter()
@@ -139,7 +139,7 @@ impl LeaseBackend for EtcdBackend {
             }
         }
         self.transact(ops).await?;
-        Ok(keys)
+        Ok(keys.into_iter().map(Ok).collect())
     }
 
     async fn delete(&self, _lease: &EtcdLease, keys: &[String]) -> Result<(), LeaseError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use leasehold::codec::NodeNaming;
-use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write};
+use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Error, Instance, Result};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -323,7 +323,7 @@ impl LeaseBackend for ZkLeases {
         Ok(ZkLease { session, events })
     }
 
-    async fn put(&self, lease: &ZkLease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
+    async fn put(&self, lease: &ZkLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
         self.check_alive()?;
         let client = lease.session.client()?;
         // Requests go out in call order on the session's connection, so these pipeline.
@@ -344,7 +344,7 @@ impl LeaseBackend for ZkLeases {
             }
         }
         let Some(failure) = failure else {
-            return Ok(paths);
+            return Ok(paths.into_iter().map(Ok).collect());
         };
         // The registrar keeps none of a failed batch's keys and writes them all again, so
         // the nodes this batch created would be left as twins of the next attempt's.

@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use crate::{Instance, ServiceName};
+use crate::{Instance, InstanceId, ServiceName};
 
 /// A value or key that a codec could not encode or decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,7 +51,29 @@ pub trait Codec: Send + Sync + Debug + 'static {
 
     /// The instance stored at `key` (relative to the service prefix) with `value`.
     fn decode(&self, service: &ServiceName, key: &str, value: &[u8]) -> Result<Instance, CodecError>;
+
+    /// The key (relative to the service prefix) of the operator's drain marker for
+    /// instance `id`, or `None` when the format has no place for one (the other
+    /// frameworks' watchers would read a marker as a broken instance).
+    ///
+    /// A marker is a plain key an operator writes and deletes; while it exists the
+    /// instance is out of every watcher's set and its owner does not write it back.
+    fn drain_marker(&self, id: &InstanceId) -> Option<String> {
+        let _ = id;
+        None
+    }
+
+    /// The instance id named by a drain-marker key (relative to the service prefix), or
+    /// `None` when `key` is not a drain marker of this format.
+    fn parse_drain_marker(&self, key: &str) -> Option<InstanceId> {
+        let _ = key;
+        None
+    }
 }
+
+/// The prefix of the native format's drain markers, `{root}/{service}/~drained-{id}`.
+/// `~` is never part of an instance id, so a marker never collides with an instance key.
+pub const NATIVE_DRAIN_PREFIX: &str = "~drained-";
 
 /// Decodes a listing of a service's keys (relative to its prefix) and values, as a
 /// backend's `list` and `deregister` need it: the instances with their keys, sorted by
@@ -167,6 +189,14 @@ impl Codec for NativeCodec {
         let instance: Instance = serde_json::from_slice(value).map_err(|e| fail(e.to_string()))?;
         same_service(instance.service().as_str(), service).map_err(fail)?;
         Ok(instance)
+    }
+
+    fn drain_marker(&self, id: &InstanceId) -> Option<String> {
+        Some(format!("{NATIVE_DRAIN_PREFIX}{id}"))
+    }
+
+    fn parse_drain_marker(&self, key: &str) -> Option<InstanceId> {
+        InstanceId::new(key.strip_prefix(NATIVE_DRAIN_PREFIX)?).ok()
     }
 }
 

@@ -68,6 +68,26 @@ pub enum Error {
         /// The backend's error.
         source: BoxError,
     },
+    /// Another live client holds this service and instance id: registering it here
+    /// would silently take the registration from its owner.
+    #[error("instance {service}/{id} is already registered by another client (at {key}); choose another id or deregister that one first")]
+    Conflict {
+        /// The service of the registration.
+        service: String,
+        /// The instance id both claim.
+        id: String,
+        /// The registry key the other client holds.
+        key: String,
+    },
+    /// The backend or the chosen format cannot do what was asked (for example an
+    /// operator drain in a format that has no place for its marker).
+    #[error("{what} is not supported {by}")]
+    Unsupported {
+        /// What was asked.
+        what: String,
+        /// Which backend or format refused it, as `by the go-kit format`.
+        by: String,
+    },
     /// The registry client has shut down.
     #[error("registry client is shut down")]
     Closed,
@@ -106,8 +126,52 @@ impl Error {
             },
             Error::Codec(e) => Error::Codec(e.clone()),
             Error::Backend { endpoints, source } => Error::backend(endpoints.clone(), source.to_string()),
+            Error::Conflict { service, id, key } => Error::Conflict {
+                service: service.clone(),
+                id: id.clone(),
+                key: key.clone(),
+            },
+            Error::Unsupported { what, by } => Error::Unsupported {
+                what: what.clone(),
+                by: by.clone(),
+            },
             Error::Closed => Error::Closed,
         }
+    }
+
+    /// The registry could not be reached or did not answer in time: retrying later (or
+    /// against another member) may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unreachable { .. } | Error::Timeout { .. })
+    }
+
+    /// Another live client holds the same service and instance id.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
+    }
+
+    /// The input (an instance, a name, an option, a URL) broke a rule; retrying the same
+    /// input cannot succeed.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput(_) | Error::InvalidUrl { .. } | Error::Codec(_)
+        )
+    }
+
+    /// The registry refused our credentials or permissions.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, Error::PermissionDenied { .. })
+    }
+
+    /// The backend or format cannot do what was asked.
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, Error::Unsupported { .. })
+    }
+
+    /// The client or registration is gone: shut down or deregistered.
+    pub fn is_closed(&self) -> bool {
+        matches!(self, Error::Closed | Error::Deregistered { .. })
     }
 
     /// An invalid registry URL.

@@ -43,7 +43,7 @@ use tokio::time::Instant;
 
 use crate::codec::{decode_listing, KeyContext};
 use crate::formats::RegistryKind;
-use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write};
+use crate::registrar::{LeaseBackend, LeaseError, LeaseEvents, Registrar, Write, WriteOutcome};
 use crate::{
     Backoff, Codec, Discovery, DiscoveryFeed, Error, Instance, InstanceId, NativeCodec, RegisterOptions,
     Registration, Registry, RegistryUrl, Result, ServiceName, WatchOptions,
@@ -406,7 +406,7 @@ impl LeaseBackend for Backend {
         Ok(MemoryLease { id, keepalive })
     }
 
-    async fn put(&self, lease: &MemoryLease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
+    async fn put(&self, lease: &MemoryLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
         self.check_alive()?;
         let mut encoded = Vec::with_capacity(writes.len());
         for write in writes {
@@ -416,7 +416,7 @@ impl LeaseBackend for Backend {
                 self.codec.service_prefix(&self.root, instance.service()),
                 self.codec.instance_key(instance, &KeyContext::default())
             );
-            encoded.push((key, self.codec.encode(instance).map_err(Error::from)?));
+            encoded.push((key, self.codec.encode(instance).map_err(Error::from)));
         }
         let mut state = self.store.state.lock().unwrap();
         state.check_reachable()?;
@@ -426,11 +426,13 @@ impl LeaseBackend for Backend {
                 format!("lease {} not found", lease.id),
             )));
         }
-        let keys = encoded.iter().map(|(k, _)| k.clone()).collect();
-        for (key, value) in encoded {
-            state.put(key, value, Some(lease.id));
-        }
-        Ok(keys)
+        Ok(encoded
+            .into_iter()
+            .map(|(key, value)| {
+                state.put(key.clone(), value?, Some(lease.id));
+                Ok(key)
+            })
+            .collect())
     }
 
     async fn delete(&self, _lease: &MemoryLease, keys: &[String]) -> Result<(), LeaseError> {

@@ -52,6 +52,9 @@ pub struct Write<'a> {
     pub previous: Option<&'a str>,
 }
 
+/// The outcome of one write of a batch: the key written, or why this write alone failed.
+pub type WriteOutcome = Result<String, Error>;
+
 /// Tells the registrar what happened to a lease after it was granted.
 ///
 /// Each lease gets its own `LeaseEvents`; events from a lease that has since been
@@ -66,6 +69,11 @@ pub struct LeaseEvents {
 enum LeaseEvent {
     Lost(String),
     KeyDeleted(String),
+    Drain {
+        service: ServiceName,
+        id: InstanceId,
+        drained: bool,
+    },
 }
 
 impl LeaseEvents {
@@ -74,11 +82,21 @@ impl LeaseEvents {
         let _ = self.tx.send((self.generation, LeaseEvent::Lost(reason.into())));
     }
 
-    /// A key written under this lease was deleted by someone else.
+    /// A key written under this lease is no longer ours: deleted by someone else,
+    /// expired, or overwritten under another lease. The registrar writes it again.
     pub fn key_deleted(&self, key: impl Into<String>) {
         let _ = self
             .tx
             .send((self.generation, LeaseEvent::KeyDeleted(key.into())));
+    }
+
+    /// An operator's drain marker for `service`/`id` appeared (`drained`) or went away.
+    /// Backends report it for the services they hold registrations of; the registrar
+    /// acts on it for its own registration of that id, if any.
+    pub fn drain_changed(&self, service: ServiceName, id: InstanceId, drained: bool) {
+        let _ = self
+            .tx
+            .send((self.generation, LeaseEvent::Drain { service, id, drained }));
     }
 
     /// Whether the registrar has gone, so the backend can stop keeping the lease alive.
@@ -102,9 +120,13 @@ pub trait LeaseBackend: Send + Sync + 'static {
     async fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<Self::Lease>;
 
     /// Writes the instances under the lease, in as few round trips as the backend can,
-    /// and returns the key each was written at (relative to nothing: the backend's own
-    /// full key), in order.
-    async fn put(&self, lease: &Self::Lease, writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError>;
+    /// and returns, in order, the outcome of each: the key it was written at (the
+    /// backend's own full key), or why that one write failed alone (too large for the
+    /// backend's request limit, permission denied on its key, the id held by another
+    /// live client: [`Error::Conflict`]). A write that failed alone leaves nothing
+    /// behind. The outer error fails the whole batch: the lease is lost, or the registry
+    /// could not be reached (then nothing of the batch may be assumed written or not).
+    async fn put(&self, lease: &Self::Lease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError>;
 
     /// Deletes keys written under the lease.
     async fn delete(&self, lease: &Self::Lease, keys: &[String]) -> Result<(), LeaseError>;
@@ -231,6 +253,8 @@ impl<B: LeaseBackend> Registrar<B> {
 struct Entry {
     instance: Instance,
     paused: bool,
+    /// An operator's drain marker names it: out of the registry until undrained.
+    drained: bool,
     /// Needs writing: new, updated, resumed, or lost with its lease or key.
     dirty: bool,
     /// The key it was last written at, and the lease generation it was written under.
@@ -240,6 +264,21 @@ struct Entry {
 }
 
 impl Entry {
+    /// Whether it is kept out of the registry (paused by its owner or drained by an
+    /// operator), so neither written nor recovered.
+    fn is_out(&self) -> bool {
+        self.paused || self.drained
+    }
+
+    /// The state of a registration kept out of the registry.
+    fn out_state(&self) -> RegistrationState {
+        if self.drained {
+            RegistrationState::Drained
+        } else {
+            RegistrationState::Paused
+        }
+    }
+
     fn set_state(&self, state: RegistrationState) {
         self.state
             .send_if_modified(|s| std::mem::replace(s, state) != state);
@@ -304,7 +343,7 @@ impl<B: LeaseBackend> Group<B> {
                     None => control_open = false,
                 },
                 Some((key, command)) = commands.recv() => self.command(key, command).await,
-                Some((generation, event)) = events.recv() => self.event(generation, event),
+                Some((generation, event)) = events.recv() => self.event(generation, event).await,
                 () = sleep_until(retry_at), if retry_at.is_some() => self.repair().await,
             }
         }
@@ -326,6 +365,7 @@ impl<B: LeaseBackend> Group<B> {
                 Entry {
                     instance,
                     paused: false,
+                    drained: false,
                     dirty: true,
                     key: None,
                     state,
@@ -340,15 +380,22 @@ impl<B: LeaseBackend> Group<B> {
             Err(e) => Err(e),
         };
         match written {
-            Ok(()) => {
+            Ok(mut failed) => {
+                // A write that failed alone fails its caller alone; the backend left
+                // nothing of it behind.
+                for (key, _) in &failed {
+                    self.entries.remove(key);
+                }
+                if self.entries.is_empty() {
+                    let _ = self.revoke().await;
+                }
                 self.schedule_if_dirty();
                 for (key, state_rx, shown_rx, reply) in pending {
-                    let _ = reply.send(Ok(Registration::new(
-                        key,
-                        state_rx,
-                        shown_rx,
-                        self.commands.clone(),
-                    )));
+                    let answer = match failed.iter().position(|(k, _)| *k == key) {
+                        Some(at) => Err(failed.swap_remove(at).1),
+                        None => Ok(Registration::new(key, state_rx, shown_rx, self.commands.clone())),
+                    };
+                    let _ = reply.send(answer);
                 }
             }
             Err(e) => {
@@ -388,7 +435,7 @@ impl<B: LeaseBackend> Group<B> {
         }
     }
 
-    fn event(&mut self, generation: u64, event: LeaseEvent) {
+    async fn event(&mut self, generation: u64, event: LeaseEvent) {
         if generation != self.generation || self.lease.is_none() {
             return;
         }
@@ -396,13 +443,60 @@ impl<B: LeaseBackend> Group<B> {
             LeaseEvent::Lost(reason) => self.lose(&reason),
             LeaseEvent::KeyDeleted(deleted) => {
                 let current = Some((generation, deleted));
-                if let Some(entry) = self.entries.values_mut().find(|e| !e.paused && e.key == current) {
+                if let Some(entry) = self
+                    .entries
+                    .values_mut()
+                    .find(|e| !e.is_out() && e.key == current)
+                {
                     tracing::warn!(service = %entry.instance.service(), id = %entry.instance.id(), "registration key deleted by someone else; writing it again");
                     entry.dirty = true;
                     entry.set_state(RegistrationState::Recovering);
                     self.retry_at = Some(Instant::now());
                 }
             }
+            LeaseEvent::Drain { service, id, drained } => self.drain(&service, &id, drained).await,
+        }
+    }
+
+    /// An operator drained or undrained `service`/`id`: a drained registration's key is
+    /// deleted and not written again; an undrained one is written again (unless its owner
+    /// paused it).
+    async fn drain(&mut self, service: &ServiceName, id: &InstanceId, drained: bool) {
+        let Some(key) = self
+            .entries
+            .iter()
+            .find(|(_, e)| e.instance.service() == service && e.instance.id() == id)
+            .map(|(k, _)| *k)
+        else {
+            return;
+        };
+        let written = self.current_key(key);
+        let entry = self.entries.get_mut(&key).expect("found above");
+        if entry.drained == drained {
+            return;
+        }
+        entry.drained = drained;
+        if drained {
+            tracing::warn!(%service, %id, "drained by an operator; out of the registry until undrained");
+            entry.dirty = false;
+            entry.key = None;
+            entry.set_state(RegistrationState::Drained);
+            if let (Some(written), Some(lease)) = (written, &self.lease) {
+                match self.backend.delete(lease, &[written]).await {
+                    Ok(()) => {}
+                    Err(LeaseError::Lost(e)) => self.lose(&e.to_string()),
+                    Err(LeaseError::Failed(e)) => {
+                        tracing::warn!(%service, %id, error = %e, "deleting a drained registration failed; watchers skip it by its marker")
+                    }
+                }
+            }
+        } else if entry.paused {
+            entry.set_state(RegistrationState::Paused);
+        } else {
+            tracing::info!(%service, %id, "undrained by an operator; writing it again");
+            entry.dirty = true;
+            entry.set_state(RegistrationState::Recovering);
+            self.retry_at = Some(Instant::now());
         }
     }
 
@@ -410,7 +504,7 @@ impl<B: LeaseBackend> Group<B> {
     fn lose(&mut self, reason: &str) {
         tracing::warn!(ttl = ?self.ttl, %reason, registrations = self.entries.len(), "lease lost; recovering");
         self.lease = None;
-        for entry in self.entries.values_mut().filter(|e| !e.paused) {
+        for entry in self.entries.values_mut().filter(|e| !e.is_out()) {
             entry.dirty = true;
             entry.set_state(RegistrationState::Recovering);
         }
@@ -429,15 +523,16 @@ impl<B: LeaseBackend> Group<B> {
         let lease = self.backend.grant(self.ttl, events).await?;
         self.lease = Some(lease);
         self.generation = generation;
-        for entry in self.entries.values_mut().filter(|e| !e.paused) {
+        for entry in self.entries.values_mut().filter(|e| !e.is_out()) {
             entry.dirty = true;
         }
         Ok(())
     }
 
     /// Writes the given registrations in one batch. On failure they stay dirty and
-    /// `Recovering`, and a retry is scheduled.
-    async fn write(&mut self, keys: &[u64]) -> Result<()> {
+    /// `Recovering` (`Conflict` when another client holds the id), and a retry is
+    /// scheduled. Returns the registrations whose write failed alone, with why.
+    async fn write(&mut self, keys: &[u64]) -> Result<Vec<(u64, Error)>> {
         let Some(lease) = self.lease.as_ref() else {
             return Err(Error::Closed);
         };
@@ -467,15 +562,34 @@ impl<B: LeaseBackend> Group<B> {
             .filter(|k| self.entries.contains_key(k))
             .collect();
         match written {
-            Ok(stored) => {
-                self.delays = Box::new(self.backoff.delays());
-                for (key, stored) in present.iter().zip(stored) {
+            Ok(outcomes) => {
+                let mut failed = Vec::new();
+                for (key, outcome) in present.iter().zip(outcomes) {
                     let entry = self.entries.get_mut(key).expect("present");
-                    entry.key = Some((generation, stored));
-                    entry.dirty = false;
-                    entry.set_state(RegistrationState::Registered);
+                    match outcome {
+                        Ok(stored) => {
+                            entry.key = Some((generation, stored));
+                            entry.dirty = false;
+                            entry.set_state(RegistrationState::Registered);
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %entry.instance.service(), id = %entry.instance.id(), error = %e, "write failed");
+                            entry.dirty = true;
+                            entry.set_state(if e.is_conflict() {
+                                RegistrationState::Conflict
+                            } else {
+                                RegistrationState::Recovering
+                            });
+                            failed.push((*key, e));
+                        }
+                    }
                 }
-                Ok(())
+                if failed.is_empty() {
+                    self.delays = Box::new(self.backoff.delays());
+                } else {
+                    self.schedule_retry();
+                }
+                Ok(failed)
             }
             Err(LeaseError::Lost(e)) => {
                 // A lease lost as soon as it is written under: back off, or a registry
@@ -499,7 +613,7 @@ impl<B: LeaseBackend> Group<B> {
     /// One recovery attempt: a lease if there is none, then every dirty registration.
     async fn repair(&mut self) {
         self.retry_at = None;
-        if self.entries.values().all(|e| e.paused || !e.dirty) {
+        if self.entries.values().all(|e| e.is_out() || !e.dirty) {
             return;
         }
         if let Err(e) = self.ensure_lease().await {
@@ -510,12 +624,16 @@ impl<B: LeaseBackend> Group<B> {
         let dirty: Vec<u64> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.paused && e.dirty)
+            .filter(|(_, e)| !e.is_out() && e.dirty)
             .map(|(k, _)| *k)
             .collect();
         match self.write(&dirty).await {
-            Ok(()) => {
-                tracing::info!(registrations = dirty.len(), "registrations written again");
+            Ok(failed) => {
+                tracing::info!(
+                    registrations = dirty.len() - failed.len(),
+                    failed = failed.len(),
+                    "registrations written again"
+                );
                 self.schedule_if_dirty();
             }
             Err(e) => tracing::warn!(error = %e, "writing registrations failed; retrying"),
@@ -528,7 +646,7 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     fn schedule_if_dirty(&mut self) {
-        if self.retry_at.is_none() && self.entries.values().any(|e| !e.paused && e.dirty) {
+        if self.retry_at.is_none() && self.entries.values().any(|e| !e.is_out() && e.dirty) {
             self.retry_at = Some(Instant::now());
         }
     }
@@ -551,7 +669,7 @@ impl<B: LeaseBackend> Group<B> {
         entry.paused = true;
         entry.dirty = false;
         entry.key = None;
-        entry.set_state(RegistrationState::Paused);
+        entry.set_state(entry.out_state());
         Ok(())
     }
 
@@ -561,6 +679,10 @@ impl<B: LeaseBackend> Group<B> {
             return Ok(());
         }
         entry.paused = false;
+        if entry.drained {
+            entry.set_state(RegistrationState::Drained);
+            return Ok(());
+        }
         entry.dirty = true;
         entry.set_state(RegistrationState::Recovering);
         self.write_now(key).await
@@ -571,7 +693,7 @@ impl<B: LeaseBackend> Group<B> {
         let next = entry.instance.updated(update)?;
         entry.instance = next.clone();
         entry.shown.send_replace(next);
-        if entry.paused {
+        if entry.is_out() {
             return Ok(());
         }
         entry.dirty = true;
@@ -588,7 +710,10 @@ impl<B: LeaseBackend> Group<B> {
         }
         let result = self.write(&[key]).await;
         self.schedule_if_dirty();
-        result
+        match result?.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
 
     async fn deregister(&mut self, key: u64) -> Result<()> {
@@ -697,11 +822,11 @@ mod tests {
             Ok(())
         }
 
-        async fn put(&self, _: &(), writes: &[Write<'_>]) -> Result<Vec<String>, LeaseError> {
+        async fn put(&self, _: &(), writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
             if self.broken.load(Ordering::SeqCst) {
                 return Err(LeaseError::Lost(Error::backend("test://", "lease not found")));
             }
-            Ok(writes.iter().map(|w| w.instance.id().to_string()).collect())
+            Ok(writes.iter().map(|w| Ok(w.instance.id().to_string())).collect())
         }
 
         async fn delete(&self, _: &(), _: &[String]) -> Result<(), LeaseError> {

@@ -19,6 +19,14 @@ pub enum RegistrationState {
     /// Taken out of the registry on purpose ([`Registration::pause`]), to drain traffic;
     /// [`Registration::resume`] puts it back.
     Paused,
+    /// Another live client wrote the same service and instance id over this
+    /// registration. This client does not fight it; it writes itself again once the
+    /// other's key is gone.
+    Conflict,
+    /// An operator drained the instance (`leasehold drain`, [`Registry::drain`](crate::Registry::drain)):
+    /// it is out of every watcher's set and its owner does not write it back, across
+    /// recoveries and registry restarts, until it is undrained.
+    Drained,
     /// Removed for good; the handle can no longer be used.
     Deregistered,
 }

@@ -36,6 +36,32 @@ pub trait Registry: Send + Sync + Debug {
     /// deleted by someone else and writes it again, unless it is deregistered too.
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<bool>;
 
+    /// Drains the instance `id` of `service` for every client, as an operator's
+    /// maintenance switch: a marker is written that takes it out of every watcher's set,
+    /// and its owner (state [`Drained`](crate::RegistrationState::Drained)) stops
+    /// writing it until [`undrain`](Registry::undrain). The marker outlives the
+    /// instance's lease. Returns whether an instance `id` is registered now.
+    ///
+    /// Formats with no place for a marker (every format but native) refuse with
+    /// [`Error::Unsupported`](crate::Error::Unsupported).
+    async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let _ = (service, id);
+        Err(crate::Error::Unsupported {
+            what: "operator drain".into(),
+            by: "by this backend".into(),
+        })
+    }
+
+    /// Removes the drain marker of `id`; its owner writes it again. Returns whether
+    /// there was a marker.
+    async fn undrain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let _ = (service, id);
+        Err(crate::Error::Unsupported {
+            what: "operator drain".into(),
+            by: "by this backend".into(),
+        })
+    }
+
     /// Deregisters every registration made through this client and releases its
     /// leases. Handles still held afterwards show `Deregistered`.
     async fn shutdown(&self);
