@@ -249,8 +249,8 @@ mod tests {
     #[test]
     fn ring_hash_sets_the_cluster_policy_and_the_route_hash() {
         let options = XdsOptions::default().ring_hash(greeter(), Some("x-user".to_owned()));
-        let cluster = Cluster::decode(cluster(&greeter(), &options).value.as_slice()).unwrap();
-        assert_eq!(cluster.lb_policy, cluster::LbPolicy::RingHash as i32);
+        let hashed = Cluster::decode(cluster(&greeter(), &options).value.as_slice()).unwrap();
+        assert_eq!(hashed.lb_policy, cluster::LbPolicy::RingHash as i32);
         let routes = RouteConfiguration::decode(route_configuration(&greeter(), &options).value.as_slice())
             .unwrap();
         let action = match &routes.virtual_hosts[0].routes[0].action {
