@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use leasehold::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -48,6 +48,9 @@ type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Statu
 pub struct XdsServer {
     catalog: Arc<Catalog>,
     options: Arc<XdsOptions>,
+    /// Set when [`serve`](XdsServer::serve)'s shutdown completes: every session then
+    /// ends its stream, which would otherwise keep the graceful shutdown waiting forever.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl fmt::Debug for XdsServer {
@@ -65,6 +68,7 @@ impl XdsServer {
         XdsServer {
             catalog: Arc::new(Catalog::new(registry)),
             options: Arc::new(options),
+            closing: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -78,13 +82,20 @@ impl XdsServer {
         self.catalog.followed()
     }
 
-    /// Serves on `listener` until `shutdown` completes.
+    /// Serves on `listener` until `shutdown` completes, then ends every client's stream
+    /// (with `UNAVAILABLE`, so clients reconnect, to another server if they have one)
+    /// and returns.
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), XdsError> {
         let addr = listener.local_addr().ok();
+        let closing = self.closing.clone();
+        let shutdown = async move {
+            shutdown.await;
+            closing.send_replace(true);
+        };
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
@@ -118,7 +129,7 @@ impl AggregatedDiscoveryService for XdsServer {
         tracing::debug!(?peer, "ADS stream opened");
         let (responses, rx) = mpsc::channel(RESPONSE_BUFFER);
         let session = Session::new(self.catalog.clone(), self.options.clone());
-        tokio::spawn(session.run(request.into_inner(), responses));
+        tokio::spawn(session.run(request.into_inner(), responses, self.closing.subscribe()));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

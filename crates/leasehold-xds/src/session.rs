@@ -18,7 +18,7 @@ use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::Any;
 use leasehold::ServiceName;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::WatchStream;
 use tokio_stream::{StreamExt, StreamMap};
 use tonic::Status;
@@ -96,14 +96,20 @@ impl Session {
     }
 
     /// Serves the stream: answers `requests` and pushes updates into `responses` until
-    /// either side closes.
+    /// either side closes, or until `closing` turns true (the server is shutting down).
     pub async fn run(
         mut self,
         mut requests: impl tokio_stream::Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
         responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        mut closing: watch::Receiver<bool>,
     ) {
         loop {
             let response = tokio::select! {
+                _ = until_closing(&mut closing) => {
+                    tracing::debug!(client = %self.client, "server shutting down: ending the stream");
+                    let _ = responses.send(Err(Status::unavailable("the xDS server is shutting down"))).await;
+                    return;
+                }
                 request = requests.next() => match request {
                     Some(Ok(request)) => self.on_request(request),
                     Some(Err(status)) => {
@@ -265,4 +271,9 @@ impl Session {
             ..Default::default()
         })
     }
+}
+
+/// Completes once `closing` is true (or its sender is gone).
+async fn until_closing(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|closing| *closing).await;
 }
