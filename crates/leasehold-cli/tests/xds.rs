@@ -19,11 +19,21 @@ use support::{run, Running};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn xds_serves_the_registry_and_stops_on_sigterm() {
-    let etcd = leasehold_testkit::EtcdCluster::start_single().await.expect("etcd starts");
+    let etcd = leasehold_testkit::EtcdCluster::start_single()
+        .await
+        .expect("etcd starts");
     let url = etcd.url("/leasehold/services");
-    let registry = EtcdRegistry::connect(&url.parse::<RegistryUrl>().unwrap()).await.unwrap();
-    let instance = Instance::builder("greeter", "127.0.0.1:50051").id("one").build().unwrap();
-    let _registration = registry.register(instance, RegisterOptions::default()).await.unwrap();
+    let registry = EtcdRegistry::connect(&url.parse::<RegistryUrl>().unwrap())
+        .await
+        .unwrap();
+    let instance = Instance::builder("greeter", "127.0.0.1:50051")
+        .id("one")
+        .build()
+        .unwrap();
+    let _registration = registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap();
 
     let (xds, line) = tokio::task::spawn_blocking(move || {
         let mut xds = Running::spawn(&["--registry", &url, "xds", "--listen", "127.0.0.1:0"]);
@@ -34,14 +44,20 @@ async fn xds_serves_the_registry_and_stops_on_sigterm() {
     .unwrap();
     let addr = line.trim_start_matches("serving xDS on ").to_owned();
 
-    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let request = DiscoveryRequest {
         resource_names: vec!["greeter".to_owned()],
         type_url: ResourceType::Endpoints.type_url(),
         ..Default::default()
     };
     let requests = tokio_stream::iter([request]).chain(tokio_stream::pending());
-    let mut responses = client.stream_aggregated_resources(requests).await.unwrap().into_inner();
+    let mut responses = client
+        .stream_aggregated_resources(requests)
+        .await
+        .unwrap()
+        .into_inner();
     let response = tokio::time::timeout(Duration::from_secs(30), responses.message())
         .await
         .expect("a response in time")
@@ -49,7 +65,10 @@ async fn xds_serves_the_registry_and_stops_on_sigterm() {
         .unwrap();
     let cla = ClusterLoadAssignment::decode(response.resources[0].value.as_slice()).unwrap();
     assert_eq!(cla.cluster_name, "greeter");
-    assert_eq!(cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(), 1);
+    assert_eq!(
+        cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum::<usize>(),
+        1
+    );
 
     xds.signal(Signal::SIGTERM);
     let (code, _) = tokio::task::spawn_blocking(move || xds.wait()).await.unwrap();

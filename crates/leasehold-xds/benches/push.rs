@@ -14,7 +14,6 @@
 //! Clients are raw ADS streams in this process (each its own HTTP/2 connection) that
 //! ACK every response, as gRPC clients do.
 
-#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -37,10 +36,13 @@ const CLIENTS: usize = 100;
 const BIG_ROUNDS: usize = 20;
 
 fn instance(service: &str, n: usize) -> Instance {
-    Instance::builder(service, format!("10.{}.{}.{}:8080", n / 65536, (n / 256) % 256, n % 256))
-        .id(format!("i{n:06}"))
-        .build()
-        .unwrap()
+    Instance::builder(
+        service,
+        format!("10.{}.{}.{}:8080", n / 65536, (n / 256) % 256, n % 256),
+    )
+    .id(format!("i{n:06}"))
+    .build()
+    .unwrap()
 }
 
 fn millis(d: Duration) -> String {
@@ -79,7 +81,9 @@ async fn latency(name: &str, registry: Arc<dyn Registry>) {
     let service = "latency";
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "bench").await;
-    client.request(ResourceType::Endpoints, &[service], "", "", None).await;
+    client
+        .request(ResourceType::Endpoints, &[service], "", "", None)
+        .await;
     let first = client.next().await;
     client.ack(&first, &[service]).await;
     let discovery = registry
@@ -165,7 +169,9 @@ async fn big_service() {
     for id in 0..CLIENTS {
         let arrivals = arrivals.clone();
         let mut client = AdsClient::connect(xds, &format!("client-{id}")).await;
-        client.request(ResourceType::Endpoints, &[service], "", "", None).await;
+        client
+            .request(ResourceType::Endpoints, &[service], "", "", None)
+            .await;
         tokio::spawn(async move {
             while let Some(response) = client.next_within(Duration::from_secs(300)).await {
                 let at = Instant::now();
@@ -213,13 +219,20 @@ async fn big_service() {
         (push_size * CLIENTS) as f64 / (1024.0 * 1024.0)
     );
     print_summary("baseline: build and encode the assignment", builds);
-    println!("  {:<44} {:>14}", "first push, all clients connecting", millis(initial));
+    println!(
+        "  {:<44} {:>14}",
+        "first push, all clients connecting",
+        millis(initial)
+    );
     print_summary("one registration: first client has it", firsts);
     print_summary("one registration: all 100 clients have it", lasts);
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         latency("the in-process registry", Arc::new(MemoryRegistry::new())).await;
         let etcd = EtcdCluster::start_single().await.expect("etcd starts");

@@ -38,7 +38,9 @@ pub struct Feed {
 
 impl fmt::Debug for Feed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Feed").field("service", &self.service).finish_non_exhaustive()
+        f.debug_struct("Feed")
+            .field("service", &self.service)
+            .finish_non_exhaustive()
     }
 }
 
@@ -64,7 +66,9 @@ pub struct Catalog {
 
 impl fmt::Debug for Catalog {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Catalog").field("registry", &self.registry).finish_non_exhaustive()
+        f.debug_struct("Catalog")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
     }
 }
 
@@ -97,7 +101,12 @@ impl Catalog {
 
     /// How many services are followed now.
     pub fn followed(&self) -> usize {
-        self.feeds.lock().unwrap().values().filter(|f| f.strong_count() > 0).count()
+        self.feeds
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|f| f.strong_count() > 0)
+            .count()
     }
 }
 
@@ -194,9 +203,15 @@ mod tests {
         assert_eq!(next_published(&mut rx).await.endpoints, 0);
         rx.mark_unchanged();
 
-        let one = Instance::builder("greeter", "10.0.0.1:80").id("one").build().unwrap();
+        let one = Instance::builder("greeter", "10.0.0.1:80")
+            .id("one")
+            .build()
+            .unwrap();
         let registration = registry.register(one, RegisterOptions::default()).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(5), rx.changed()).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(rx.borrow_and_update().as_ref().unwrap().endpoints, 1);
 
         // Metadata is not part of the assignment: no new publication.
@@ -204,6 +219,8 @@ mod tests {
             .update(leasehold::InstanceUpdate::new().version(Some("2".into())))
             .await
             .unwrap();
-        assert!(tokio::time::timeout(Duration::from_millis(300), rx.changed()).await.is_err());
+        assert!(tokio::time::timeout(Duration::from_millis(300), rx.changed())
+            .await
+            .is_err());
     }
 }

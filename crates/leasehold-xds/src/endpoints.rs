@@ -127,7 +127,12 @@ mod tests {
         let mut held = Vec::new();
         let count = instances.len();
         for instance in instances {
-            held.push(registry.register(instance, RegisterOptions::default()).await.unwrap());
+            held.push(
+                registry
+                    .register(instance, RegisterOptions::default())
+                    .await
+                    .unwrap(),
+            );
         }
         let discovery = registry.watch(&service, WatchOptions::default()).await.unwrap();
         let snapshot = discovery
@@ -151,7 +156,8 @@ mod tests {
         let Some(lb_endpoint::HostIdentifier::Endpoint(endpoint)) = &endpoint.host_identifier else {
             panic!("not an endpoint")
         };
-        let Some(address::Address::SocketAddress(socket)) = endpoint.address.as_ref().unwrap().address.as_ref()
+        let Some(address::Address::SocketAddress(socket)) =
+            endpoint.address.as_ref().unwrap().address.as_ref()
         else {
             panic!("not a socket address")
         };
@@ -204,7 +210,11 @@ mod tests {
         let weights: Vec<u32> = cla
             .endpoints
             .iter()
-            .flat_map(|l| l.lb_endpoints.iter().map(|e| e.load_balancing_weight.unwrap().value))
+            .flat_map(|l| {
+                l.lb_endpoints
+                    .iter()
+                    .map(|e| e.load_balancing_weight.unwrap().value)
+            })
             .collect();
         assert_eq!(weights, [2, 1, 1, 3]);
         assert!(cla

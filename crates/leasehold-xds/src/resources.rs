@@ -128,9 +128,7 @@ pub fn listener(service: &ServiceName) -> Any {
 /// header hash policy when the service is balanced by ring hash on a header.
 pub fn route_configuration(service: &ServiceName, options: &XdsOptions) -> Any {
     let hash_policy = match options.balancing(service) {
-        Balancing::RingHash {
-            header: Some(header),
-        } => vec![route_action::HashPolicy {
+        Balancing::RingHash { header: Some(header) } => vec![route_action::HashPolicy {
             policy_specifier: Some(route_action::hash_policy::PolicySpecifier::Header(
                 route_action::hash_policy::Header {
                     header_name: header.clone(),
@@ -251,8 +249,8 @@ mod tests {
         let options = XdsOptions::default().ring_hash(greeter(), Some("x-user".to_owned()));
         let hashed = Cluster::decode(cluster(&greeter(), &options).value.as_slice()).unwrap();
         assert_eq!(hashed.lb_policy, cluster::LbPolicy::RingHash as i32);
-        let routes = RouteConfiguration::decode(route_configuration(&greeter(), &options).value.as_slice())
-            .unwrap();
+        let routes =
+            RouteConfiguration::decode(route_configuration(&greeter(), &options).value.as_slice()).unwrap();
         let action = match &routes.virtual_hosts[0].routes[0].action {
             Some(route::Action::Route(action)) => action.clone(),
             other => panic!("expected a route action, got {other:?}"),

@@ -163,7 +163,9 @@ impl Session {
                     error = %error.message,
                     "the client rejected an update (NACK); it keeps its previous version",
                 ),
-                None => tracing::debug!(client = %self.client, r#type = kind.short_name(), version = %request.version_info, "ACK"),
+                None => {
+                    tracing::debug!(client = %self.client, r#type = kind.short_name(), version = %request.version_info, "ACK")
+                }
             }
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
@@ -185,7 +187,10 @@ impl Session {
 
     /// Follows exactly the services named in `names` for endpoints.
     fn follow_only(&mut self, names: &BTreeSet<String>) {
-        let wanted: Vec<ServiceName> = names.iter().filter_map(|n| ServiceName::new(n.as_str()).ok()).collect();
+        let wanted: Vec<ServiceName> = names
+            .iter()
+            .filter_map(|n| ServiceName::new(n.as_str()).ok())
+            .collect();
         self.feeds.retain(|service, _| wanted.contains(service));
         let current: Vec<ServiceName> = self.updates.keys().cloned().collect();
         for service in current {

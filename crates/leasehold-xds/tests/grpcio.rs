@@ -59,7 +59,11 @@ fn grpcio_python() -> PathBuf {
         .arg(&requirements)
         .status()
         .is_ok_and(|s| s.success());
-    assert!(installed && has_grpcio(), "pip could not install grpcio into {}", venv.display());
+    assert!(
+        installed && has_grpcio(),
+        "pip could not install grpcio into {}",
+        venv.display()
+    );
     python
 }
 
@@ -150,14 +154,22 @@ impl PythonClient {
 }
 
 /// A Greeter server named `name`, registered under `service` with `weight`.
-async fn serve(registry: &EtcdRegistry, service: &str, name: &str, weight: u32) -> (GreeterServer, Registration) {
+async fn serve(
+    registry: &EtcdRegistry,
+    service: &str,
+    name: &str,
+    weight: u32,
+) -> (GreeterServer, Registration) {
     let server = GreeterServer::start(name).await;
     let instance = Instance::builder(service, server.addr.to_string())
         .id(name)
         .weight(weight)
         .build()
         .unwrap();
-    let registration = registry.register(instance, RegisterOptions::default()).await.unwrap();
+    let registration = registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap();
     (server, registration)
 }
 
@@ -203,7 +215,10 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     let (_d, _d_registration) = serve(&registry, "greeter", "d", 1).await;
     let joined = Instant::now();
     while client.call("xds:///greeter", 20).await.to("d") == 0 {
-        assert!(joined.elapsed() < Duration::from_secs(10), "a new server gets no calls 10s after joining");
+        assert!(
+            joined.elapsed() < Duration::from_secs(10),
+            "a new server gets no calls 10s after joining"
+        );
     }
 
     // Weights are honoured in proportion: 1 : 3.
@@ -218,13 +233,18 @@ async fn grpcio_balances_over_the_registry_through_xds() {
 
     // The registry goes away: the last known set is kept and served, marked UNKNOWN.
     let mut watcher = AdsClient::connect(xds, "stale-watcher").await;
-    watcher.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+    watcher
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
     let first = watcher.next().await;
     watcher.ack(&first, &["greeter"]).await;
     etcd.kill(0).await.unwrap();
     let stale = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let response = watcher.next_within(Duration::from_secs(60)).await.expect("a push");
+            let response = watcher
+                .next_within(Duration::from_secs(60))
+                .await
+                .expect("a push");
             watcher.ack(&response, &["greeter"]).await;
             let cla = ClusterLoadAssignment::decode(response.resources[0].value.as_slice()).unwrap();
             let health: Vec<i32> = cla

@@ -24,7 +24,10 @@ const QUIET: Duration = Duration::from_millis(500);
 
 async fn register(registry: &MemoryRegistry, service: &str, id: &str, addr: &str) -> Registration {
     let instance = Instance::builder(service, addr).id(id).build().unwrap();
-    registry.register(instance, RegisterOptions::default()).await.unwrap()
+    registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap()
 }
 
 fn endpoints(response: &DiscoveryResponse) -> Vec<(String, usize)> {
@@ -47,7 +50,9 @@ async fn a_client_gets_the_four_resources_of_what_it_asks_for_and_nothing_else()
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "client").await;
 
-    client.request(ResourceType::Listener, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Listener, &["greeter"], "", "", None)
+        .await;
     let lds = client.next().await;
     assert_eq!(lds.type_url, ResourceType::Listener.type_url());
     let names: Vec<String> = lds
@@ -58,19 +63,25 @@ async fn a_client_gets_the_four_resources_of_what_it_asks_for_and_nothing_else()
     assert_eq!(names, ["greeter"]);
     client.ack(&lds, &["greeter"]).await;
 
-    client.request(ResourceType::Route, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Route, &["greeter"], "", "", None)
+        .await;
     let rds = client.next().await;
     let route = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
     assert_eq!((rds.resources.len(), route.name.as_str()), (1, "greeter"));
     client.ack(&rds, &["greeter"]).await;
 
-    client.request(ResourceType::Cluster, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Cluster, &["greeter"], "", "", None)
+        .await;
     let cds = client.next().await;
     let cluster = Cluster::decode(cds.resources[0].value.as_slice()).unwrap();
     assert_eq!((cds.resources.len(), cluster.name.as_str()), (1, "greeter"));
     client.ack(&cds, &["greeter"]).await;
 
-    client.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
     let eds = client.next().await;
     assert_eq!(endpoints(&eds), [("greeter".to_owned(), 1)]);
     client.ack(&eds, &["greeter"]).await;
@@ -85,7 +96,13 @@ async fn a_client_gets_the_four_resources_of_what_it_asks_for_and_nothing_else()
     // A name that is not a service is not a resource; a listener response lists every
     // subscribed listener.
     client
-        .request(ResourceType::Listener, &["greeter", "not a service"], &lds.version_info, &lds.nonce, None)
+        .request(
+            ResourceType::Listener,
+            &["greeter", "not a service"],
+            &lds.version_info,
+            &lds.nonce,
+            None,
+        )
         .await;
     let lds = client.next().await;
     assert_eq!(lds.resources.len(), 1);
@@ -100,10 +117,14 @@ async fn changes_are_pushed_to_every_subscribed_client_once() {
     let mut versions = Vec::new();
     for i in 0..3 {
         let mut client = AdsClient::connect(xds, &format!("client-{i}")).await;
-        client.request(ResourceType::Listener, &["greeter"], "", "", None).await;
+        client
+            .request(ResourceType::Listener, &["greeter"], "", "", None)
+            .await;
         let lds = client.next().await;
         client.ack(&lds, &["greeter"]).await;
-        client.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+        client
+            .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+            .await;
         let eds = client.next().await;
         assert_eq!(endpoints(&eds), [("greeter".to_owned(), 1)]);
         client.ack(&eds, &["greeter"]).await;
@@ -115,16 +136,25 @@ async fn changes_are_pushed_to_every_subscribed_client_once() {
     let _two = register(&registry, "greeter", "two", "10.0.0.2:50051").await;
     for (client, version) in clients.iter_mut().zip(&versions) {
         let eds = client.next().await;
-        assert_eq!(eds.type_url, ResourceType::Endpoints.type_url(), "only the endpoints changed");
+        assert_eq!(
+            eds.type_url,
+            ResourceType::Endpoints.type_url(),
+            "only the endpoints changed"
+        );
         assert_eq!(endpoints(&eds), [("greeter".to_owned(), 2)]);
         assert_ne!(&eds.version_info, version);
         client.ack(&eds, &["greeter"]).await;
     }
 
     // A change that does not touch the assignment sends nothing.
-    one.update(InstanceUpdate::new().version(Some("2.0".into()))).await.unwrap();
+    one.update(InstanceUpdate::new().version(Some("2.0".into())))
+        .await
+        .unwrap();
     for client in &mut clients {
-        assert!(client.next_within(QUIET).await.is_none(), "an unchanged assignment was sent");
+        assert!(
+            client.next_within(QUIET).await.is_none(),
+            "an unchanged assignment was sent"
+        );
     }
 
     one.deregister().await.unwrap();
@@ -136,7 +166,10 @@ async fn changes_are_pushed_to_every_subscribed_client_once() {
     drop(clients);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while server.followed_services() != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the watch outlives its clients");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch outlives its clients"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -147,7 +180,9 @@ async fn a_nack_is_not_answered_and_the_next_change_is_sent() {
     let _one = register(&registry, "greeter", "one", "10.0.0.1:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "picky").await;
-    client.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
     let first = client.next().await;
     client.ack(&first, &["greeter"]).await;
 
@@ -162,7 +197,10 @@ async fn a_nack_is_not_answered_and_the_next_change_is_sent() {
             Some("endpoint 10.0.0.2 is not acceptable"),
         )
         .await;
-    assert!(client.next_within(QUIET).await.is_none(), "a NACK is not answered with the same resources");
+    assert!(
+        client.next_within(QUIET).await.is_none(),
+        "a NACK is not answered with the same resources"
+    );
 
     let _three = register(&registry, "greeter", "three", "10.0.0.3:50051").await;
     let next = client.next().await;
@@ -177,7 +215,9 @@ async fn a_request_about_an_older_response_is_ignored() {
     let _other = register(&registry, "other", "x", "10.0.0.9:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "late").await;
-    client.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
     let first = client.next().await;
     client.ack(&first, &["greeter"]).await;
     let _two = register(&registry, "greeter", "two", "10.0.0.2:50051").await;
@@ -185,13 +225,25 @@ async fn a_request_about_an_older_response_is_ignored() {
 
     // The client answers the first response after the second was sent: stale.
     client
-        .request(ResourceType::Endpoints, &["greeter", "other"], &first.version_info, &first.nonce, None)
+        .request(
+            ResourceType::Endpoints,
+            &["greeter", "other"],
+            &first.version_info,
+            &first.nonce,
+            None,
+        )
         .await;
     assert!(client.next_within(QUIET).await.is_none());
 
     // With the current nonce the new subscription is served: only the new resource.
     client
-        .request(ResourceType::Endpoints, &["greeter", "other"], &second.version_info, &second.nonce, None)
+        .request(
+            ResourceType::Endpoints,
+            &["greeter", "other"],
+            &second.version_info,
+            &second.nonce,
+            None,
+        )
         .await;
     assert_eq!(endpoints(&client.next().await), [("other".to_owned(), 1)]);
 }
@@ -202,7 +254,9 @@ async fn a_reconnecting_client_gets_the_current_state() {
     let _one = register(&registry, "greeter", "one", "10.0.0.1:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "phoenix").await;
-    client.request(ResourceType::Endpoints, &["greeter"], "", "", None).await;
+    client
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
     let before = client.next().await;
     client.ack(&before, &["greeter"]).await;
     drop(client);
@@ -211,7 +265,13 @@ async fn a_reconnecting_client_gets_the_current_state() {
     let mut client = AdsClient::connect(xds, "phoenix").await;
     // A reconnecting client names the version it has and no nonce.
     client
-        .request(ResourceType::Endpoints, &["greeter"], &before.version_info, "", None)
+        .request(
+            ResourceType::Endpoints,
+            &["greeter"],
+            &before.version_info,
+            "",
+            None,
+        )
         .await;
     assert_eq!(endpoints(&client.next().await), [("greeter".to_owned(), 2)]);
 }

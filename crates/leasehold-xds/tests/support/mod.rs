@@ -151,7 +151,14 @@ impl AdsClient {
 
     /// Sends a request for `names` of type `kind`, acknowledging `version`/`nonce`, or
     /// rejecting them when `error` is given.
-    pub async fn request(&self, kind: ResourceType, names: &[&str], version: &str, nonce: &str, error: Option<&str>) {
+    pub async fn request(
+        &self,
+        kind: ResourceType,
+        names: &[&str],
+        version: &str,
+        nonce: &str,
+        error: Option<&str>,
+    ) {
         let request = DiscoveryRequest {
             version_info: version.to_owned(),
             node: Some(Node {
