@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 
 use envoy_types::pb::google::protobuf::Any;
@@ -27,6 +28,8 @@ pub struct Published {
     pub resource: Any,
     /// How many endpoints it holds.
     pub endpoints: usize,
+    /// A version derived from the encoded bytes, computed once for every stream.
+    pub version: String,
 }
 
 /// One followed service. Dropping the last handle stops its watch.
@@ -141,13 +144,26 @@ async fn follow(
                 return false;
             }
             tracing::debug!(%service, endpoints, version = snapshot.version(), "assignment changed");
-            *current = Some(Arc::new(Published { resource, endpoints }));
+            let version = content_version(&resource);
+            *current = Some(Arc::new(Published {
+                resource,
+                endpoints,
+                version,
+            }));
             true
         });
         if versions.changed().await.is_err() {
             return;
         }
     }
+}
+
+/// A version of `resource` derived from its bytes: equal resources have equal versions
+/// for as long as this server runs.
+pub fn content_version(resource: &Any) -> String {
+    let mut hasher = DefaultHasher::new();
+    resource.value.hash(&mut hasher);
+    format!("{:016x}", hasher.finish())
 }
 
 async fn watch_with_retries(registry: &dyn Registry, service: &ServiceName) -> Discovery {

@@ -17,12 +17,14 @@
 //!   unreachable the last known set is kept and served, its endpoints marked `UNKNOWN`
 //!   rather than `HEALTHY`; an assignment is never emptied because of an outage.
 //!
-//! The protocol is state of the world over ADS: versions and nonces per type, ACKs and
-//! NACKs (logged with the client's error; nothing is re-sent until it changes), any
-//! number of clients per server sharing one watch per service, only the resources a
-//! client asked for, and a registry change pushed to every client that follows the
-//! service as soon as the cache has it, without re-sending what did not change. A client
-//! that reconnects gets the current state. Incremental (delta) xDS is not served.
+//! The protocol is ADS, state of the world (what gRPC clients speak) and incremental
+//! (delta, as Envoy can): versions and nonces per type, ACKs and NACKs (logged with the
+//! client's error; nothing is re-sent until it changes), any number of clients per
+//! server sharing one watch per service, only the resources a client asked for, and a
+//! registry change pushed to every client that follows the service as soon as the cache
+//! has it, without re-sending what did not change. A client that reconnects gets the
+//! current state (an incremental one only what changed since the versions it names).
+//! Wildcard subscriptions are answered empty: resources are served by name.
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -61,7 +63,10 @@ mod error;
 mod options;
 pub mod resources;
 mod server;
-mod session;
+mod delta;
+mod sotw;
+mod sources;
+mod stream;
 
 pub use error::XdsError;
 pub use options::{Balancing, XdsOptions};

@@ -20,7 +20,9 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::Catalog;
-use crate::session::Session;
+use crate::delta::DeltaSession;
+use crate::sotw::Session;
+use crate::stream;
 use crate::{XdsError, XdsOptions};
 
 /// How many responses may wait for a slow client before its session waits too.
@@ -30,7 +32,8 @@ type ResponseStream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Statu
 
 /// An xDS management server over a leasehold registry.
 ///
-/// Serves the Aggregated Discovery Service (state of the world) on one gRPC port: for
+/// Serves the Aggregated Discovery Service (state of the world and incremental) on one
+/// gRPC port: for
 /// each service a client names (`xds:///greeter` names `greeter`), its Listener,
 /// RouteConfiguration, Cluster and ClusterLoadAssignment, the last kept current by a
 /// [`Discovery`](leasehold::Discovery) watch of the service that all clients share.
@@ -129,16 +132,29 @@ impl AggregatedDiscoveryService for XdsServer {
         tracing::debug!(?peer, "ADS stream opened");
         let (responses, rx) = mpsc::channel(RESPONSE_BUFFER);
         let session = Session::new(self.catalog.clone(), self.options.clone());
-        tokio::spawn(session.run(request.into_inner(), responses, self.closing.subscribe()));
+        tokio::spawn(stream::run(
+            session,
+            request.into_inner(),
+            responses,
+            self.closing.subscribe(),
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn delta_aggregated_resources(
         &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "leasehold-xds serves state-of-the-world ADS only; use StreamAggregatedResources",
-        ))
+        let peer = request.remote_addr();
+        tracing::debug!(?peer, "incremental ADS stream opened");
+        let (responses, rx) = mpsc::channel(RESPONSE_BUFFER);
+        let session = DeltaSession::new(self.catalog.clone(), self.options.clone());
+        tokio::spawn(stream::run(
+            session,
+            request.into_inner(),
+            responses,
+            self.closing.subscribe(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -1,4 +1,4 @@
-//! One client's ADS stream, state of the world.
+//! One client's ADS stream, state of the world (`StreamAggregatedResources`).
 //!
 //! Per resource type the session keeps what the client subscribes to, what it was last
 //! sent, and the version and nonce of the last response. A request whose nonce is not
@@ -16,44 +16,12 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
-use envoy_types::pb::google::protobuf::Any;
-use leasehold::ServiceName;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::{StreamExt, StreamMap};
-use tonic::Status;
 
-use crate::catalog::{Catalog, Feed, Published};
-use crate::resources::{static_resource, ResourceType};
+use crate::catalog::Catalog;
+use crate::resources::ResourceType;
+use crate::sources::{Current, Sources};
+use crate::stream::{Protocol, CONTROL_PLANE};
 use crate::XdsOptions;
-
-/// The identifier sent as the responses' control plane, for clients' debug pages.
-const CONTROL_PLANE: &str = "leasehold-xds";
-
-/// A resource as it is now, to send or compare with what was sent.
-#[derive(Clone, Debug)]
-enum Current {
-    /// Built from the name alone (Listener, RouteConfiguration, Cluster).
-    Static(Any),
-    /// A service's assignment, shared by every stream that follows the service.
-    Endpoints(Arc<Published>),
-}
-
-impl Current {
-    fn any(&self) -> &Any {
-        match self {
-            Current::Static(any) => any,
-            Current::Endpoints(published) => &published.resource,
-        }
-    }
-
-    fn same_as(&self, other: &Current) -> bool {
-        match (self, other) {
-            (Current::Endpoints(a), Current::Endpoints(b)) if Arc::ptr_eq(a, b) => true,
-            _ => self.any() == other.any(),
-        }
-    }
-}
 
 /// The state of one resource type on one stream.
 #[derive(Debug, Default)]
@@ -66,77 +34,29 @@ struct TypeState {
     nonce: Option<String>,
 }
 
-/// What the session does after a request or an update: send this, or nothing.
-pub type Outcome = Option<DiscoveryResponse>;
-
-/// One client's stream.
+/// One client's state-of-the-world stream.
 pub struct Session {
-    catalog: Arc<Catalog>,
-    options: Arc<XdsOptions>,
+    sources: Sources,
     /// The client's node id, for logs; set from the first request that names it.
     client: String,
     types: [TypeState; 4],
     nonces: u64,
-    feeds: HashMap<ServiceName, Arc<Feed>>,
-    updates: StreamMap<ServiceName, WatchStream<Option<Arc<Published>>>>,
 }
 
 impl Session {
     /// A session with no subscriptions yet.
     pub fn new(catalog: Arc<Catalog>, options: Arc<XdsOptions>) -> Self {
         Session {
-            catalog,
-            options,
+            sources: Sources::new(catalog, options),
             client: String::new(),
             types: Default::default(),
             nonces: 0,
-            feeds: HashMap::new(),
-            updates: StreamMap::new(),
-        }
-    }
-
-    /// Serves the stream: answers `requests` and pushes updates into `responses` until
-    /// either side closes, or until `closing` turns true (the server is shutting down).
-    pub async fn run(
-        mut self,
-        mut requests: impl tokio_stream::Stream<Item = Result<DiscoveryRequest, Status>> + Unpin,
-        responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
-        mut closing: watch::Receiver<bool>,
-    ) {
-        loop {
-            let response = tokio::select! {
-                _ = until_closing(&mut closing) => {
-                    tracing::debug!(client = %self.client, "server shutting down: ending the stream");
-                    let _ = responses.send(Err(Status::unavailable("the xDS server is shutting down"))).await;
-                    return;
-                }
-                request = requests.next() => match request {
-                    Some(Ok(request)) => self.on_request(request),
-                    Some(Err(status)) => {
-                        tracing::debug!(client = %self.client, %status, "stream broken");
-                        return;
-                    }
-                    None => {
-                        tracing::debug!(client = %self.client, "client closed the stream");
-                        return;
-                    }
-                },
-                Some(_) = self.updates.next(), if !self.updates.is_empty() => {
-                    self.respond(ResourceType::Endpoints, false)
-                }
-            };
-            if let Some(response) = response {
-                if responses.send(Ok(response)).await.is_err() {
-                    tracing::debug!(client = %self.client, "client went away");
-                    return;
-                }
-            }
         }
     }
 
     /// Handles one request: records an ACK or NACK, applies subscription changes, and
     /// answers what the client does not have yet.
-    pub fn on_request(&mut self, request: DiscoveryRequest) -> Outcome {
+    fn handle_request(&mut self, request: DiscoveryRequest) -> Option<DiscoveryResponse> {
         if self.client.is_empty() {
             if let Some(node) = &request.node {
                 self.client = node.id.clone();
@@ -174,7 +94,7 @@ impl Session {
         if changed {
             state.sent.retain(|name, _| names.contains(name));
             if kind == ResourceType::Endpoints {
-                self.follow_only(&names);
+                self.sources.follow_only(&names);
             }
             self.types[kind as usize].subscribed = names;
         }
@@ -185,54 +105,15 @@ impl Session {
         }
     }
 
-    /// Follows exactly the services named in `names` for endpoints.
-    fn follow_only(&mut self, names: &BTreeSet<String>) {
-        let wanted: Vec<ServiceName> = names
-            .iter()
-            .filter_map(|n| ServiceName::new(n.as_str()).ok())
-            .collect();
-        self.feeds.retain(|service, _| wanted.contains(service));
-        let current: Vec<ServiceName> = self.updates.keys().cloned().collect();
-        for service in current {
-            if !self.feeds.contains_key(&service) {
-                self.updates.remove(&service);
-            }
-        }
-        for service in wanted {
-            if !self.feeds.contains_key(&service) {
-                let feed = self.catalog.follow(&service);
-                self.updates
-                    .insert(service.clone(), WatchStream::new(feed.assignments()));
-                self.feeds.insert(service, feed);
-            }
-        }
-    }
-
-    /// The resource `name` of type `kind` as it is now, if it exists (and, for
-    /// endpoints, once the registry has been listed).
-    fn current(&self, kind: ResourceType, name: &str) -> Option<Current> {
-        let service = ServiceName::new(name).ok()?;
-        match kind {
-            ResourceType::Endpoints => self
-                .feeds
-                .get(&service)?
-                .assignments()
-                .borrow()
-                .clone()
-                .map(Current::Endpoints),
-            other => static_resource(other, &service, &self.options).map(Current::Static),
-        }
-    }
-
     /// The response of type `kind` that brings the client up to date, if it needs one;
     /// `answer` sends one for a full-state type even if nothing changed (a subscription
     /// change or a first request must be answered).
-    fn respond(&mut self, kind: ResourceType, answer: bool) -> Outcome {
+    fn respond(&mut self, kind: ResourceType, answer: bool) -> Option<DiscoveryResponse> {
         let state = &self.types[kind as usize];
         let mut resources = Vec::new();
         let mut changed = false;
         for name in &state.subscribed {
-            let Some(current) = self.current(kind, name) else {
+            let Some(current) = self.sources.current(kind, name) else {
                 continue;
             };
             let unchanged = state.sent.get(name).is_some_and(|sent| sent.same_as(&current));
@@ -258,9 +139,7 @@ impl Session {
         let mut packed = Vec::with_capacity(resources.len());
         let mut endpoints = 0;
         for (name, current) in resources {
-            if let Current::Endpoints(published) = &current {
-                endpoints += published.endpoints;
-            }
+            endpoints += current.endpoints();
             packed.push(current.any().clone());
             state.sent.insert(name, current);
         }
@@ -278,7 +157,24 @@ impl Session {
     }
 }
 
-/// Completes once `closing` is true (or its sender is gone).
-async fn until_closing(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|closing| *closing).await;
+
+impl Protocol for Session {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn on_request(&mut self, request: DiscoveryRequest) -> Option<DiscoveryResponse> {
+        self.handle_request(request)
+    }
+
+    fn on_endpoints_changed(&mut self) -> Option<DiscoveryResponse> {
+        self.respond(ResourceType::Endpoints, false)
+    }
+
+    fn sources(&mut self) -> &mut Sources {
+        &mut self.sources
+    }
+
+    fn client(&self) -> &str {
+        &self.client
+    }
 }
