@@ -16,7 +16,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
 
 use crate::catalog::Catalog;
 use crate::resources::ResourceType;
@@ -84,7 +86,9 @@ impl DeltaSession {
                         error = %error.message,
                         "the client rejected an update (NACK); it keeps its previous version",
                     ),
-                    None => tracing::debug!(client = %self.client, r#type = kind.short_name(), nonce = %request.response_nonce, "ACK"),
+                    None => {
+                        tracing::debug!(client = %self.client, r#type = kind.short_name(), nonce = %request.response_nonce, "ACK")
+                    }
                 }
             } else {
                 tracing::debug!(client = %self.client, r#type = kind.short_name(), nonce = %request.response_nonce, "a request about an older response");
@@ -134,8 +138,10 @@ impl DeltaSession {
                     }
                 }
                 // The client named a version on reconnect of something that is no
-                // resource (any more): tell it.
-                None if state.has.contains_key(name) => removed.push(name.clone()),
+                // resource: tell it. (Endpoints not listed yet are not "removed".)
+                None if state.has.contains_key(name) && !Sources::names_a_resource(name) => {
+                    removed.push(name.clone())
+                }
                 None => {}
             }
         }

@@ -58,12 +58,12 @@
 #![warn(missing_docs)]
 
 mod catalog;
+mod delta;
 pub mod endpoints;
 mod error;
 mod options;
 pub mod resources;
 mod server;
-mod delta;
 mod sotw;
 mod sources;
 mod stream;

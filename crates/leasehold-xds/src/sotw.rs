@@ -157,7 +157,6 @@ impl Session {
     }
 }
 
-
 impl Protocol for Session {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;

@@ -97,7 +97,8 @@ impl Sources {
         for service in wanted {
             if !self.feeds.contains_key(&service) {
                 let feed = self.catalog.follow(&service);
-                self.updates.insert(service.clone(), WatchStream::new(feed.assignments()));
+                self.updates
+                    .insert(service.clone(), WatchStream::new(feed.assignments()));
                 self.feeds.insert(service, feed);
             }
         }
@@ -110,6 +111,11 @@ impl Sources {
             std::future::pending::<()>().await;
         }
         self.updates.next().await;
+    }
+
+    /// Whether `name` can name a resource at all (a service name).
+    pub fn names_a_resource(name: &str) -> bool {
+        ServiceName::new(name).is_ok()
     }
 
     /// The resource `name` of type `kind` as it is now, if it exists (and, for
