@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold::{Instance, RegisterOptions, Registration, Registry, RegistryUrl};
+use leasehold::{Instance, RegisterOptions, Registration, Registry, RegistryUrl, ServiceName};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
 use leasehold_xds::envoy_types::pb::envoy::config::core::v3::HealthStatus;
@@ -125,10 +125,16 @@ impl PythonClient {
 
     /// Makes `count` calls to `target`, one after another.
     async fn call(&mut self, target: &str, count: usize) -> Calls {
-        self.stdin
-            .write_all(format!("call {target} {count}\n").as_bytes())
-            .await
-            .unwrap();
+        self.command(format!("call {target} {count}")).await
+    }
+
+    /// Makes `count` calls to `target` with the request header `header` (`key=value`).
+    async fn call_with(&mut self, target: &str, count: usize, header: &str) -> Calls {
+        self.command(format!("call {target} {count} {header}")).await
+    }
+
+    async fn command(&mut self, command: String) -> Calls {
+        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
         let line = tokio::time::timeout(Duration::from_secs(120), self.stdout.next_line())
             .await
             .unwrap_or_else(|_| panic!("the client answers in time; its log: {}", self.log()))
@@ -180,7 +186,9 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     // The servers and the xDS server are separate registry clients, as in production.
     let registry = EtcdRegistry::connect(&url).await.unwrap();
     let xds_registry: Arc<dyn Registry> = Arc::new(EtcdRegistry::connect(&url).await.unwrap());
-    let (xds, _server, _stop) = start_xds(xds_registry, XdsOptions::default()).await;
+    let sticky = ServiceName::new("sticky").unwrap();
+    let options = XdsOptions::default().ring_hash(sticky, Some("x-user".to_owned()));
+    let (xds, _server, _stop) = start_xds(xds_registry, options).await;
 
     let (_a, a) = serve(&registry, "greeter", "a", 1).await;
     let (_b, _b_registration) = serve(&registry, "greeter", "b", 1).await;
@@ -230,6 +238,20 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     assert_eq!(calls.to("light") + calls.to("heavy"), 800, "{calls:?}");
     // Expected 200 and 600; the client picks at random in proportion.
     assert!((130..=270).contains(&calls.to("light")), "{calls:?}");
+
+    // Ring hash on a header: one user's calls all go to one server; users spread.
+    let mut sticky_servers = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        sticky_servers.push(serve(&registry, "sticky", name, 1).await);
+    }
+    let mut chosen = std::collections::HashSet::new();
+    for user in 0..12 {
+        let calls = client.call_with("xds:///sticky", 10, &format!("x-user=user-{user}")).await;
+        assert_eq!(calls.failed, 0, "{calls:?}");
+        assert_eq!(calls.served.len(), 1, "user-{user}'s calls went to one server: {calls:?}");
+        chosen.extend(calls.served.into_keys());
+    }
+    assert!(chosen.len() >= 2, "12 users all hashed to {chosen:?}");
 
     // The registry goes away: the last known set is kept and served, marked UNKNOWN.
     let mut watcher = AdsClient::connect(xds, "stale-watcher").await;

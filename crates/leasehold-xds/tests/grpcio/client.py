@@ -1,7 +1,9 @@
 """A grpcio client that resolves xds:/// targets through leasehold-xds.
 
 Driven over stdin, one command a line:
-    call TARGET N   make N unary Greeter.SayHello calls to TARGET, one after another
+    call TARGET N [KEY=VALUE]
+                    make N unary Greeter.SayHello calls to TARGET, one after another,
+                    with the request metadata KEY=VALUE if given
 It answers each command with one JSON line on stdout:
     {"served": {"SERVER": COUNT, ...}, "failed": COUNT, "error": "LAST ERROR"}
 where SERVER is the `server` field of each HelloReply. The messages are encoded by hand
@@ -50,10 +52,14 @@ def main():
         words = line.split()
         if not words:
             continue
-        if words[0] != "call" or len(words) != 3:
+        if words[0] != "call" or len(words) not in (3, 4):
             print(json.dumps({"error": "unknown command: " + line.strip()}), flush=True)
             continue
         target, count = words[1], int(words[2])
+        metadata = None
+        if len(words) == 4:
+            key, _, value = words[3].partition("=")
+            metadata = ((key, value),)
         if target not in channels:
             channel = grpc.insecure_channel(target)
             channels[target] = channel.unary_unary(
@@ -63,7 +69,7 @@ def main():
         served, failed, error = {}, 0, ""
         for _ in range(count):
             try:
-                reply = call(REQUEST, timeout=10, wait_for_ready=True)
+                reply = call(REQUEST, timeout=10, wait_for_ready=True, metadata=metadata)
                 server = reply_server(reply)
                 served[server] = served.get(server, 0) + 1
             except grpc.RpcError as e:
