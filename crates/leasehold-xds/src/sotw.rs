@@ -2,8 +2,8 @@
 //!
 //! Per resource type the session keeps what the client subscribes to, what it was last
 //! sent, and the version and nonce of the last response. A request whose nonce is not
-//! the last one sent for its type answers a response the client had not seen yet and is
-//! ignored, as the xDS protocol says. A request with the current nonce is an ACK, or a
+//! the last one sent for its type was written before the client saw the latest response
+//! and is ignored, as the xDS protocol says. A request with the current nonce is an ACK, or a
 //! NACK when it carries an error: the NACK is logged with the client's error and nothing
 //! is sent again until the resource changes (the client keeps its previous good
 //! version). A subscription change is answered at once; a change in the registry is
