@@ -75,7 +75,9 @@ impl XdsServer {
         }
     }
 
-    /// The tonic service, to add to a server of your own beside other services.
+    /// The tonic service, to add to a server of your own beside other services. Its
+    /// streams end when their clients close them or the connection goes; only
+    /// [`serve`](XdsServer::serve) also ends them when it shuts down.
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<XdsServer> {
         AggregatedDiscoveryServiceServer::new(self).max_encoding_message_size(usize::MAX)
     }

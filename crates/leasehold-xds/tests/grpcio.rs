@@ -134,7 +134,10 @@ impl PythonClient {
     }
 
     async fn command(&mut self, command: String) -> Calls {
-        self.stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
         let line = tokio::time::timeout(Duration::from_secs(120), self.stdout.next_line())
             .await
             .unwrap_or_else(|_| panic!("the client answers in time; its log: {}", self.log()))
@@ -246,9 +249,15 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     }
     let mut chosen = std::collections::HashSet::new();
     for user in 0..12 {
-        let calls = client.call_with("xds:///sticky", 10, &format!("x-user=user-{user}")).await;
+        let calls = client
+            .call_with("xds:///sticky", 10, &format!("x-user=user-{user}"))
+            .await;
         assert_eq!(calls.failed, 0, "{calls:?}");
-        assert_eq!(calls.served.len(), 1, "user-{user}'s calls went to one server: {calls:?}");
+        assert_eq!(
+            calls.served.len(),
+            1,
+            "user-{user}'s calls went to one server: {calls:?}"
+        );
         chosen.extend(calls.served.into_keys());
     }
     assert!(chosen.len() >= 2, "12 users all hashed to {chosen:?}");
