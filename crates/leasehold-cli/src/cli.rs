@@ -41,6 +41,9 @@ pub enum Command {
     Watch(WatchArgs),
     /// Remove the instance ID of SERVICE, whoever registered it.
     Deregister(DeregisterArgs),
+    /// Serve the registry over xDS (the Aggregated Discovery Service) until SIGINT or
+    /// SIGTERM, so gRPC clients in any language balance over it via `xds:///SERVICE`.
+    Xds(crate::xds::XdsArgs),
     /// Run echo servers and a client on an in-process registry and print the timeline:
     /// discovery, a graceful shutdown, a crash that expires after its TTL, a new server
     /// joining. Takes about ten seconds.

@@ -6,6 +6,7 @@
 //! leasehold [--registry URL] ls [SERVICE] [--json]
 //! leasehold [--registry URL] watch SERVICE [--json]
 //! leasehold [--registry URL] deregister SERVICE ID
+//! leasehold [--registry URL] xds [--listen ADDR] [--ring-hash SERVICE[=HEADER]]...
 //! leasehold demo
 //! ```
 //!
@@ -34,6 +35,7 @@ mod register;
 mod show;
 mod signal;
 mod watch;
+mod xds;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -104,6 +106,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Deregister(ref args) => {
             deregister::run(connect().await?, args.service.clone(), args.id.clone()).await
         }
+        Command::Xds(ref args) => xds::run(connect().await?, args).await,
         Command::Demo => demo::run().await,
     }
 }
