@@ -67,9 +67,9 @@ async fn listing(registry: &dyn Registry, service: &ServiceName) -> Result<Vec<A
         .context(format_args!("listing the instances of {service}"))?;
     let skipped = discovery.skipped();
     if skipped > 0 {
-        let plural = if skipped == 1 { "value" } else { "values" };
+        let what = if skipped == 1 { "value that does" } else { "values that do" };
         eprintln!(
-            "leasehold: {service}: skipped {skipped} {plural} that do not decode in this registry's format (the warnings above say why)"
+            "leasehold: {service}: skipped {skipped} {what} not decode in this registry's format (the warnings above say why)"
         );
     }
     Ok(discovery.snapshot().instances().to_vec())

@@ -94,13 +94,17 @@ fn main() -> ExitCode {
     }
 }
 
-/// clap's error on one line: the error, then its tips ("a similar argument exists:
-/// '--json'"), which name the fix for a typo, then where the help is.
+/// clap's error on one line: the error with what it lists (the missing arguments),
+/// then its tips ("a similar argument exists: '--json'"), which name the fix for a
+/// typo, then where the help is.
 fn usage_line(rendered: &str) -> String {
-    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut lines = rendered.lines();
     let first = lines.next().unwrap_or_default();
     let mut line = first.strip_prefix("error: ").unwrap_or(first).to_owned();
-    for tip in lines.filter(|l| l.starts_with("tip:")) {
+    for listed in lines.by_ref().map(str::trim).take_while(|l| !l.is_empty()) {
+        line.push_str(&format!(" {listed}"));
+    }
+    for tip in lines.map(str::trim).filter(|l| l.starts_with("tip:")) {
         line.push_str(&format!("; {tip}"));
     }
     line.push_str(" (see 'leasehold --help')");
@@ -110,13 +114,13 @@ fn usage_line(rendered: &str) -> String {
 /// Runs one command. Input is validated before the registry is contacted, so bad input
 /// is exit 2 whether or not the registry is reachable.
 async fn run(cli: Cli) -> Result<(), CliError> {
-    let url = match (&cli.registry, &cli.command) {
-        (_, Command::Demo) => None,
-        (Some(url), _) => Some(url.clone()),
-        (None, _) => return Err(CliError::Usage(connect::MISSING_REGISTRY.to_owned())),
+    let url = || {
+        cli.registry
+            .as_ref()
+            .ok_or_else(|| CliError::Usage(connect::MISSING_REGISTRY.to_owned()))
     };
     let connect = || async {
-        let url = url.as_ref().expect("every command but demo has a registry");
+        let url = url()?;
         connect::connect(url)
             .await
             .context(format_args!("connecting to {url}"))
@@ -125,8 +129,7 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Register(ref args) => {
             let (instance, options) = register::instance(args)?;
             let check = register::check(args)?;
-            let url = url.as_ref().expect("checked above");
-            for warning in register::dropped_fields(url, args, &instance) {
+            for warning in register::dropped_fields(url()?, args, &instance) {
                 eprintln!("leasehold: warning: {warning}");
             }
             metrics_server::serve(args.metrics.metrics_addr).await?;
@@ -134,20 +137,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Ls(ref args) => ls::run(connect().await?, args.service.clone(), args.json).await,
         Command::Watch(ref args) => {
+            url()?;
             metrics_server::serve(args.metrics.metrics_addr).await?;
             watch::run(connect().await?, args.service.clone(), args.json).await
         }
         Command::Deregister(ref args) => {
             deregister::run(connect().await?, args.service.clone(), args.id.clone()).await
         }
-        Command::Drain(ref args) => {
-            let url = url.as_ref().expect("checked above");
-            drain::run(connect().await?, url, args, true).await
-        }
-        Command::Undrain(ref args) => {
-            let url = url.as_ref().expect("checked above");
-            drain::run(connect().await?, url, args, false).await
-        }
+        Command::Drain(ref args) => drain::run(connect().await?, url()?, args, true).await,
+        Command::Undrain(ref args) => drain::run(connect().await?, url()?, args, false).await,
         Command::Ui(ref args) => ui::run(connect().await?, args).await,
         Command::Demo => demo::run().await,
     }
