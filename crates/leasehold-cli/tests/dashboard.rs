@@ -83,7 +83,11 @@ fn dashboard(url: &str, extra: &[&str]) -> (Running, String) {
 }
 
 fn register(url: &str, service: &str, id: &str, extra: &[&str]) -> Running {
-    let mut args = vec!["--registry", url, "register", service, "127.0.0.1:7001", "--id", id];
+    register_at(url, service, id, "127.0.0.1:7001", extra)
+}
+
+fn register_at(url: &str, service: &str, id: &str, addr: &str, extra: &[&str]) -> Running {
+    let mut args = vec!["--registry", url, "register", service, addr, "--id", id];
     args.extend_from_slice(extra);
     let mut running = Running::spawn(&args);
     running.wait_for_line(&format!("{service}/{id}: registered"));
@@ -128,7 +132,7 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
     // Set on this page only: gone if the page reloads.
     browser.execute("window.notReloaded = true;", vec![]).await.unwrap();
 
-    let mut e1 = block_in_place(|| {
+    let e1 = block_in_place(|| {
         register(&url, "echo", "e1", &["--ttl", "2s", "--zone", "z1", "--version", "1.2", "--weight", "3", "--meta", "color=blue"])
     });
     let registered = Instant::now();
@@ -235,11 +239,11 @@ async fn screenshot() {
     let (_ui, page) = block_in_place(|| dashboard(&url, &["--allow-writes"]));
     let _held: Vec<Running> = block_in_place(|| {
         vec![
-            register(&url, "echo", "echo-a1", &["--zone", "eu-west-1a", "--version", "2.4.1", "--weight", "2", "--meta", "canary=false"]),
-            register(&url, "echo", "echo-b1", &["--zone", "eu-west-1b", "--version", "2.4.1", "--weight", "2"]),
-            register(&url, "echo", "echo-b2", &["--zone", "eu-west-1b", "--version", "2.5.0", "--meta", "canary=true"]),
-            register(&url, "greeter", "greeter-1", &["--zone", "eu-west-1a", "--version", "1.0.3", "--meta", "proto=grpc"]),
-            register(&url, "greeter", "greeter-2", &["--zone", "eu-west-1c", "--version", "1.0.3", "--meta", "proto=grpc"]),
+            register_at(&url, "echo", "echo-a1", "10.0.1.11:7001", &["--zone", "eu-west-1a", "--version", "2.4.1", "--weight", "2", "--meta", "canary=false"]),
+            register_at(&url, "echo", "echo-b1", "10.0.2.11:7001", &["--zone", "eu-west-1b", "--version", "2.4.1", "--weight", "2"]),
+            register_at(&url, "echo", "echo-b2", "10.0.2.12:7001", &["--zone", "eu-west-1b", "--version", "2.5.0", "--meta", "canary=true"]),
+            register_at(&url, "greeter", "greeter-1", "http://10.0.1.21:50051", &["--zone", "eu-west-1a", "--version", "1.0.3", "--meta", "proto=grpc"]),
+            register_at(&url, "greeter", "greeter-2", "http://10.0.3.21:50051", &["--zone", "eu-west-1c", "--version", "1.0.3", "--meta", "proto=grpc"]),
         ]
     });
     let driver = ChromeDriver::start();
