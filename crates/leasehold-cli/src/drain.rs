@@ -10,7 +10,12 @@ use crate::error::{CliError, Context};
 /// Drains (`drain`) or undrains `args.service/args.id` through the registry.
 ///
 /// A format with no place for a drain marker is a usage error naming the format.
-pub async fn run(registry: Arc<dyn Registry>, url: &RegistryUrl, args: &DrainArgs, drain: bool) -> Result<(), CliError> {
+pub async fn run(
+    registry: Arc<dyn Registry>,
+    url: &RegistryUrl,
+    args: &DrainArgs,
+    drain: bool,
+) -> Result<(), CliError> {
     let (service, id) = (&args.service, &args.id);
     let verb = if drain { "draining" } else { "undraining" };
     let result = if drain {

@@ -21,7 +21,10 @@ pub async fn run(
         Some(service) => {
             let instances = listing(&*registry, &service).await?;
             if json {
-                println!("{}", Value::Array(instances.iter().map(|i| show::json(i)).collect()));
+                println!(
+                    "{}",
+                    Value::Array(instances.iter().map(|i| show::json(i)).collect())
+                );
             } else if instances.is_empty() {
                 println!("no instances of {service}");
             } else {
@@ -67,7 +70,11 @@ async fn listing(registry: &dyn Registry, service: &ServiceName) -> Result<Vec<A
         .context(format_args!("listing the instances of {service}"))?;
     let skipped = discovery.skipped();
     if skipped > 0 {
-        let what = if skipped == 1 { "value that does" } else { "values that do" };
+        let what = if skipped == 1 {
+            "value that does"
+        } else {
+            "values that do"
+        };
         eprintln!(
             "leasehold: {service}: skipped {skipped} {what} not decode in this registry's format (the warnings above say why)"
         );

@@ -29,7 +29,8 @@ pub fn handle() -> Result<PrometheusHandle, CliError> {
     if let Some(handle) = HANDLE.get() {
         return Ok(handle.clone());
     }
-    let failed = |e: metrics_exporter_prometheus::BuildError| CliError::failed("installing the metrics recorder", e);
+    let failed =
+        |e: metrics_exporter_prometheus::BuildError| CliError::failed("installing the metrics recorder", e);
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
         .map_err(failed)?

@@ -1,6 +1,7 @@
 //! `leasehold register`: hold one registration until asked to stop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use leasehold::codec::KeyContext;
 use leasehold::formats::{Format, RegistryKind};
@@ -30,13 +31,23 @@ pub fn instance(args: &RegisterArgs) -> Result<(Instance, RegisterOptions), CliE
     Ok((builder.build()?, options))
 }
 
+/// A check of the service the registration is gated on.
+pub struct HealthCheck {
+    check: Box<dyn Check>,
+    interval: Duration,
+}
+
 /// The health check `--check` names, if any.
-pub fn check(args: &RegisterArgs) -> Result<Option<(Box<dyn Check>, std::time::Duration)>, CliError> {
+pub fn check(args: &RegisterArgs) -> Result<Option<HealthCheck>, CliError> {
     let Some(url) = &args.check else {
         return Ok(None);
     };
-    let check = leasehold_tower::probe::from_url(url).map_err(|e| CliError::Usage(format!("--check: {e}")))?;
-    Ok(Some((check, args.check_interval)))
+    let check =
+        leasehold_tower::probe::from_url(url).map_err(|e| CliError::Usage(format!("--check: {e}")))?;
+    Ok(Some(HealthCheck {
+        check,
+        interval: args.check_interval,
+    }))
 }
 
 /// What the registry's format would drop of the fields given on the command line, as
@@ -86,7 +97,7 @@ pub async fn run(
     registry: Arc<dyn Registry>,
     instance: Instance,
     options: RegisterOptions,
-    check: Option<(Box<dyn Check>, std::time::Duration)>,
+    check: Option<HealthCheck>,
 ) -> Result<(), CliError> {
     let mut shutdown = Shutdown::install().context("installing signal handlers")?;
     let name = format!("{}/{}", instance.service(), instance.id());
@@ -99,8 +110,11 @@ pub async fn run(
         .register(instance, options)
         .await
         .context(format_args!("registering {name}"))?;
-    let _gate = check.map(|(check, interval)| {
-        println!("{name}: checking {check:?} every {}", humantime::format_duration(interval));
+    let _gate = check.map(|HealthCheck { check, interval }| {
+        println!(
+            "{name}: checking {check:?} every {}",
+            humantime::format_duration(interval)
+        );
         HealthGate::new(check)
             .interval(interval)
             .spawn(registration.clone())

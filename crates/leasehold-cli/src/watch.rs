@@ -166,7 +166,9 @@ fn print_event(event: &Event, json: bool) {
     match event {
         Event::Added(i) => println!("{at} + {}", show::describe(i)),
         Event::Removed(i) => println!("{at} - {}", show::describe(i)),
-        Event::Updated { old, new } => println!("{at} ~ {}  (was {})", show::describe(new), show::describe(old)),
+        Event::Updated { old, new } => {
+            println!("{at} ~ {}  (was {})", show::describe(new), show::describe(old))
+        }
         Event::Stale => println!("{at} ! stale: registry unreachable, keeping the last known set"),
         Event::Live => println!("{at} ! live: registry reachable again"),
     }

@@ -69,7 +69,10 @@ fn bad_input_is_one_line_naming_it_and_exit_2() {
         (&["frobnicate"], &["frobnicate"]),
         // Typos keep clap's suggestion of the right spelling.
         (&["lss"], &["'lss'", "tip:", "'ls'"]),
-        (&["--registry", "memory://", "ls", "--jsno"], &["'--jsno'", "tip:", "'--json'"]),
+        (
+            &["--registry", "memory://", "ls", "--jsno"],
+            &["'--jsno'", "tip:", "'--json'"],
+        ),
         (
             &["register", "echo", "127.0.0.1:7001", "--metadata", "a=b"],
             &["'--metadata'", "tip:", "'--meta'"],
@@ -83,7 +86,15 @@ fn bad_input_is_one_line_naming_it_and_exit_2() {
             &["--check"],
         ),
         // No registry: a usage error that shows the URL forms, for every command but the demo.
-        (&["ls"], &["no registry given", "--registry", "LEASEHOLD_REGISTRY", "etcd://127.0.0.1:2379"]),
+        (
+            &["ls"],
+            &[
+                "no registry given",
+                "--registry",
+                "LEASEHOLD_REGISTRY",
+                "etcd://127.0.0.1:2379",
+            ],
+        ),
         (&["register", "echo", "127.0.0.1:7001"], &["no registry given"]),
         (&["watch", "echo"], &["no registry given"]),
         (&["deregister", "echo", "e1"], &["no registry given"]),
@@ -283,5 +294,8 @@ fn register_warns_of_fields_the_format_drops() {
     );
     assert!(!stderr.contains("--id"), "the go-kit key keeps the id: {stderr}");
     let stderr = registered("memory://");
-    assert!(!stderr.contains("warning"), "the native format carries everything: {stderr}");
+    assert!(
+        !stderr.contains("warning"),
+        "the native format carries everything: {stderr}"
+    );
 }

@@ -26,7 +26,11 @@ struct ChromeDriver {
 
 impl ChromeDriver {
     fn start() -> ChromeDriver {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -107,7 +111,10 @@ async fn wait_rows(browser: &Client, css: &str, what: &str, ready: impl Fn(usize
             return;
         }
         let source = browser.source().await.unwrap_or_default();
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; page:\n{source}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; page:\n{source}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -130,10 +137,29 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
         .await
         .expect("the page renders the empty registry");
     // Set on this page only: gone if the page reloads.
-    browser.execute("window.notReloaded = true;", vec![]).await.unwrap();
+    browser
+        .execute("window.notReloaded = true;", vec![])
+        .await
+        .unwrap();
 
     let e1 = block_in_place(|| {
-        register(&url, "echo", "e1", &["--ttl", "2s", "--zone", "z1", "--version", "1.2", "--weight", "3", "--meta", "color=blue"])
+        register(
+            &url,
+            "echo",
+            "e1",
+            &[
+                "--ttl",
+                "2s",
+                "--zone",
+                "z1",
+                "--version",
+                "1.2",
+                "--weight",
+                "3",
+                "--meta",
+                "color=blue",
+            ],
+        )
     });
     let registered = Instant::now();
     browser
@@ -142,8 +168,17 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
         .for_element(Locator::Css(&row("e1")))
         .await
         .expect("the registered instance appears");
-    eprintln!("dashboard: e1 appeared {:?} after its owner printed registered", registered.elapsed());
-    let text = browser.find(Locator::Css(&row("e1"))).await.unwrap().text().await.unwrap();
+    eprintln!(
+        "dashboard: e1 appeared {:?} after its owner printed registered",
+        registered.elapsed()
+    );
+    let text = browser
+        .find(Locator::Css(&row("e1")))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for field in ["e1", "127.0.0.1:7001", "z1", "3", "1.2", "color=blue", "live"] {
         assert!(text.contains(field), "the row lacks {field}: {text}");
     }
@@ -156,21 +191,33 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
         .unwrap();
     assert_eq!(count, "1");
     // Read-only by default: the drain button is disabled.
-    let drain = browser.find(Locator::Css(&format!("{} button.drain", row("e1")))).await.unwrap();
-    assert!(!drain.is_enabled().await.unwrap(), "drain is off without --allow-writes");
+    let drain = browser
+        .find(Locator::Css(&format!("{} button.drain", row("e1"))))
+        .await
+        .unwrap();
+    assert!(
+        !drain.is_enabled().await.unwrap(),
+        "drain is off without --allow-writes"
+    );
 
     // A crash: no deregistration, so the instance leaves when its 2 s TTL runs out.
     e1.signal(Signal::SIGKILL);
     block_in_place(|| e1.wait());
     wait_rows(&browser, &row("e1"), "the crashed instance to leave", |n| n == 0).await;
-    let kept = browser.execute("return window.notReloaded === true;", vec![]).await.unwrap();
+    let kept = browser
+        .execute("return window.notReloaded === true;", vec![])
+        .await
+        .unwrap();
     assert_eq!(kept, json!(true), "the page was reloaded");
 
     // The dashboard serves its metrics beside the page.
     browser.goto(&format!("{page}metrics")).await.unwrap();
     let metrics = browser.source().await.unwrap();
     assert!(
-        metrics.contains(&format!("{}{{service=\"echo\"}} 0", leasehold::metrics::DISCOVERY_INSTANCES)),
+        metrics.contains(&format!(
+            "{}{{service=\"echo\"}} 0",
+            leasehold::metrics::DISCOVERY_INSTANCES
+        )),
         "{metrics}"
     );
 
@@ -194,7 +241,12 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
     browser.goto(&page).await.unwrap();
     let live = format!("{}[data-state='live']", row("e1"));
     let drained = format!("{}[data-state='drained']", row("e1"));
-    browser.wait().at_most(PATIENCE).for_element(Locator::Css(&live)).await.unwrap();
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&live))
+        .await
+        .unwrap();
 
     browser
         .find(Locator::Css(&format!("{live} button.drain")))
@@ -203,7 +255,12 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
         .click()
         .await
         .unwrap();
-    browser.wait().at_most(PATIENCE).for_element(Locator::Css(&drained)).await.unwrap();
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&drained))
+        .await
+        .unwrap();
     block_in_place(|| e1.wait_for_line("echo/e1: drained by an operator"));
     let count = browser
         .find(Locator::Css("section[data-service='echo'] .count"))
@@ -222,7 +279,12 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
         .await
         .unwrap();
     block_in_place(|| e1.wait_for_line("echo/e1: registered"));
-    browser.wait().at_most(PATIENCE).for_element(Locator::Css(&live)).await.unwrap();
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&live))
+        .await
+        .unwrap();
     browser.close().await.unwrap();
 }
 
@@ -239,11 +301,71 @@ async fn screenshot() {
     let (_ui, page) = block_in_place(|| dashboard(&url, &["--allow-writes"]));
     let _held: Vec<Running> = block_in_place(|| {
         vec![
-            register_at(&url, "echo", "echo-a1", "10.0.1.11:7001", &["--zone", "eu-west-1a", "--version", "2.4.1", "--weight", "2", "--meta", "canary=false"]),
-            register_at(&url, "echo", "echo-b1", "10.0.2.11:7001", &["--zone", "eu-west-1b", "--version", "2.4.1", "--weight", "2"]),
-            register_at(&url, "echo", "echo-b2", "10.0.2.12:7001", &["--zone", "eu-west-1b", "--version", "2.5.0", "--meta", "canary=true"]),
-            register_at(&url, "greeter", "greeter-1", "http://10.0.1.21:50051", &["--zone", "eu-west-1a", "--version", "1.0.3", "--meta", "proto=grpc"]),
-            register_at(&url, "greeter", "greeter-2", "http://10.0.3.21:50051", &["--zone", "eu-west-1c", "--version", "1.0.3", "--meta", "proto=grpc"]),
+            register_at(
+                &url,
+                "echo",
+                "echo-a1",
+                "10.0.1.11:7001",
+                &[
+                    "--zone",
+                    "eu-west-1a",
+                    "--version",
+                    "2.4.1",
+                    "--weight",
+                    "2",
+                    "--meta",
+                    "canary=false",
+                ],
+            ),
+            register_at(
+                &url,
+                "echo",
+                "echo-b1",
+                "10.0.2.11:7001",
+                &["--zone", "eu-west-1b", "--version", "2.4.1", "--weight", "2"],
+            ),
+            register_at(
+                &url,
+                "echo",
+                "echo-b2",
+                "10.0.2.12:7001",
+                &[
+                    "--zone",
+                    "eu-west-1b",
+                    "--version",
+                    "2.5.0",
+                    "--meta",
+                    "canary=true",
+                ],
+            ),
+            register_at(
+                &url,
+                "greeter",
+                "greeter-1",
+                "http://10.0.1.21:50051",
+                &[
+                    "--zone",
+                    "eu-west-1a",
+                    "--version",
+                    "1.0.3",
+                    "--meta",
+                    "proto=grpc",
+                ],
+            ),
+            register_at(
+                &url,
+                "greeter",
+                "greeter-2",
+                "http://10.0.3.21:50051",
+                &[
+                    "--zone",
+                    "eu-west-1c",
+                    "--version",
+                    "1.0.3",
+                    "--meta",
+                    "proto=grpc",
+                ],
+            ),
         ]
     });
     let driver = ChromeDriver::start();

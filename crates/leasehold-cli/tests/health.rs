@@ -25,7 +25,10 @@ fn health_server(healthy: Arc<AtomicBool>) -> String {
                 true => "200 OK",
                 false => "503 Service Unavailable",
             };
-            let _ = write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
         }
     });
     addr

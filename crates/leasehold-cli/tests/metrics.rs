@@ -24,7 +24,10 @@ fn scrape(addr: &str) -> String {
             write!(stream, "GET /metrics HTTP/1.0\r\nhost: {addr}\r\n\r\n").unwrap();
             let mut answer = String::new();
             stream.read_to_string(&mut answer).unwrap();
-            assert!(answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"), "{answer}");
+            assert!(
+                answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200"),
+                "{answer}"
+            );
             return answer;
         }
         assert!(Instant::now() < deadline, "nothing serves {addr}");
@@ -40,7 +43,10 @@ fn scrape_until(addr: &str, needles: &[String]) -> String {
         if needles.iter().all(|n| text.contains(n.as_str())) {
             return text;
         }
-        assert!(Instant::now() < deadline, "missing some of {needles:#?} in:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "missing some of {needles:#?} in:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -67,7 +73,10 @@ async fn register_and_watch_serve_their_metrics() {
     let text = scrape_until(
         &register_at,
         &[
-            format!("{}{{service=\"echo\",state=\"registered\"}} 1", metrics::REGISTRATIONS),
+            format!(
+                "{}{{service=\"echo\",state=\"registered\"}} 1",
+                metrics::REGISTRATIONS
+            ),
             format!("{}_count 1", metrics::WRITE_BATCH_SIZE),
         ],
     );

@@ -24,7 +24,17 @@ fn leasehold_on(url: &str, args: &[&str]) -> (String, String, bool) {
 }
 
 fn register(url: &str, id: &str) -> Running {
-    let mut running = Running::spawn(&["--registry", url, "register", "echo", "127.0.0.1:7001", "--id", id, "--ttl", "3s"]);
+    let mut running = Running::spawn(&[
+        "--registry",
+        url,
+        "register",
+        "echo",
+        "127.0.0.1:7001",
+        "--id",
+        id,
+        "--ttl",
+        "3s",
+    ]);
     running.wait_for_line(&format!("echo/{id}: registered"));
     running
 }
@@ -55,7 +65,9 @@ async fn ls_counts_and_skipped_values_and_a_live_deregister() {
     let etcd = leasehold_testkit::EtcdCluster::start_single()
         .await
         .expect("etcd starts");
-    etcd.put(format!("{ROOT}/echo/not-ours"), "not json").await.unwrap();
+    etcd.put(format!("{ROOT}/echo/not-ours"), "not json")
+        .await
+        .unwrap();
     let url = etcd.url(ROOT);
     tokio::task::spawn_blocking(move || {
         let _e1 = register(&url, "e1");
@@ -67,9 +79,15 @@ async fn ls_counts_and_skipped_values_and_a_live_deregister() {
         assert_eq!(services, json!([{"service": "echo", "instances": 2}]));
 
         let (stdout, stderr, ok) = leasehold_on(&url, &["ls", "echo"]);
-        assert!(ok && stdout.contains("e1") && stdout.contains("e2"), "{stdout}{stderr}");
+        assert!(
+            ok && stdout.contains("e1") && stdout.contains("e2"),
+            "{stdout}{stderr}"
+        );
         assert!(!stdout.contains("skipped"), "status only on stdout: {stdout}");
-        assert!(stderr.contains("echo: skipped 1 value that does not decode"), "{stderr}");
+        assert!(
+            stderr.contains("echo: skipped 1 value that does not decode"),
+            "{stderr}"
+        );
         assert!(stderr.contains("not-ours"), "the warning names the key: {stderr}");
 
         // e1's owner is alive: it writes e1 back, and the operator is told to drain.

@@ -30,5 +30,9 @@ fn the_readme_metrics_table_is_the_documented_one() {
     };
     let documented = rows(module, "//! ");
     assert_eq!(documented.len(), leasehold::metrics::ALL.len());
-    assert_eq!(rows(readme, ""), documented, "README.md's metrics table differs from leasehold::metrics");
+    assert_eq!(
+        rows(readme, ""),
+        documented,
+        "README.md's metrics table differs from leasehold::metrics"
+    );
 }

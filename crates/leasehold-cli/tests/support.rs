@@ -2,9 +2,9 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::io::Read;
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -54,7 +54,10 @@ impl Running {
         thread::spawn(move || {
             let mut chunk = [0u8; 4096];
             while let Ok(n @ 1..) = stderr_pipe.read(&mut chunk) {
-                collected.lock().unwrap().push_str(&String::from_utf8_lossy(&chunk[..n]));
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
             }
         });
         let (tx, lines) = mpsc::channel();

@@ -52,7 +52,6 @@ enum End {
 
 /// Lists `prefix` once: its keys relative to the prefix with their values, and the
 /// position the listing reflects.
-#[tracing::instrument(name = "relist", level = "info", skip(conn))]
 pub(crate) async fn list(conn: &Connection, prefix: &str) -> Result<(Vec<(String, Vec<u8>)>, Position)> {
     let mut answer = conn.range(prefix, Some(GetOptions::new().with_prefix())).await?;
     let header = answer.take_header();
@@ -87,7 +86,8 @@ pub(crate) async fn follow(
     let mut resumed = false;
     loop {
         if relist {
-            match list(&conn, &prefix).await {
+            let span = tracing::info_span!("relist", service = %feed.service(), from = at.revision);
+            match tracing::Instrument::instrument(list(&conn, &prefix), span).await {
                 Ok((listing, position)) => {
                     feed.reset(listing, position.revision as u64);
                     at = position;
@@ -182,7 +182,8 @@ async fn watch(
         };
         heard = Instant::now();
         if answer.compact_revision() > 0 {
-            metrics::counter!(leasehold::metrics::WATCH_COMPACTIONS, "service" => feed.service().to_string()).increment(1);
+            metrics::counter!(leasehold::metrics::WATCH_COMPACTIONS, "service" => feed.service().to_string())
+                .increment(1);
             return End::Relist(format!(
                 "revision {} is compacted (oldest kept: {})",
                 at.revision + 1,

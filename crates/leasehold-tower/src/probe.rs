@@ -76,9 +76,7 @@ fn authority(url: &str, scheme: &str) -> Result<String, InvalidProbe> {
     if uri.scheme_str() != Some(scheme) {
         return Err(InvalidProbe::new(url, format!("expected {scheme}://")));
     }
-    let authority = uri
-        .authority()
-        .ok_or_else(|| InvalidProbe::new(url, "no host"))?;
+    let authority = uri.authority().ok_or_else(|| InvalidProbe::new(url, "no host"))?;
     if authority.port_u16().is_none() {
         return Err(InvalidProbe::new(url, "no port"));
     }
@@ -194,7 +192,11 @@ mod tests {
 
     #[tokio::test]
     async fn urls_pick_a_check_or_name_the_problem() {
-        for good in ["http://127.0.0.1:8080/healthz", "grpc://127.0.0.1:50051/echo", "tcp://127.0.0.1:7001"] {
+        for good in [
+            "http://127.0.0.1:8080/healthz",
+            "grpc://127.0.0.1:50051/echo",
+            "tcp://127.0.0.1:7001",
+        ] {
             from_url(good).unwrap();
         }
         for (bad, needle) in [

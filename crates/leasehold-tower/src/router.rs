@@ -390,7 +390,11 @@ where
         let wanted = failed && retryable && attempt < policy.max_attempts;
         let retry = wanted && shared.budget.withdraw();
         if wanted {
-            let name = if retry { leasehold::metrics::TOWER_RETRIES } else { leasehold::metrics::TOWER_RETRY_BUDGET_EXHAUSTED };
+            let name = if retry {
+                leasehold::metrics::TOWER_RETRIES
+            } else {
+                leasehold::metrics::TOWER_RETRY_BUDGET_EXHAUSTED
+            };
             metrics::counter!(name, "service" => service.to_string()).increment(1);
         }
         match result {

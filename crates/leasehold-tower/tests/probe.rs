@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use leasehold::health::{Check, HealthGate};
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Instance, RegisterOptions, Registry, RegistrationState, ServiceName, WatchOptions};
+use leasehold::{Instance, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions};
 use leasehold_tower::probe::{from_url, GrpcCheck, HttpCheck};
 use tonic_health::ServingStatus;
 
@@ -37,14 +37,26 @@ async fn http_server(healthy: Arc<AtomicBool>) -> String {
 
 /// Registers `echo` in a fresh memory registry, gates it on `check`, and returns the
 /// registration with a watch of the service.
-async fn gated(check: impl Check) -> (leasehold::Registration, leasehold::Discovery, leasehold::health::HealthGuard) {
+async fn gated(
+    check: impl Check,
+) -> (
+    leasehold::Registration,
+    leasehold::Discovery,
+    leasehold::health::HealthGuard,
+) {
     let registry = MemoryRegistry::new();
     let discovery = registry
         .watch(&ServiceName::new("echo").unwrap(), WatchOptions::default())
         .await
         .unwrap();
-    let instance = Instance::builder("echo", "127.0.0.1:7001").id("e1").build().unwrap();
-    let registration = registry.register(instance, RegisterOptions::default()).await.unwrap();
+    let instance = Instance::builder("echo", "127.0.0.1:7001")
+        .id("e1")
+        .build()
+        .unwrap();
+    let registration = registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap();
     let guard = HealthGate::new(check)
         .interval(Duration::from_millis(50))
         .timeout(Duration::from_secs(2))
@@ -69,7 +81,11 @@ async fn http_checks_follow_the_status_and_gate_the_registration() {
     assert!(registration.wait_for(RegistrationState::Paused, PATIENCE).await);
     assert!(discovery.wait_for(PATIENCE, |s| s.is_empty()).await.is_some());
     healthy.store(true, Ordering::SeqCst);
-    assert!(registration.wait_for(RegistrationState::Registered, PATIENCE).await);
+    assert!(
+        registration
+            .wait_for(RegistrationState::Registered, PATIENCE)
+            .await
+    );
     assert!(discovery.wait_for(PATIENCE, |s| s.len() == 1).await.is_some());
 }
 
@@ -86,17 +102,29 @@ async fn grpc_checks_follow_the_serving_status_and_gate_the_registration() {
     );
     let url = format!("grpc://{addr}/echo");
     let check = GrpcCheck::new(&url).unwrap();
-    leasehold_testkit::eventually("the gRPC server to answer", PATIENCE, || async { check.check().await.is_ok() }).await;
-    reporter.set_service_status("echo", ServingStatus::NotServing).await;
+    leasehold_testkit::eventually("the gRPC server to answer", PATIENCE, || async {
+        check.check().await.is_ok()
+    })
+    .await;
+    reporter
+        .set_service_status("echo", ServingStatus::NotServing)
+        .await;
     let err = check.check().await.unwrap_err().to_string();
     assert!(err.contains("NOT_SERVING"), "{err}");
     let unknown = GrpcCheck::new(&format!("grpc://{addr}/other")).unwrap();
-    assert!(unknown.check().await.is_err(), "a service the server does not know");
+    assert!(
+        unknown.check().await.is_err(),
+        "a service the server does not know"
+    );
 
     let (registration, discovery, _guard) = gated(check).await;
     assert!(registration.wait_for(RegistrationState::Paused, PATIENCE).await);
     assert!(discovery.wait_for(PATIENCE, |s| s.is_empty()).await.is_some());
     reporter.set_service_status("echo", ServingStatus::Serving).await;
-    assert!(registration.wait_for(RegistrationState::Registered, PATIENCE).await);
+    assert!(
+        registration
+            .wait_for(RegistrationState::Registered, PATIENCE)
+            .await
+    );
     assert!(discovery.wait_for(PATIENCE, |s| s.len() == 1).await.is_some());
 }

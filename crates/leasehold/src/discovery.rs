@@ -476,7 +476,8 @@ impl DiscoveryFeed {
             }
             Err(e) => {
                 self.shared.skipped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!(crate::metrics::DISCOVERY_SKIPPED, "service" => self.service.to_string()).increment(1);
+                metrics::counter!(crate::metrics::DISCOVERY_SKIPPED, "service" => self.service.to_string())
+                    .increment(1);
                 if self.logged.insert(key.to_owned()) {
                     tracing::warn!(service = %self.service, key, error = %e, "skipping a value that does not decode");
                 }
@@ -579,7 +580,8 @@ impl DiscoveryFeed {
             return;
         }
         self.store_snapshot();
-        metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string()).increment(self.pending.len() as u64);
+        metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string())
+            .increment(self.pending.len() as u64);
         for change in self.pending.drain(..) {
             let _ = self.shared.changes.send(change);
         }
@@ -622,7 +624,8 @@ impl DiscoveryFeed {
             connection: self.connection,
         }));
         self.shared.versions.send_replace(self.version);
-        metrics::gauge!(crate::metrics::DISCOVERY_INSTANCES, "service" => self.service.to_string()).set(self.entries.len() as f64);
+        metrics::gauge!(crate::metrics::DISCOVERY_INSTANCES, "service" => self.service.to_string())
+            .set(self.entries.len() as f64);
     }
 }
 

@@ -236,8 +236,14 @@ mod tests {
         let registry = MemoryRegistry::new();
         let service = ServiceName::new("echo").unwrap();
         let discovery = registry.watch(&service, WatchOptions::default()).await.unwrap();
-        let instance = Instance::builder("echo", "127.0.0.1:7001").id("e1").build().unwrap();
-        let registration = registry.register(instance, RegisterOptions::default()).await.unwrap();
+        let instance = Instance::builder("echo", "127.0.0.1:7001")
+            .id("e1")
+            .build()
+            .unwrap();
+        let registration = registry
+            .register(instance, RegisterOptions::default())
+            .await
+            .unwrap();
         let switch = Arc::new(Switch::default());
         let gate = HealthGate::new(switch.clone())
             .interval(Duration::from_millis(20))
@@ -248,7 +254,11 @@ mod tests {
         assert!(matches!(gate.health(), Health::Failing(reason) if reason.contains("switched off")));
 
         switch.0.store(true, Ordering::SeqCst);
-        assert!(registration.wait_for(RegistrationState::Registered, patience).await);
+        assert!(
+            registration
+                .wait_for(RegistrationState::Registered, patience)
+                .await
+        );
         assert!(discovery.wait_for(patience, |s| s.len() == 1).await.is_some());
         assert_eq!(gate.health(), Health::Passing);
     }
@@ -257,7 +267,10 @@ mod tests {
     async fn an_owners_pause_is_left_alone() {
         let registry = MemoryRegistry::new();
         let instance = Instance::builder("echo", "127.0.0.1:7001").build().unwrap();
-        let registration = registry.register(instance, RegisterOptions::default()).await.unwrap();
+        let registration = registry
+            .register(instance, RegisterOptions::default())
+            .await
+            .unwrap();
         registration.pause().await.unwrap();
         let switch = Arc::new(Switch(AtomicBool::new(true)));
         let gate = HealthGate::new(switch)

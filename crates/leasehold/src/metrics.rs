@@ -152,9 +152,15 @@ pub(crate) fn recovery_finished(since: &mut Option<tokio::time::Instant>, done: 
 
 /// Records a discovery cache of `service` turning stale (`Some(since)`, Unix time) or
 /// live again after `stale_for`.
-pub(crate) fn discovery_staleness(service: &ServiceName, stale_since: Option<SystemTime>, stale_for: Option<Duration>) {
+pub(crate) fn discovery_staleness(
+    service: &ServiceName,
+    stale_since: Option<SystemTime>,
+    stale_for: Option<Duration>,
+) {
     let labels = [("service", service.to_string())];
-    let since = stale_since.map_or(0.0, |t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64());
+    let since = stale_since.map_or(0.0, |t| {
+        t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+    });
     metrics::gauge!(DISCOVERY_STALE, &labels).set(if stale_since.is_some() { 1.0 } else { 0.0 });
     metrics::gauge!(DISCOVERY_STALE_SINCE, &labels).set(since);
     if let Some(stale_for) = stale_for {

@@ -282,7 +282,10 @@ impl Entry {
 
     fn set_state(&self, state: RegistrationState) {
         let old = *self.state.borrow();
-        if self.state.send_if_modified(|s| std::mem::replace(s, state) != state) {
+        if self
+            .state
+            .send_if_modified(|s| std::mem::replace(s, state) != state)
+        {
             crate::metrics::registration_moved(self.instance.service(), Some(old), Some(state));
         }
     }
@@ -652,7 +655,10 @@ impl<B: LeaseBackend> Group<B> {
                     failed = failed.len(),
                     "registrations written again"
                 );
-                crate::metrics::recovery_finished(&mut self.recovering_since, self.entries.values().all(|e| e.is_out() || !e.dirty));
+                crate::metrics::recovery_finished(
+                    &mut self.recovering_since,
+                    self.entries.values().all(|e| e.is_out() || !e.dirty),
+                );
                 self.schedule_if_dirty();
             }
             Err(e) => tracing::warn!(error = %e, "writing registrations failed; retrying"),

@@ -68,10 +68,17 @@ impl Board {
 
     /// Drains or undrains `service/id` in the registry; returns what the registry said
     /// (whether the instance, or the marker, was there).
-    pub async fn set_drained(&self, service: &ServiceName, id: &InstanceId, drain: bool) -> leasehold::Result<bool> {
+    pub async fn set_drained(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+        drain: bool,
+    ) -> leasehold::Result<bool> {
         let key = (service.clone(), id.clone());
         if drain {
-            let current = self.snapshot_of(service).and_then(|i| i.into_iter().find(|i| i.id() == id));
+            let current = self
+                .snapshot_of(service)
+                .and_then(|i| i.into_iter().find(|i| i.id() == id));
             let found = self.registry.drain(service, id).await?;
             if let Some(instance) = current {
                 self.drained.lock().unwrap().insert(key, instance);

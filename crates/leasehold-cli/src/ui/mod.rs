@@ -105,7 +105,8 @@ async fn write(
     headers: HeaderMap,
     drain: bool,
 ) -> Response {
-    let refuse = |status: StatusCode, error: String| (status, Json(json!({ "error": error }))).into_response();
+    let refuse =
+        |status: StatusCode, error: String| (status, Json(json!({ "error": error }))).into_response();
     if !board.allow_writes() {
         return refuse(
             StatusCode::FORBIDDEN,
@@ -113,7 +114,10 @@ async fn write(
         );
     }
     if !headers.contains_key(WRITE_HEADER) {
-        return refuse(StatusCode::FORBIDDEN, format!("a write needs the {WRITE_HEADER} header"));
+        return refuse(
+            StatusCode::FORBIDDEN,
+            format!("a write needs the {WRITE_HEADER} header"),
+        );
     }
     let (service, id) = match (ServiceName::new(&service), InstanceId::new(&id)) {
         (Ok(service), Ok(id)) => (service, id),
