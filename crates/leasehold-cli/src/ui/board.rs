@@ -111,6 +111,11 @@ impl Board {
                 return;
             }
         };
+        // A service gone from the registry leaves the page once its last instance has.
+        self.watches
+            .lock()
+            .unwrap()
+            .retain(|service, discovery| services.contains(service) || !discovery.snapshot().is_empty());
         for service in services {
             if self.watches.lock().unwrap().contains_key(&service) {
                 continue;
