@@ -6,7 +6,7 @@
 //! [`leasehold::health::TcpCheck`]; [`from_url`] picks one of the three from a URL.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo() -> Result<(), leasehold::BoxError> {
 //! use leasehold::health::Check;
 //! let check = leasehold_tower::probe::from_url("http://127.0.0.1:8080/healthz")?;
 //! check.check().await?;
