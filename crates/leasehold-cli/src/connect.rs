@@ -10,6 +10,10 @@ use leasehold_zookeeper::ZkRegistry;
 /// The URL schemes this build can connect to.
 pub const SCHEMES: &[&str] = &["memory", "etcd", "zk"];
 
+/// The usage error when no registry is given.
+pub const MISSING_REGISTRY: &str = "no registry given: pass --registry URL or set LEASEHOLD_REGISTRY, \
+for example etcd://127.0.0.1:2379, zk://127.0.0.1:2181, or memory:// for one that lives only in this command";
+
 /// Connects to the registry `url` names, with the backend its scheme selects.
 ///
 /// This is the one place a backend is chosen: `etcd://h1:p1,h2:p2/root` for etcd v3,

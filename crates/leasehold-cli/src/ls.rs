@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use comfy_table::{presets, Table};
-use leasehold::{Registry, ServiceName};
-use serde_json::Value;
+use leasehold::{Instance, Registry, ServiceName, WatchOptions};
+use serde_json::{json, Value};
 
 use crate::error::{CliError, Context};
 use crate::show;
 
-/// Prints the instances of `service`, or every service with its instance count.
+/// Prints the instances of `service`, or every service with its instance count. Values
+/// that do not decode are skipped; how many is said on stderr (each one's reason is
+/// logged there as a warning).
 pub async fn run(
     registry: Arc<dyn Registry>,
     service: Option<ServiceName>,
@@ -17,35 +19,38 @@ pub async fn run(
 ) -> Result<(), CliError> {
     match service {
         Some(service) => {
-            let instances = registry
-                .list(&service)
-                .await
-                .context(format_args!("listing the instances of {service}"))?;
+            let instances = listing(&*registry, &service).await?;
             if json {
-                println!("{}", Value::Array(instances.iter().map(show::json).collect()));
+                println!(
+                    "{}",
+                    Value::Array(instances.iter().map(|i| show::json(i)).collect())
+                );
             } else if instances.is_empty() {
                 println!("no instances of {service}");
             } else {
-                println!("{}", show::table(&instances));
+                println!("{}", show::table(instances.iter().map(|i| &**i)));
             }
         }
         None => {
             let services = registry.list_services().await.context("listing the services")?;
+            let mut counts = Vec::with_capacity(services.len());
+            for service in services {
+                let count = listing(&*registry, &service).await?.len();
+                counts.push((service, count));
+            }
             if json {
-                let names = services.iter().map(|s| Value::from(s.as_str())).collect();
-                println!("{}", Value::Array(names));
-            } else if services.is_empty() {
+                let rows = counts
+                    .iter()
+                    .map(|(service, count)| json!({"service": service.as_str(), "instances": count}))
+                    .collect();
+                println!("{}", Value::Array(rows));
+            } else if counts.is_empty() {
                 println!("no services");
             } else {
                 let mut table = Table::new();
                 table.load_preset(presets::NOTHING);
                 table.set_header(["SERVICE", "INSTANCES"]);
-                for service in services {
-                    let count = registry
-                        .list(&service)
-                        .await
-                        .context(format_args!("listing the instances of {service}"))?
-                        .len();
+                for (service, count) in counts {
                     table.add_row([service.to_string(), count.to_string()]);
                 }
                 println!("{table}");
@@ -54,4 +59,25 @@ pub async fn run(
     }
     registry.shutdown().await;
     Ok(())
+}
+
+/// The instances of `service` as a watcher sees them, sorted by id; says on stderr how
+/// many values were skipped.
+async fn listing(registry: &dyn Registry, service: &ServiceName) -> Result<Vec<Arc<Instance>>, CliError> {
+    let discovery = registry
+        .watch(service, WatchOptions::default())
+        .await
+        .context(format_args!("listing the instances of {service}"))?;
+    let skipped = discovery.skipped();
+    if skipped > 0 {
+        let what = if skipped == 1 {
+            "value that does"
+        } else {
+            "values that do"
+        };
+        eprintln!(
+            "leasehold: {service}: skipped {skipped} {what} not decode in this registry's format (the warnings above say why)"
+        );
+    }
+    Ok(discovery.snapshot().instances().to_vec())
 }

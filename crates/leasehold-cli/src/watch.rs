@@ -121,10 +121,16 @@ impl View {
     }
 }
 
+/// Now, as every printed line shows it: RFC 3339 in UTC, to the millisecond.
+fn now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 fn print_snapshot(view: &View, service: &ServiceName, json: bool) {
+    let at = now();
     if json {
         let instances: Vec<_> = view.instances.values().map(|i| show::json(i)).collect();
-        let line = json!({"event": "snapshot", "service": service.as_str(), "live": view.live, "instances": instances});
+        let line = json!({"event": "snapshot", "at": at, "service": service.as_str(), "live": view.live, "instances": instances});
         println!("{line}");
         return;
     }
@@ -135,15 +141,16 @@ fn print_snapshot(view: &View, service: &ServiceName, json: bool) {
     } else {
         "stale: registry unreachable"
     };
-    println!("{service}: {count} instance{plural} ({connection})");
+    println!("{at} {service}: {count} instance{plural} ({connection})");
     for instance in view.instances.values() {
-        println!("  {}", show::describe(instance));
+        println!("{at}   {}", show::describe(instance));
     }
 }
 
 fn print_event(event: &Event, json: bool) {
+    let at = now();
     if json {
-        let line = match event {
+        let mut line = match event {
             Event::Added(i) => json!({"event": "added", "instance": show::json(i)}),
             Event::Removed(i) => json!({"event": "removed", "instance": show::json(i)}),
             Event::Updated { old, new } => {
@@ -152,15 +159,18 @@ fn print_event(event: &Event, json: bool) {
             Event::Stale => json!({"event": "stale"}),
             Event::Live => json!({"event": "live"}),
         };
+        line["at"] = at.into();
         println!("{line}");
         return;
     }
     match event {
-        Event::Added(i) => println!("+ {}", show::describe(i)),
-        Event::Removed(i) => println!("- {}", show::describe(i)),
-        Event::Updated { old, new } => println!("~ {}  (was {})", show::describe(new), show::describe(old)),
-        Event::Stale => println!("! stale: registry unreachable, keeping the last known set"),
-        Event::Live => println!("! live: registry reachable again"),
+        Event::Added(i) => println!("{at} + {}", show::describe(i)),
+        Event::Removed(i) => println!("{at} - {}", show::describe(i)),
+        Event::Updated { old, new } => {
+            println!("{at} ~ {}  (was {})", show::describe(new), show::describe(old))
+        }
+        Event::Stale => println!("{at} ! stale: registry unreachable, keeping the last known set"),
+        Event::Live => println!("{at} ! live: registry reachable again"),
     }
 }
 

@@ -15,3 +15,24 @@ fn the_readme_example_is_the_compiled_example() {
         "README.md's rust block and examples/library.rs differ"
     );
 }
+
+/// The README's metrics table is the one in `leasehold::metrics`, row for row.
+#[test]
+fn the_readme_metrics_table_is_the_documented_one() {
+    let readme = include_str!("../../../README.md");
+    let module = include_str!("../../leasehold/src/metrics.rs");
+    let rows = |text: &str, prefix: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter(|l| l.starts_with("| `leasehold_"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let documented = rows(module, "//! ");
+    assert_eq!(documented.len(), leasehold::metrics::ALL.len());
+    assert_eq!(
+        rows(readme, ""),
+        documented,
+        "README.md's metrics table differs from leasehold::metrics"
+    );
+}

@@ -2,9 +2,10 @@
 
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,7 @@ pub struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
     pub seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Running {
@@ -46,6 +48,18 @@ impl Running {
             .spawn()
             .expect("the leasehold binary starts");
         let stdout = child.stdout.take().unwrap();
+        let mut stderr_pipe = child.stderr.take().unwrap();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let collected = stderr.clone();
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n @ 1..) = stderr_pipe.read(&mut chunk) {
+                collected
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+        });
         let (tx, lines) = mpsc::channel();
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -58,7 +72,19 @@ impl Running {
             child,
             lines,
             seen: Vec::new(),
+            stderr,
         }
+    }
+
+    /// What the process wrote to stderr so far (and, through the returned handle,
+    /// after it exits).
+    pub fn stderr(&self) -> Arc<Mutex<String>> {
+        self.stderr.clone()
+    }
+
+    /// The process id, for signals sent by the test itself.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The next line of stdout; panics with what was seen if none comes in time.

@@ -230,7 +230,10 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
                     }
                 }
                 answer = answers.message() => match answer {
-                    Ok(Some(answer)) if answer.ttl() > 0 => answered = Instant::now(),
+                    Ok(Some(answer)) if answer.ttl() > 0 => {
+                        answered = Instant::now();
+                        metrics::histogram!(leasehold::metrics::KEEPALIVE_RTT, "backend" => "etcd").record(answered.duration_since(sent));
+                    }
                     Ok(Some(_)) => {
                         events.lost(format!("lease {id:x} expired (keepalive answered TTL 0)"));
                         return;

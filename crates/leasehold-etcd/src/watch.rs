@@ -86,7 +86,8 @@ pub(crate) async fn follow(
     let mut resumed = false;
     loop {
         if relist {
-            match list(&conn, &prefix).await {
+            let span = tracing::info_span!("relist", service = %feed.service(), from = at.revision);
+            match tracing::Instrument::instrument(list(&conn, &prefix), span).await {
                 Ok((listing, position)) => {
                     feed.reset(listing, position.revision as u64);
                     at = position;
@@ -107,6 +108,7 @@ pub(crate) async fn follow(
             End::Closed => return,
             End::Relist(reason) => {
                 tracing::info!(service = %feed.service(), %reason, "etcd: listing the service again");
+                metrics::counter!(leasehold::metrics::WATCH_RELISTS, "backend" => "etcd", "service" => feed.service().to_string()).increment(1);
                 relist = true;
             }
             End::Broken(reason) => {
@@ -114,6 +116,7 @@ pub(crate) async fn follow(
                     return;
                 }
                 tracing::warn!(service = %feed.service(), %reason, revision = at.revision, "etcd: watch broken; resuming after the last revision");
+                metrics::counter!(leasehold::metrics::WATCH_RECONNECTS, "backend" => "etcd", "service" => feed.service().to_string()).increment(1);
                 feed.mark_stale();
                 tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
             }
@@ -122,6 +125,7 @@ pub(crate) async fn follow(
 }
 
 /// One watch stream from `at.revision + 1`, applied until it ends.
+#[tracing::instrument(name = "watch", level = "info", skip_all, fields(service = %feed.service(), from = at.revision + 1, resumed))]
 async fn watch(
     feed: &mut DiscoveryFeed,
     conn: &Connection,
@@ -178,6 +182,8 @@ async fn watch(
         };
         heard = Instant::now();
         if answer.compact_revision() > 0 {
+            metrics::counter!(leasehold::metrics::WATCH_COMPACTIONS, "service" => feed.service().to_string())
+                .increment(1);
             return End::Relist(format!(
                 "revision {} is compacted (oldest kept: {})",
                 at.revision + 1,

@@ -10,6 +10,8 @@
 //!   factory and dropped when the instance leaves (go-kit's `Endpointer`);
 //! - [`outlier`]: passive health — an instance that fails is ejected for a growing
 //!   period, never below a minimum share of the set;
+//! - [`probe`]: active health checks over HTTP and the gRPC health protocol, for
+//!   health-gated registration and for balancers;
 //! - [`retry`]: retries on another instance with a deadline, a maximum of attempts and a
 //!   retry budget, for requests marked safe;
 //! - [`Balanced`]: the tower `Service` that puts these together, and [`channel`] that
@@ -59,6 +61,7 @@ mod discover;
 pub mod endpoint;
 mod error;
 pub mod outlier;
+pub mod probe;
 pub mod retry;
 mod router;
 

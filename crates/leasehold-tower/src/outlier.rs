@@ -183,6 +183,8 @@ impl OutlierDetector {
         h.ejections += 1;
         h.failures = 0;
         tracing::info!(service = %instance.service(), id = %instance.id(), addr = %instance.addr(), ?period, "ejecting a failing instance");
+        metrics::counter!(leasehold::metrics::TOWER_EJECTIONS, "service" => instance.service().to_string())
+            .increment(1);
         let mut next: HashMap<InstanceId, Instant> = ejected
             .iter()
             .filter(|(id, until)| **until > now && snapshot.get(id).is_some())

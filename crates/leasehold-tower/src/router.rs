@@ -214,6 +214,7 @@ impl<M: MakeEndpoint> Balanced<M> {
 impl<M: MakeEndpoint> Shared<M> {
     /// Picks for one attempt: an instance neither tried nor ejected, else one not tried,
     /// else one not ejected, else any. `None` only for an empty set.
+    #[tracing::instrument(name = "pick", level = "debug", skip_all, fields(tried = tried.len()))]
     fn pick(&self, snapshot: &Snapshot, key: Option<u64>, tried: &[InstanceId]) -> Option<Arc<Instance>> {
         let now = Instant::now();
         let fresh_and_healthy =
@@ -281,6 +282,7 @@ impl<'a> Attempt<'a> {
 
     fn finish(mut self, success: bool) {
         let latency = self.started.elapsed();
+        metrics::histogram!(leasehold::metrics::TOWER_REQUEST_DURATION, "service" => self.instance.service().to_string(), "instance" => self.instance.id().to_string()).record(latency);
         self.done = true;
         let outcome = if success {
             Outcome::Success(latency)
@@ -313,6 +315,7 @@ impl PendingBody {
     }
 }
 
+#[tracing::instrument(name = "route", level = "debug", skip_all, fields(service = %shared.discovery.service()))]
 async fn route<M, ResBody>(
     shared: Arc<Shared<M>>,
     request: http::Request<RequestBody>,
@@ -351,6 +354,7 @@ where
         let Some(instance) = shared.pick(&snapshot, key, &tried) else {
             return Err(Error::NoInstances { service });
         };
+        metrics::counter!(leasehold::metrics::TOWER_PICKS, "service" => service.to_string()).increment(1);
         let endpoint = match shared.endpoints.get(&instance) {
             Ok(endpoint) => endpoint,
             Err(source) => {
@@ -383,7 +387,16 @@ where
         } else {
             shared.outliers.record_success(&instance);
         }
-        let retry = failed && retryable && attempt < policy.max_attempts && shared.budget.withdraw();
+        let wanted = failed && retryable && attempt < policy.max_attempts;
+        let retry = wanted && shared.budget.withdraw();
+        if wanted {
+            let name = if retry {
+                leasehold::metrics::TOWER_RETRIES
+            } else {
+                leasehold::metrics::TOWER_RETRY_BUDGET_EXHAUSTED
+            };
+            metrics::counter!(name, "service" => service.to_string()).increment(1);
+        }
         match result {
             Ok(response) if !retry => return Ok(response),
             Err(source) if !retry => {

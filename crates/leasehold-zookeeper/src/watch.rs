@@ -116,6 +116,7 @@ impl Follow {
 
     /// Adds the watch, then lists: the start of following, and every restart after the
     /// session expired.
+    #[tracing::instrument(name = "relist", level = "info", skip_all, fields(path = %self.path))]
     pub(crate) async fn start(&self) -> Result<(zk::Client, zk::PersistentWatcher, Listing)> {
         let client = self.session.client().await?;
         let (watcher, listing) = self.rewatch(&client).await?;
@@ -125,6 +126,7 @@ impl Follow {
     /// Adds the watch again and lists, after a reconnect. The client restores its watches
     /// on reconnection, but a server that lost its leader in between has been seen not
     /// to deliver events of a restored persistent watch; a watch added anew always does.
+    #[tracing::instrument(name = "relist", level = "info", skip_all, fields(path = %self.path))]
     async fn rewatch(&self, client: &zk::Client) -> Result<(zk::PersistentWatcher, Listing)> {
         let watcher = client
             .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
@@ -155,6 +157,7 @@ impl Follow {
                 tokio::time::sleep(delays.next().unwrap_or(self.backoff.max)).await;
                 match self.start().await {
                     Ok((client, watcher, listing)) => {
+                        metrics::counter!(leasehold::metrics::WATCH_RECONNECTS, "backend" => "zookeeper", "service" => feed.service().to_string()).increment(1);
                         feed.reset(listing.nodes, listing.revision);
                         feed.mark_live();
                         break (client, watcher);
@@ -183,6 +186,7 @@ impl Follow {
                         loop {
                             match self.rewatch(client).await {
                                 Ok((rewatched, listing)) => {
+                                    metrics::counter!(leasehold::metrics::WATCH_RECONNECTS, "backend" => "zookeeper", "service" => feed.service().to_string()).increment(1);
                                     *watcher = rewatched;
                                     feed.reset(listing.nodes, listing.revision);
                                     feed.mark_live();

@@ -476,6 +476,8 @@ impl DiscoveryFeed {
             }
             Err(e) => {
                 self.shared.skipped.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::DISCOVERY_SKIPPED, "service" => self.service.to_string())
+                    .increment(1);
                 if self.logged.insert(key.to_owned()) {
                     tracing::warn!(service = %self.service, key, error = %e, "skipping a value that does not decode");
                 }
@@ -578,6 +580,8 @@ impl DiscoveryFeed {
             return;
         }
         self.store_snapshot();
+        metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string())
+            .increment(self.pending.len() as u64);
         for change in self.pending.drain(..) {
             let _ = self.shared.changes.send(change);
         }
@@ -591,6 +595,7 @@ impl DiscoveryFeed {
             let since = Instant::now();
             tracing::warn!(service = %self.service, "registry unreachable; serving the last known set");
             self.connection = ConnectionState::Stale { since };
+            crate::metrics::discovery_staleness(&self.service, Some(std::time::SystemTime::now()), None);
             self.store_snapshot();
             let _ = self.shared.changes.send(Change::Stale { since });
         }
@@ -602,6 +607,7 @@ impl DiscoveryFeed {
         if let ConnectionState::Stale { since } = self.connection {
             tracing::info!(service = %self.service, stale_for = ?since.elapsed(), "registry reachable again");
             self.connection = ConnectionState::Live;
+            crate::metrics::discovery_staleness(&self.service, None, Some(since.elapsed()));
             self.store_snapshot();
             let _ = self.shared.changes.send(Change::Live);
         }
@@ -618,6 +624,8 @@ impl DiscoveryFeed {
             connection: self.connection,
         }));
         self.shared.versions.send_replace(self.version);
+        metrics::gauge!(crate::metrics::DISCOVERY_INSTANCES, "service" => self.service.to_string())
+            .set(self.entries.len() as f64);
     }
 }
 

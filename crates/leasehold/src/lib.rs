@@ -44,7 +44,9 @@
 //! - discovery: [`Discovery`], [`Snapshot`], [`Change`], [`ConnectionState`], and
 //!   [`DiscoveryFeed`] for backend authors;
 //! - formats: [`Codec`] and [`NativeCodec`];
-//! - [`RegistryUrl`] for picking a backend at run time.
+//! - [`RegistryUrl`] for picking a backend at run time;
+//! - [`health`]: registrations gated by a check of the service itself;
+//! - [`metrics`]: the metrics leasehold records, and their names.
 
 #![warn(missing_docs)]
 
@@ -55,8 +57,10 @@ pub mod conformance;
 mod discovery;
 mod error;
 pub mod formats;
+pub mod health;
 mod instance;
 pub mod memory;
+pub mod metrics;
 pub mod registrar;
 mod registration;
 mod registry;

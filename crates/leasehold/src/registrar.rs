@@ -239,6 +239,7 @@ impl<B: LeaseBackend> Registrar<B> {
             entries: HashMap::new(),
             events_tx,
             retry_at: None,
+            recovering_since: None,
             commands,
             next_key: self.next_key.clone(),
             taken: self.taken.clone(),
@@ -280,8 +281,19 @@ impl Entry {
     }
 
     fn set_state(&self, state: RegistrationState) {
-        self.state
-            .send_if_modified(|s| std::mem::replace(s, state) != state);
+        let old = *self.state.borrow();
+        if self
+            .state
+            .send_if_modified(|s| std::mem::replace(s, state) != state)
+        {
+            crate::metrics::registration_moved(self.instance.service(), Some(old), Some(state));
+        }
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        crate::metrics::registration_moved(self.instance.service(), Some(*self.state.borrow()), None);
     }
 }
 
@@ -298,6 +310,8 @@ struct Group<B: LeaseBackend> {
     entries: HashMap<u64, Entry>,
     events_tx: mpsc::UnboundedSender<(u64, LeaseEvent)>,
     retry_at: Option<Instant>,
+    /// When the current recovery began, for `leasehold_recovery_duration_seconds`.
+    recovering_since: Option<Instant>,
     commands: CommandSender,
     next_key: Arc<AtomicU64>,
     taken: Taken,
@@ -354,12 +368,14 @@ impl<B: LeaseBackend> Group<B> {
 
     /// Writes a batch of new registrations and answers each caller: all succeed or all
     /// fail together, and on failure nothing is left behind to retry.
+    #[tracing::instrument(name = "register", level = "info", skip_all, fields(registrations = batch.len(), ttl = ?self.ttl))]
     async fn register(&mut self, batch: Vec<(Instance, oneshot::Sender<Result<Registration>>)>) {
         let mut pending = Vec::with_capacity(batch.len());
         for (instance, reply) in batch {
             let key = self.next_key.fetch_add(1, Ordering::Relaxed);
             let (state, state_rx) = watch::channel(RegistrationState::Recovering);
             let (shown, shown_rx) = watch::channel(instance.clone());
+            crate::metrics::registration_moved(instance.service(), None, Some(RegistrationState::Recovering));
             self.entries.insert(
                 key,
                 Entry {
@@ -452,6 +468,7 @@ impl<B: LeaseBackend> Group<B> {
                     entry.dirty = true;
                     entry.set_state(RegistrationState::Recovering);
                     self.retry_at = Some(Instant::now());
+                    crate::metrics::recovery_started(&mut self.recovering_since, "key_lost");
                 }
             }
             LeaseEvent::Drain { service, id, drained } => self.drain(&service, &id, drained).await,
@@ -503,6 +520,8 @@ impl<B: LeaseBackend> Group<B> {
     /// Forgets the lease and puts every live registration into recovery.
     fn lose(&mut self, reason: &str) {
         tracing::warn!(ttl = ?self.ttl, %reason, registrations = self.entries.len(), "lease lost; recovering");
+        metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
+        crate::metrics::recovery_started(&mut self.recovering_since, "lease_lost");
         self.lease = None;
         for entry in self.entries.values_mut().filter(|e| !e.is_out()) {
             entry.dirty = true;
@@ -554,6 +573,7 @@ impl<B: LeaseBackend> Group<B> {
                     }
                 })
                 .collect();
+            metrics::histogram!(crate::metrics::WRITE_BATCH_SIZE).record(writes.len() as f64);
             self.backend.put(lease, &writes).await
         };
         let present: Vec<u64> = keys
@@ -611,6 +631,7 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     /// One recovery attempt: a lease if there is none, then every dirty registration.
+    #[tracing::instrument(name = "recover", level = "info", skip_all, fields(ttl = ?self.ttl, generation = self.generation))]
     async fn repair(&mut self) {
         self.retry_at = None;
         if self.entries.values().all(|e| e.is_out() || !e.dirty) {
@@ -633,6 +654,10 @@ impl<B: LeaseBackend> Group<B> {
                     registrations = dirty.len() - failed.len(),
                     failed = failed.len(),
                     "registrations written again"
+                );
+                crate::metrics::recovery_finished(
+                    &mut self.recovering_since,
+                    self.entries.values().all(|e| e.is_out() || !e.dirty),
                 );
                 self.schedule_if_dirty();
             }
