@@ -42,6 +42,7 @@
 
 #![warn(missing_docs)]
 
+mod follow;
 mod layout;
 mod lease;
 mod options;

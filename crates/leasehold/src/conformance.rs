@@ -1181,6 +1181,7 @@ pub async fn duplicate_id_written_back<H: Harness>(harness: &H) {
     case.ok(owner.pause().await, "pausing x");
     case.until_ids(&discovery, &[]).await;
     let intruder = case.register(&second, theirs.clone(), LONG_TTL).await;
+    case.until_ids(&discovery, &["x"]).await;
     match owner.resume().await {
         Err(e) if e.is_conflict() => {}
         other => case.fail(format!(

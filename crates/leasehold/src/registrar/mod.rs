@@ -188,6 +188,23 @@ pub trait LeaseBackend: Send + Sync + 'static {
 /// `register` of the same id waits for that to finish.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Marks a claim as leaving when a `register` call is dropped before its answer.
+struct LeaveOnDrop(Option<Arc<std::sync::atomic::AtomicBool>>);
+
+impl LeaveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for LeaveOnDrop {
+    fn drop(&mut self) {
+        if let Some(leaving) = &self.0 {
+            leaving.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 /// Keeps registrations alive on a [`LeaseBackend`]; backends build their
 /// [`Registry::register`](crate::Registry::register) on it.
 pub struct Registrar<B: LeaseBackend> {
@@ -234,6 +251,9 @@ impl<B: LeaseBackend> Registrar<B> {
     pub async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration> {
         options.validate()?;
         let claim = self.claims.claim(&instance, DEREGISTER_TIMEOUT).await?;
+        // Dropped before the answer, this call leaves its id to be released as soon as
+        // the registrar has undone whatever it wrote.
+        let cancelled = LeaveOnDrop(Some(claim.leaving()));
         let (reply, answer) = oneshot::channel();
         self.control(options.ttl)
             .send(Control::Register {
@@ -242,7 +262,9 @@ impl<B: LeaseBackend> Registrar<B> {
                 reply,
             })
             .map_err(|_| Error::Closed)?;
-        answer.await.unwrap_or(Err(Error::Closed))
+        let answer = answer.await.unwrap_or(Err(Error::Closed));
+        cancelled.disarm();
+        answer
     }
 
     /// Deregisters every registration of this registrar and revokes its leases.
