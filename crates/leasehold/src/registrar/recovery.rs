@@ -42,6 +42,13 @@ impl<B: LeaseBackend> Group<B> {
             .filter(|(_, e)| !e.is_out())
             .map(|(k, _)| *k)
             .collect();
+        if live.is_empty() {
+            // Only drained (or paused) registrations: a lease is still needed to follow
+            // their markers, or an undrain would never reach them.
+            if let Some(drained) = self.entries.iter().find(|(_, e)| e.drained).map(|(k, _)| *k) {
+                self.schedule(drained, now);
+            }
+        }
         for key in live {
             let entry = self.entries.get_mut(&key).expect("listed above");
             entry.dirty = true;

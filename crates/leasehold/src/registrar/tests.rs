@@ -85,3 +85,92 @@ use crate::RegistrationState;
         );
         assert_eq!(registration.state(), RegistrationState::Recovering);
     }
+
+/// Refuses, alone, every write of the ids in `refused` (as a registry refuses a value
+/// too large for it), and counts each id's write attempts.
+#[derive(Default)]
+struct Picky {
+    refused: Mutex<Vec<String>>,
+    attempts: Mutex<std::collections::HashMap<String, usize>>,
+    events: Mutex<Option<LeaseEvents>>,
+}
+
+impl Picky {
+    fn attempts(&self, id: &str) -> usize {
+        self.attempts.lock().unwrap().get(id).copied().unwrap_or(0)
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for Picky {
+    type Lease = ();
+
+    async fn grant(&self, _ttl: Duration, events: LeaseEvents) -> Result<()> {
+        *self.events.lock().unwrap() = Some(events);
+        Ok(())
+    }
+
+    async fn put(&self, _: &(), writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
+        let refused = self.refused.lock().unwrap();
+        let mut attempts = self.attempts.lock().unwrap();
+        Ok(writes
+            .iter()
+            .map(|w| {
+                let id = w.instance.id().to_string();
+                *attempts.entry(id.clone()).or_default() += 1;
+                if refused.contains(&id) {
+                    Err(Error::backend("test://", format!("{id} is too large")))
+                } else {
+                    Ok(id)
+                }
+            })
+            .collect())
+    }
+
+    async fn delete(&self, _: &(), _: &[String]) -> Result<(), LeaseError> {
+        Ok(())
+    }
+
+    async fn revoke(&self, _: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_that_keeps_failing_backs_off_alone() {
+    let backend = Arc::new(Picky::default());
+    let registrar = Registrar::new(backend.clone(), Backoff::default());
+    let instance = |id: &str| Instance::builder("echo", "127.0.0.1:1").id(id).build().unwrap();
+    let good = registrar
+        .register(instance("good"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let bad = registrar
+        .register(instance("bad"), RegisterOptions::default())
+        .await
+        .unwrap();
+    backend.refused.lock().unwrap().push("bad".into());
+    let events = backend.events.lock().unwrap().clone().unwrap();
+    events.lost("test");
+    assert!(good.wait_for(RegistrationState::Registered, Duration::from_secs(1)).await);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(bad.state(), RegistrationState::Recovering);
+
+    // The good one's key is taken from it every 100 ms for 30 s: it is written again
+    // each time at once, and the bad one's retries keep their own backoff.
+    let events = backend.events.lock().unwrap().clone().unwrap();
+    let (good_before, bad_before) = (backend.attempts("good"), backend.attempts("bad"));
+    for _ in 0..300 {
+        events.key_deleted("good");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(good.state(), RegistrationState::Registered);
+    }
+    let good_writes = backend.attempts("good") - good_before;
+    let bad_writes = backend.attempts("bad") - bad_before;
+    assert_eq!(good_writes, 300, "each loss of the good key is repaired at once");
+    assert!(
+        bad_writes <= 20,
+        "the failing registration is retried on its own backoff, not with every other write: {bad_writes} attempts in 30 s"
+    );
+    assert_eq!(bad.state(), RegistrationState::Recovering);
+}
