@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, WatchOptions};
-use leasehold::{Instance, InstanceUpdate, NativeCodec, Codec, RegisterOptions, Registry};
+use leasehold::{Codec, Instance, InstanceUpdate, NativeCodec, RegisterOptions, Registry};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
 use tokio::time::MissedTickBehavior;
@@ -32,11 +32,12 @@ fn instance(id: &str, seq: usize) -> Instance {
 
 /// Watches `key` and returns, once update `UPDATES - 1` is seen, each update's latency:
 /// the time from its call until the first value at or past it was seen.
-async fn watch_latencies(client: &mut Client, key: &str, sent: Sent) -> tokio::task::JoinHandle<Vec<Duration>> {
-    let (_watcher, mut stream) = client
-        .watch(key, Some(WatchOptions::new()))
-        .await
-        .unwrap();
+async fn watch_latencies(
+    client: &mut Client,
+    key: &str,
+    sent: Sent,
+) -> tokio::task::JoinHandle<Vec<Duration>> {
+    let (_watcher, mut stream) = client.watch(key, Some(WatchOptions::new())).await.unwrap();
     tokio::spawn(async move {
         let _watcher = _watcher;
         let mut latencies = Vec::with_capacity(UPDATES);
@@ -87,7 +88,11 @@ async fn raw_side(etcd: &EtcdCluster) -> Vec<Duration> {
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
     let key = format!("{ROOT}/bench/raw");
     client
-        .put(key.clone(), NativeCodec.encode(&instance("raw", 0)).unwrap(), None)
+        .put(
+            key.clone(),
+            NativeCodec.encode(&instance("raw", 0)).unwrap(),
+            None,
+        )
         .await
         .unwrap();
     let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
@@ -148,7 +153,13 @@ async fn main() {
             ("leasehold", leasehold_side(&etcd).await),
         ] {
             let (p50, p99, max) = summary(latencies);
-            println!("{:<12} {:>10.2?} {:>10.2?} {:>10.2?}", format!("{name} #{round}"), p50, p99, max);
+            println!(
+                "{:<12} {:>10.2?} {:>10.2?} {:>10.2?}",
+                format!("{name} #{round}"),
+                p50,
+                p99,
+                max
+            );
             p99s.push(p99);
         }
     }

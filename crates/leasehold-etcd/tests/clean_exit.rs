@@ -51,7 +51,10 @@ async fn returning_from_main_leaves_no_key() {
         String::from_utf8_lossy(&output.stderr)
     );
     let left = exists(&etcd, &key("exiting")).await;
-    println!("key present {:?} after the child exited: {left}", exited.elapsed());
+    println!(
+        "key present {:?} after the child exited: {left}",
+        exited.elapsed()
+    );
     assert!(
         !left,
         "a program that returned from main must leave no key (its lease has a TTL of 60 s)"

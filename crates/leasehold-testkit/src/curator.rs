@@ -196,7 +196,11 @@ impl CuratorPeer {
         warmup: usize,
     ) -> Result<Duration> {
         let mut command = self.command("bench", connect, base_path, name);
-        command.args([count.to_string(), in_flight.max(1).to_string(), warmup.to_string()]);
+        command.args([
+            count.to_string(),
+            in_flight.max(1).to_string(),
+            warmup.to_string(),
+        ]);
         let child = command.spawn().map_err(|source| Error::Spawn {
             server: "CuratorPeer bench".into(),
             source,
@@ -215,7 +219,11 @@ impl CuratorPeer {
         let stdout = String::from_utf8_lossy(&output.stdout);
         stdout
             .lines()
-            .find_map(|line| line.strip_prefix("bench ")?.split(' ').find_map(|f| f.strip_prefix("nanos=")))
+            .find_map(|line| {
+                line.strip_prefix("bench ")?
+                    .split(' ')
+                    .find_map(|f| f.strip_prefix("nanos="))
+            })
             .and_then(|nanos| nanos.parse().ok())
             .map(Duration::from_nanos)
             .ok_or_else(|| Error::Request {

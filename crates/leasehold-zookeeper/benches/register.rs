@@ -35,7 +35,12 @@ fn instances(service: &str, count: usize) -> Vec<Instance> {
 
 /// Registers `count` instances of `service`, `in_flight` at a time; the time taken and
 /// the handles (kept, so nothing is deregistered while timing).
-async fn leasehold_run(registry: &ZkRegistry, service: &str, count: usize, in_flight: usize) -> (Duration, Vec<Registration>) {
+async fn leasehold_run(
+    registry: &ZkRegistry,
+    service: &str,
+    count: usize,
+    in_flight: usize,
+) -> (Duration, Vec<Registration>) {
     let options = RegisterOptions::ttl(Duration::from_secs(30));
     let started = Instant::now();
     let held: Vec<Registration> = if in_flight <= 1 {

@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
-use leasehold::registrar::{LeaseEvents, LeaseError};
+use leasehold::registrar::{LeaseError, LeaseEvents};
 use leasehold::{Codec, InstanceId, ServiceName};
 use zookeeper_client as zk;
 
@@ -52,11 +52,18 @@ impl Follower {
     /// Adds the watch and reads the children (creating the service node if it is
     /// missing, so creates under it need no second request), and reports the drain
     /// markers found. Returns the watcher to [`run`](Follower::run) on.
-    pub(crate) async fn start(&self, parents: &zk::CreateOptions<'_>) -> Result<zk::PersistentWatcher, LeaseError> {
+    pub(crate) async fn start(
+        &self,
+        parents: &zk::CreateOptions<'_>,
+    ) -> Result<zk::PersistentWatcher, LeaseError> {
         let fail = |e: zk::Error, what: &str| {
-            let error = self.connect.error(e.clone(), format_args!("{what} {}", self.path));
+            let error = self
+                .connect
+                .error(e.clone(), format_args!("{what} {}", self.path));
             match e {
-                zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::AuthFailed => LeaseError::Lost(error),
+                zk::Error::SessionExpired | zk::Error::SessionMoved | zk::Error::AuthFailed => {
+                    LeaseError::Lost(error)
+                }
                 _ => LeaseError::Failed(error),
             }
         };

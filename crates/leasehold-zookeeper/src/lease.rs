@@ -140,7 +140,12 @@ impl ZkLeases {
     /// The children of `service` as this session follows them, following it first if it
     /// does not yet: one watch and one listing per service and session, after which a
     /// registration is one create.
-    async fn follow(&self, lease: &ZkLease, client: &zk::Client, service: &ServiceName) -> Result<Arc<Children>, LeaseError> {
+    async fn follow(
+        &self,
+        lease: &ZkLease,
+        client: &zk::Client,
+        service: &ServiceName,
+    ) -> Result<Arc<Children>, LeaseError> {
         if let Some(children) = lease.session.followed.lock().unwrap().get(service) {
             return Ok(children.clone());
         }

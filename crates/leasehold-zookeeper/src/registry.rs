@@ -233,14 +233,21 @@ impl Registry for ZkRegistry {
     async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
         self.check_alive()?;
         let path = self.marker_path(service, id)?;
-        let current = self.instances(service).await?.into_iter().find(|(_, i)| i.id() == id);
+        let current = self
+            .instances(service)
+            .await?
+            .into_iter()
+            .find(|(_, i)| i.id() == id);
         let value = match &current {
             Some((_, instance)) => self.layout.codec().encode(instance)?,
             None => Vec::new(),
         };
         let client = self.session.client().await?;
         let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::new(self.leases.acls.parent()));
-        let fail = |e: zk::Error| self.connect.error(e, format_args!("writing the drain marker {path}"));
+        let fail = |e: zk::Error| {
+            self.connect
+                .error(e, format_args!("writing the drain marker {path}"))
+        };
         let mut made_parent = false;
         loop {
             match client.create(&path, &value, &persistent).await {

@@ -21,7 +21,10 @@ const CHILD_SERVICE: &str = "LEASEHOLD_CLEAN_EXIT_SERVICE";
 async fn program(url: String, service: ServiceName) {
     let registry = ZkRegistry::connect(&url.parse().unwrap()).unwrap();
     let _registration = registry
-        .register(instance(&service, "exiting"), RegisterOptions::ttl(Duration::from_secs(30)))
+        .register(
+            instance(&service, "exiting"),
+            RegisterOptions::ttl(Duration::from_secs(30)),
+        )
         .await
         .unwrap();
     println!("registered");

@@ -1131,12 +1131,17 @@ pub async fn duplicate_id_refused<H: Harness>(harness: &H) {
         .id("x")
         .build()
         .expect("valid instance");
-    match second.register(other.clone(), RegisterOptions::ttl(LONG_TTL)).await {
-        Err(Error::Conflict { service: s, id: i, key }) => {
-            case.check(s == service.as_str() && i == "x" && !key.is_empty(), || {
-                format!("the conflict must name {service}/x and the key held, got {s}/{i} at {key:?}")
-            })
-        }
+    match second
+        .register(other.clone(), RegisterOptions::ttl(LONG_TTL))
+        .await
+    {
+        Err(Error::Conflict {
+            service: s,
+            id: i,
+            key,
+        }) => case.check(s == service.as_str() && i == "x" && !key.is_empty(), || {
+            format!("the conflict must name {service}/x and the key held, got {s}/{i} at {key:?}")
+        }),
         other => case.fail(format!(
             "registering x while another client holds it must fail with Error::Conflict, got {other:?}"
         )),
@@ -1193,7 +1198,9 @@ pub async fn duplicate_id_written_back<H: Harness>(harness: &H) {
     });
     let listed = case.listed(&watcher, &service).await;
     case.check(listed == [theirs.clone()], || {
-        format!("the other client's x must stay listed alone while the owner is in Conflict, listed {listed:?}")
+        format!(
+            "the other client's x must stay listed alone while the owner is in Conflict, listed {listed:?}"
+        )
     });
     case.ok(intruder.deregister().await, "deregistering the other client's x");
     case.check(owner.wait_for(RegistrationState::Registered, WAIT).await, || {
@@ -1205,7 +1212,10 @@ pub async fn duplicate_id_written_back<H: Harness>(harness: &H) {
     let snapshot = case.until_ids(&discovery, &["x"]).await;
     let seen = snapshot.instances()[0].addr().to_string();
     case.check(seen == mine.addr().to_string(), || {
-        format!("the owner's x ({}) must be back, the watcher holds {seen}", mine.addr())
+        format!(
+            "the owner's x ({}) must be back, the watcher holds {seen}",
+            mine.addr()
+        )
     });
     first.shutdown().await;
     second.shutdown().await;
@@ -1256,11 +1266,14 @@ pub async fn cancelled_register<H: Harness>(harness: &H) {
             Ok(Err(e)) => case.fail(format!("round {round}: registering c failed: {e}")),
             Err(_) => {}
         }
-        case.eventually(&format!("round {round}: no key of c left after its register was cancelled"), || {
-            let other = &other;
-            let service = &service;
-            async move { other.list(service).await.is_ok_and(|l| l.is_empty()) }
-        })
+        case.eventually(
+            &format!("round {round}: no key of c left after its register was cancelled"),
+            || {
+                let other = &other;
+                let service = &service;
+                async move { other.list(service).await.is_ok_and(|l| l.is_empty()) }
+            },
+        )
         .await;
         let registration = case.register(&owner, instance(&service, "c"), LONG_TTL).await;
         case.ok(registration.deregister().await, "deregistering c");
@@ -1289,21 +1302,33 @@ pub async fn drain<H: Harness>(harness: &H) {
     case.check(snapshot.is_drained(&id("d1")), || {
         format!(
             "the snapshot must list d1 as drained, it lists {:?}",
-            snapshot.drained().map(|(id, _)| id.to_string()).collect::<Vec<_>>()
+            snapshot
+                .drained()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
         )
     });
-    let shown = snapshot.drained().find(|(id, _)| id.as_str() == "d1").and_then(|(_, i)| i.cloned());
+    let shown = snapshot
+        .drained()
+        .find(|(id, _)| id.as_str() == "d1")
+        .and_then(|(_, i)| i.cloned());
     case.check(shown.as_deref() == Some(&d1.instance()), || {
         format!("the drained d1 must be shown with its instance, got {shown:?}")
     });
     case.check(d1.wait_for(RegistrationState::Drained, WAIT).await, || {
         format!("the owner of d1 must show Drained, it shows {:?}", d1.state())
     });
-    case.ok(d1.update(InstanceUpdate::new().weight(7)).await, "updating drained d1");
+    case.ok(
+        d1.update(InstanceUpdate::new().weight(7)).await,
+        "updating drained d1",
+    );
     case.ok(d1.pause().await, "pausing drained d1");
     case.ok(d1.resume().await, "resuming drained d1");
     case.check(d1.state() == RegistrationState::Drained, || {
-        format!("d1 must stay Drained across update, pause and resume, it shows {:?}", d1.state())
+        format!(
+            "d1 must stay Drained across update, pause and resume, it shows {:?}",
+            d1.state()
+        )
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let listed = ids(&case.listed(&operator, &service).await);
@@ -1311,23 +1336,33 @@ pub async fn drain<H: Harness>(harness: &H) {
         format!("the owner must not write a drained d1 back; listed {listed:?}")
     });
 
-    let early = case.ok(operator.drain(&service, &id("d3")).await, "draining d3 before it registers");
-    case.check(!early, || "drain of an id not registered must report false".into());
-    let d3 = case
-        .ok(
-            owner
-                .register(instance(&service, "d3"), RegisterOptions::ttl(LONG_TTL))
-                .await,
-            "registering a drained d3",
-        );
+    let early = case.ok(
+        operator.drain(&service, &id("d3")).await,
+        "draining d3 before it registers",
+    );
+    case.check(!early, || {
+        "drain of an id not registered must report false".into()
+    });
+    let d3 = case.ok(
+        owner
+            .register(instance(&service, "d3"), RegisterOptions::ttl(LONG_TTL))
+            .await,
+        "registering a drained d3",
+    );
     case.check(d3.state() == RegistrationState::Drained, || {
-        format!("a registration whose id is drained must start Drained, it is {:?}", d3.state())
+        format!(
+            "a registration whose id is drained must start Drained, it is {:?}",
+            d3.state()
+        )
     });
 
     let removed = case.ok(operator.undrain(&service, &id("d1")).await, "undraining d1");
     case.check(removed, || "undrain of a drained id must report true".into());
     case.check(d1.wait_for(RegistrationState::Registered, WAIT).await, || {
-        format!("undrained, d1 must be written back and show Registered, it shows {:?}", d1.state())
+        format!(
+            "undrained, d1 must be written back and show Registered, it shows {:?}",
+            d1.state()
+        )
     });
     let snapshot = case.until_ids(&discovery, &["d1", "d2"]).await;
     let weight = snapshot.get(&id("d1")).map(|i| i.weight());
@@ -1337,7 +1372,9 @@ pub async fn drain<H: Harness>(harness: &H) {
     case.ok(operator.undrain(&service, &id("d3")).await, "undraining d3");
     case.until_ids(&discovery, &["d1", "d2", "d3"]).await;
     let again = case.ok(operator.undrain(&service, &id("d3")).await, "undraining d3 twice");
-    case.check(!again, || "undrain of an id with no marker must report false".into());
+    case.check(!again, || {
+        "undrain of an id with no marker must report false".into()
+    });
     owner.shutdown().await;
     operator.shutdown().await;
 }

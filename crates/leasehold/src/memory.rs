@@ -409,7 +409,9 @@ impl Backend {
             }
             let prefix = self.codec.service_prefix(&self.root, service);
             let (listing, _, events) = self.store.list_and_watch(&prefix)?;
-            lease.events.drained_set((*service).clone(), self.markers(&prefix, &listing));
+            lease
+                .events
+                .drained_set((*service).clone(), self.markers(&prefix, &listing));
             let follower = Follower {
                 store: self.store.clone(),
                 codec: self.codec.clone(),
@@ -475,10 +477,12 @@ impl Follower {
                             self.lease.drain_changed(self.service.clone(), id, true);
                         }
                     }
-                    Event::Delete { key, .. } => match self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
-                        Some(id) => self.lease.drain_changed(self.service.clone(), id, false),
-                        None => self.lease.key_deleted(key),
-                    },
+                    Event::Delete { key, .. } => {
+                        match self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
+                            Some(id) => self.lease.drain_changed(self.service.clone(), id, false),
+                            None => self.lease.key_deleted(key),
+                        }
+                    }
                 }
             }
             events = loop {
@@ -566,7 +570,10 @@ impl LeaseBackend for Backend {
                 // A registration whose id is drained starts Drained: the registrar
                 // hears of the marker before it answers the caller.
                 let marker = self.codec.drain_marker(instance.id()).map(|marker| {
-                    format!("{}{marker}", self.codec.service_prefix(&self.root, instance.service()))
+                    format!(
+                        "{}{marker}",
+                        self.codec.service_prefix(&self.root, instance.service())
+                    )
                 });
                 if marker.is_some_and(|marker| state.kvs.contains_key(&marker)) {
                     lease

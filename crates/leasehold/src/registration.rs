@@ -169,7 +169,9 @@ impl Drop for Inner {
         let outcome = tokio::task::block_in_place(|| acknowledged.recv_timeout(DEREGISTER_TIMEOUT));
         match outcome {
             Ok(Ok(())) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "deregistering a dropped registration failed; its key expires with its lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "deregistering a dropped registration failed; its key expires with its lease")
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
                 timeout = ?DEREGISTER_TIMEOUT,
                 "deregistering a dropped registration is taking too long; it goes on in the background"
@@ -252,7 +254,8 @@ impl Registration {
             return Ok(());
         }
         self.inner.leaving.store(true, Ordering::SeqCst);
-        self.request(|reply| Command::Deregister(Reply::Async(reply))).await
+        self.request(|reply| Command::Deregister(Reply::Async(reply)))
+            .await
     }
 
     async fn request(&self, command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Instance, InstanceId, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions};
+use leasehold::{
+    Instance, InstanceId, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -39,8 +41,14 @@ async fn a_drained_registration_stays_out_across_a_lost_lease() {
     owner.store().set_reachable(false);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     owner.store().set_reachable(true);
-    assert!(live.wait_for(RegistrationState::Recovering, WAIT).await, "lease loss noticed");
-    assert!(live.wait_for(RegistrationState::Registered, WAIT).await, "and repaired");
+    assert!(
+        live.wait_for(RegistrationState::Recovering, WAIT).await,
+        "lease loss noticed"
+    );
+    assert!(
+        live.wait_for(RegistrationState::Registered, WAIT).await,
+        "and repaired"
+    );
     assert_eq!(drained.state(), RegistrationState::Drained);
     let listed: Vec<String> = operator
         .list(&echo())
@@ -97,7 +105,10 @@ async fn formats_without_markers_refuse_to_drain() {
         .drain(&ServiceName::new("hello").unwrap(), &id("a"))
         .await
         .unwrap_err();
-    assert!(err.is_unsupported() && err.to_string().contains("go-kit"), "{err}");
+    assert!(
+        err.is_unsupported() && err.to_string().contains("go-kit"),
+        "{err}"
+    );
     let err = registry
         .undrain(&ServiceName::new("hello").unwrap(), &id("a"))
         .await

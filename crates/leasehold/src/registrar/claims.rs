@@ -83,7 +83,8 @@ impl Claims {
                 }
             };
             // `changed` fails once the sender (the claim) is dropped.
-            let gone = tokio::time::timeout_at(deadline, async { while released.changed().await.is_ok() {} }).await;
+            let gone =
+                tokio::time::timeout_at(deadline, async { while released.changed().await.is_ok() {} }).await;
             if gone.is_err() {
                 return Err(Error::from(InvalidInput::new(
                     "instance id",
@@ -102,7 +103,10 @@ fn already_registered(instance: &Instance) -> Error {
     InvalidInput::new(
         "instance id",
         instance.id().as_str(),
-        format!("is already registered for service {} by this client", instance.service()),
+        format!(
+            "is already registered for service {} by this client",
+            instance.service()
+        ),
     )
     .into()
 }
@@ -118,7 +122,11 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut held = self.claims.held.lock().unwrap();
-        if held.1.get(&self.identity).is_some_and(|h| h.serial == self.serial) {
+        if held
+            .1
+            .get(&self.identity)
+            .is_some_and(|h| h.serial == self.serial)
+        {
             held.1.remove(&self.identity);
         }
     }

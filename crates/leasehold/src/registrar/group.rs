@@ -15,7 +15,8 @@ use super::entry::Entry;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
 use crate::registration::{Command, CommandSender, Reply};
 use crate::{
-    Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result, ServiceName,
+    Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result,
+    ServiceName,
 };
 
 /// The most commands or registrations taken together into one batch, bounding a
@@ -150,11 +151,15 @@ impl<B: LeaseBackend> Group<B> {
 
     /// Writes a batch of new registrations. A write that failed alone fails its caller
     /// alone; the backend left nothing of it behind.
-    async fn register(&mut self, batch: Vec<(Instance, Claim, oneshot::Sender<Result<Registration>>)>) -> Vec<Answer> {
+    async fn register(
+        &mut self,
+        batch: Vec<(Instance, Claim, oneshot::Sender<Result<Registration>>)>,
+    ) -> Vec<Answer> {
         let mut pending = Vec::with_capacity(batch.len());
         for (instance, claim, reply) in batch {
             let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-            self.entries.insert(key, Entry::new(instance, claim, self.backoff));
+            self.entries
+                .insert(key, Entry::new(instance, claim, self.backoff));
             pending.push((key, reply));
         }
         let keys: Vec<u64> = pending.iter().map(|(key, _)| *key).collect();
@@ -397,7 +402,9 @@ impl<B: LeaseBackend> Group<B> {
             .filter(|(_, e)| {
                 !e.is_out()
                     && (e.conflict.as_deref() == Some(deleted)
-                        || e.key.as_ref().is_some_and(|(g, k)| *g == generation && k == deleted))
+                        || e.key
+                            .as_ref()
+                            .is_some_and(|(g, k)| *g == generation && k == deleted))
             })
             .map(|(k, _)| *k)
             .collect();

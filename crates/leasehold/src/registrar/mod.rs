@@ -285,7 +285,13 @@ impl<B: LeaseBackend> Registrar<B> {
             return group.clone();
         }
         let (control, control_rx) = mpsc::unbounded_channel();
-        Group::start(self.backend.clone(), ttl, self.backoff, self.next_key.clone(), control_rx);
+        Group::start(
+            self.backend.clone(),
+            ttl,
+            self.backoff,
+            self.next_key.clone(),
+            control_rx,
+        );
         groups.insert(ttl, control.clone());
         control
     }
