@@ -7,7 +7,9 @@
 //! (`?format=curator`: the same plain ephemeral node per instance) and for leasehold's
 //! native layout (protected ephemeral sequential nodes), and each leasehold figure as a
 //! ratio of Curator's. Each side warms up on another service first (the JVM compiles its
-//! path; our session and its service watch are set up).
+//! path; our session and its service watch are set up). The sides take turns, round after
+//! round, and each figure is the median of its rounds, so a load spike on a shared
+//! machine hits both.
 
 use std::time::{Duration, Instant};
 
@@ -17,8 +19,10 @@ use leasehold_testkit::zookeeper::ZkEnsemble;
 use leasehold_testkit::CuratorPeer;
 use leasehold_zookeeper::ZkRegistry;
 
-const SEQUENTIAL: usize = 1_000;
-const CONCURRENT: usize = 4_000;
+const SEQUENTIAL: usize = 500;
+const CONCURRENT: usize = 2_000;
+const ROUNDS: usize = 5;
+const FORMATS: [&str; 2] = ["curator", "native"];
 const IN_FLIGHT: usize = 64;
 const WARMUP: usize = 200;
 
@@ -60,10 +64,16 @@ async fn leasehold_run(
     (started.elapsed(), held)
 }
 
-async fn leasehold_side(zk: &ZkEnsemble, format: &str, count: usize, in_flight: usize) -> Duration {
+async fn leasehold_side(
+    zk: &ZkEnsemble,
+    format: &str,
+    round: &str,
+    count: usize,
+    in_flight: usize,
+) -> Duration {
     let url = format!("{}?format={format}", zk.url(&format!("/bench-{format}")));
     let registry = ZkRegistry::connect(&url.parse().unwrap()).unwrap();
-    let tag = format!("{format}-{in_flight}");
+    let tag = format!("{format}-{in_flight}-{round}");
     let (_, warm) = leasehold_run(&registry, &format!("warmup-{tag}"), WARMUP, in_flight).await;
     let (took, held) = leasehold_run(&registry, &format!("svc-{tag}"), count, in_flight).await;
     drop(warm);
@@ -76,30 +86,46 @@ fn per_second(count: usize, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64()
 }
 
+fn median(mut rates: Vec<f64>) -> f64 {
+    rates.sort_by(f64::total_cmp);
+    rates[rates.len() / 2]
+}
+
 #[tokio::main]
 async fn main() {
     let zk = ZkEnsemble::start_standalone().await.expect("ZooKeeper starts");
     let peer = CuratorPeer::get().await.expect("the Curator peer builds");
-    println!("registrations per second on one ZooKeeper server (same run, same server)");
+    println!(
+        "registrations per second on one ZooKeeper server, median of {ROUNDS} interleaved rounds (same run, same server)"
+    );
     println!(
         "{:<26} {:>12} {:>12} {:>10}",
         "mode", "Curator", "leasehold", "ratio"
     );
     for (count, in_flight) in [(SEQUENTIAL, 1), (CONCURRENT, IN_FLIGHT)] {
-        let curator = peer
-            .bench_register(
-                &zk.connect_string(),
-                "/bench-curator-peer",
-                &format!("svc-{in_flight}"),
-                count,
-                in_flight,
-                WARMUP,
-            )
-            .await
-            .expect("Curator's bench runs");
-        let curator = per_second(count, curator);
-        for format in ["curator", "native"] {
-            let ours = per_second(count, leasehold_side(&zk, format, count, in_flight).await);
+        let mut curator = Vec::new();
+        let mut ours: [Vec<f64>; 2] = Default::default();
+        for round in 0..ROUNDS {
+            let took = peer
+                .bench_register(
+                    &zk.connect_string(),
+                    "/bench-curator-peer",
+                    &format!("svc-{in_flight}-{round}"),
+                    count,
+                    in_flight,
+                    WARMUP,
+                )
+                .await
+                .expect("Curator's bench runs");
+            curator.push(per_second(count, took));
+            for (at, format) in FORMATS.iter().enumerate() {
+                let took = leasehold_side(&zk, format, &round.to_string(), count, in_flight).await;
+                ours[at].push(per_second(count, took));
+            }
+        }
+        let curator = median(curator);
+        for (format, rates) in FORMATS.iter().zip(ours) {
+            let ours = median(rates);
             println!(
                 "{:<26} {:>12.0} {:>12.0} {:>9.2}x",
                 format!("{in_flight} in flight, {format} layout"),
