@@ -5,7 +5,10 @@
 //! [`MemoryRegistry`] is a client of it with the same semantics as the real backends: one
 //! lease per TTL kept alive at TTL/3, recovery through the shared
 //! [`Registrar`], one listing then incremental watch
-//! events, and reconnection with a re-list when the store breaks its watches.
+//! events, and reconnection with a re-list when the store breaks its watches. Like the
+//! real backends it refuses a live duplicate id of another client
+//! ([`Error::Conflict`]), follows the services it registers in (deletes, drain
+//! markers), and implements operator drain in the native format.
 //!
 //! The store can also misbehave on purpose — [`wipe`](MemoryStore::wipe) it,
 //! make it [unreachable](MemoryStore::set_reachable), or [crash](MemoryRegistry::crash)

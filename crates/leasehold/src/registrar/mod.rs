@@ -16,7 +16,7 @@
 //! - an operator's drain marker keeps a registration out of the registry until it is
 //!   removed.
 //!
-//! The pieces: [`claims`] (which ids this client holds), `group` (the task that owns
+//! The pieces: `claims` (which ids this client holds), `group` (the task that owns
 //! the registrations of one TTL and its lifecycle commands), `batch` (writing many
 //! registrations in one request and answering each alone) and `recovery` (leases,
 //! backoff, repairs).
