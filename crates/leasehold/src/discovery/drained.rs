@@ -117,3 +117,67 @@ impl DiscoveryFeed {
         view
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Codec, NativeCodec, ServiceName, WatchOptions};
+
+    fn value(id: &str) -> Vec<u8> {
+        let instance = Instance::builder("echo", "127.0.0.1:1").id(id).build().unwrap();
+        NativeCodec.encode(&instance).unwrap()
+    }
+
+    fn id(value: &str) -> InstanceId {
+        InstanceId::new(value).unwrap()
+    }
+
+    #[tokio::test]
+    async fn markers_keep_instances_out_of_the_set_until_removed() {
+        let (mut feed, discovery) = DiscoveryFeed::new(
+            ServiceName::new("echo").unwrap(),
+            Arc::new(NativeCodec),
+            WatchOptions::default(),
+        );
+        feed.reset(
+            [("a", value("a")), ("b", value("b")), ("~drained-a", Vec::new())],
+            1,
+        );
+        let snapshot = discovery.snapshot();
+        let ids: Vec<&str> = snapshot.instances().iter().map(|i| i.id().as_str()).collect();
+        assert_eq!(ids, ["b"], "a drained instance is out of a listing's set");
+        let drained: Vec<(String, Option<String>)> = snapshot
+            .drained()
+            .map(|(id, i)| (id.to_string(), i.map(|i| i.id().to_string())))
+            .collect();
+        assert_eq!(
+            drained,
+            [("a".to_owned(), Some("a".to_owned()))],
+            "shown with the held-out instance"
+        );
+
+        let mut changes = discovery.changes();
+        feed.put("~drained-b", &value("b"));
+        feed.publish();
+        assert!(matches!(changes.next().await, Some(Change::Removed(i)) if i.id().as_str() == "b"));
+        assert!(discovery.snapshot().is_empty());
+        feed.put("b", &value("b"));
+        feed.publish();
+        assert!(
+            discovery.snapshot().is_empty(),
+            "a drained instance written again stays out"
+        );
+
+        feed.delete("~drained-a");
+        feed.publish();
+        assert!(matches!(changes.next().await, Some(Change::Added(i)) if i.id().as_str() == "a"));
+        let snapshot = discovery.snapshot();
+        assert!(!snapshot.is_drained(&id("a")) && snapshot.is_drained(&id("b")));
+        feed.delete("b");
+        feed.delete("~drained-b");
+        feed.publish();
+        let snapshot = discovery.snapshot();
+        let ids: Vec<&str> = snapshot.instances().iter().map(|i| i.id().as_str()).collect();
+        assert_eq!(ids, ["a"], "an instance deleted while drained does not come back");
+    }
+}
