@@ -37,9 +37,8 @@ async fn watch_latencies(
     key: &str,
     sent: Sent,
 ) -> tokio::task::JoinHandle<Vec<Duration>> {
-    let (_watcher, mut stream) = client.watch(key, Some(WatchOptions::new())).await.unwrap();
+    let mut stream = client.watch(key, Some(WatchOptions::new())).await.unwrap();
     tokio::spawn(async move {
-        let _watcher = _watcher;
         let mut latencies = Vec::with_capacity(UPDATES);
         let mut next = 0;
         while next < UPDATES {
