@@ -75,7 +75,7 @@ pub(crate) struct ZkLeases {
     pub(crate) live: Mutex<Vec<Weak<LeaseSession>>>,
     /// Every session this client ever opened for registrations: a node one of them owns
     /// is ours (a leftover of a session we gave up), never another client's conflict.
-    pub(crate) own_sessions: Mutex<HashSet<i64>>,
+    pub(crate) own_sessions: Arc<Mutex<HashSet<i64>>>,
 }
 
 /// A granted session and the tasks that watch it and its nodes.
@@ -157,6 +157,7 @@ impl ZkLeases {
             path: self.layout.service_path(service),
             events: lease.events.clone(),
             children: Arc::default(),
+            own_sessions: self.own_sessions.clone(),
         };
         let parents = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&self.acls.parent));
         let watcher = follower.start(&parents).await?;
@@ -253,12 +254,25 @@ impl ZkLeases {
         {
             return Err(Self::conflict_error(instance, held));
         }
-        match self.create(client, instance, &value).await {
-            Err(LeaseError::Failed(Error::Conflict { .. })) => {
-                Err(Self::conflict_error(instance, self.layout.exact_path(instance)))
+        let path = self.create(client, instance, &value).await?;
+        let name = path.rsplit_once('/').map_or(path.as_str(), |(_, name)| name);
+        // Another client that created the same id at the same instant: the older node
+        // keeps it.
+        for older in children.own_created(name) {
+            if let Some(held) = self
+                .conflict(client, children, instance, &[Some(path.as_str())])
+                .await?
+                .filter(|held| held.ends_with(&format!("/{older}")))
+            {
+                children.own_deleted(name);
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(self.lease_error(e, format_args!("deleting {path}"))),
+                }
+                return Err(Self::conflict_error(instance, held));
             }
-            created => created,
         }
+        Ok(path)
     }
 
     /// Creates `instance`'s node, its parents as needed.

@@ -71,7 +71,7 @@ impl ZkRegistry {
             acls: Acls::new(options.digest.is_some()),
             crashed: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
-            own_sessions: Mutex::default(),
+            own_sessions: Arc::default(),
         });
         ZkRegistry {
             session: Arc::new(SharedSession::new(connect.clone(), options.session_timeout)),
