@@ -92,6 +92,21 @@ pub(crate) enum Reply {
     None,
 }
 
+impl Reply {
+    /// Sends the outcome of a deregistration to whoever waits for it.
+    pub(crate) fn send(self, result: Result<()>) {
+        match self {
+            Reply::Async(reply) => {
+                let _ = reply.send(result);
+            }
+            Reply::Blocking(reply) => {
+                let _ = reply.try_send(result);
+            }
+            Reply::None => {}
+        }
+    }
+}
+
 pub(crate) type CommandSender = mpsc::UnboundedSender<(u64, Command)>;
 
 /// A registered instance: its state, and the means to pause, resume, update and

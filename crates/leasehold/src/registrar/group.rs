@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use super::claims::Claim;
 use super::entry::Entry;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
-use crate::registration::{Command, CommandSender, Reply};
+use crate::registration::{Command, CommandSender};
 use crate::{
     Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result,
     ServiceName,
@@ -506,21 +506,6 @@ impl<B: LeaseBackend> Group<B> {
                 Err(e) => Err(e.duplicate()),
             };
             let _ = reply.send(answer);
-        }
-    }
-}
-
-impl Reply {
-    /// Sends the outcome of a deregistration to whoever waits for it.
-    fn send(self, result: Result<()>) {
-        match self {
-            Reply::Async(reply) => {
-                let _ = reply.send(result);
-            }
-            Reply::Blocking(reply) => {
-                let _ = reply.try_send(result);
-            }
-            Reply::None => {}
         }
     }
 }
