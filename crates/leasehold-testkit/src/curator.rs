@@ -180,6 +180,60 @@ impl CuratorPeer {
     }
 }
 
+impl CuratorPeer {
+    /// Times Curator's `ServiceDiscovery.registerService` for `count` instances of
+    /// `name` (ids `i0`, `i1`, ...), one at a time (`in_flight` 1) or `in_flight` at once
+    /// from as many threads, after `warmup` registrations of another service so the JVM
+    /// has compiled the path. Returns the time the `count` registrations took, as
+    /// measured inside the JVM (its start-up excluded).
+    pub async fn bench_register(
+        &self,
+        connect: &str,
+        base_path: &str,
+        name: &str,
+        count: usize,
+        in_flight: usize,
+        warmup: usize,
+    ) -> Result<Duration> {
+        let mut command = self.command("bench", connect, base_path, name);
+        command.args([
+            count.to_string(),
+            in_flight.max(1).to_string(),
+            warmup.to_string(),
+        ]);
+        let child = command.spawn().map_err(|source| Error::Spawn {
+            server: "CuratorPeer bench".into(),
+            source,
+        })?;
+        let output = tokio::time::timeout(PEER_TIMEOUT * 5, child.wait_with_output())
+            .await
+            .map_err(|_| Error::Request {
+                request: format!("Curator bench of {name}"),
+                addr: connect.to_owned(),
+                detail: "no answer in time".into(),
+            })?
+            .map_err(|source| Error::Io {
+                what: "waiting for CuratorPeer bench".into(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        stdout
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix("bench ")?
+                    .split(' ')
+                    .find_map(|f| f.strip_prefix("nanos="))
+            })
+            .and_then(|nanos| nanos.parse().ok())
+            .map(Duration::from_nanos)
+            .ok_or_else(|| Error::Request {
+                request: format!("Curator bench of {name}"),
+                addr: connect.to_owned(),
+                detail: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+            })
+    }
+}
+
 /// What the Curator peer registers: Curator's `ServiceInstance` fields, with a string
 /// map as its payload.
 #[derive(Clone, Copy, Debug)]

@@ -13,6 +13,9 @@ const PROTECTED: &str = "_c_";
 /// The length of the guid in a protected node name (a UUID as 32 hex digits).
 const GUID_LEN: usize = 32;
 
+/// The length of the sequence number ZooKeeper appends to a sequential node's name.
+const SEQUENCE_LEN: usize = 10;
+
 /// The registry's layout: `{root}/{service}/_c_{guid}-{instance key}{sequence}`.
 #[derive(Debug)]
 pub(crate) struct Layout {
@@ -81,6 +84,24 @@ impl Layout {
         uuid::Uuid::new_v4().simple().to_string()
     }
 
+    /// The instance key in a protected node's name (`_c_{guid}-{key}{sequence}`), or
+    /// `None` if `name` is not a protected node.
+    pub(crate) fn protected_key(name: &str) -> Option<&str> {
+        let rest = name.strip_prefix(PROTECTED)?;
+        let rest = rest.get(GUID_LEN..)?.strip_prefix('-')?;
+        let cut = rest.len().checked_sub(SEQUENCE_LEN)?;
+        rest[cut..]
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| &rest[..cut])
+    }
+
+    /// The instance key `instance`'s nodes carry in their names, if the naming puts one
+    /// there (go-kit's names carry none).
+    pub(crate) fn key_in_name(&self, instance: &Instance) -> Option<String> {
+        Some(self.instance_key(instance)).filter(|key| !key.is_empty())
+    }
+
     /// Whether the node called `name` was created with `guid`.
     pub(crate) fn has_guid(name: &str, guid: &str) -> bool {
         name.strip_prefix(PROTECTED)
@@ -107,6 +128,9 @@ mod tests {
         assert!(Layout::has_guid(&name, &guid));
         assert!(!Layout::has_guid(&name, &Layout::new_guid()));
         assert!(!Layout::has_guid("a0000000007", &guid));
+        assert_eq!(Layout::protected_key(&name), Some("a"));
+        assert_eq!(Layout::protected_key("~drained-a"), None);
+        assert_eq!(Layout::protected_key(&format!("_c_{guid}-0000000001")), Some(""));
         assert_eq!(layout.exact_path(&instance), "/leasehold/services/echo/a");
         let top = Layout::new(String::new(), Arc::new(NativeCodec));
         assert_eq!(

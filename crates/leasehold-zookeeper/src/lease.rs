@@ -1,6 +1,7 @@
 //! Registrations as ephemeral nodes: the [`LeaseBackend`] whose lease is a ZooKeeper
 //! session.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -8,11 +9,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leasehold::codec::NodeNaming;
 use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write, WriteOutcome};
-use leasehold::{Error, Instance, Result};
+use leasehold::{Error, Instance, Result, ServiceName};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use zookeeper_client as zk;
 
+use crate::follow::{Children, Follower};
 use crate::layout::Layout;
 use crate::session::{is_transport, Connect};
 
@@ -29,6 +31,11 @@ pub(crate) struct Acls {
 }
 
 impl Acls {
+    /// The ACLs of the persistent nodes this client creates: parents and drain markers.
+    pub(crate) fn parent(&self) -> &[zk::Acl] {
+        &self.parent
+    }
+
     /// With an identity: ours to change and delete, everyone's to read; parents also let
     /// everyone create (so other identities can register) but not delete (ZooKeeper checks
     /// a delete against the parent's ACL). Without one: open, as ZooKeeper's default.
@@ -66,6 +73,9 @@ pub(crate) struct ZkLeases {
     pub(crate) crashed: AtomicBool,
     /// The sessions granted and not yet dropped, for crash and session-expiry tests.
     pub(crate) live: Mutex<Vec<Weak<LeaseSession>>>,
+    /// Every session this client ever opened for registrations: a node one of them owns
+    /// is ours (a leftover of a session we gave up), never another client's conflict.
+    pub(crate) own_sessions: Arc<Mutex<HashSet<i64>>>,
 }
 
 /// A granted session and the tasks that watch it and its nodes.
@@ -73,6 +83,8 @@ pub(crate) struct ZkLeases {
 pub(crate) struct LeaseSession {
     pub(crate) client: Mutex<Option<zk::Client>>,
     tasks: Mutex<JoinSet<()>>,
+    /// The services this session follows, with their children as last seen.
+    followed: Mutex<HashMap<ServiceName, Arc<Children>>>,
 }
 
 impl LeaseSession {
@@ -125,15 +137,103 @@ impl ZkLeases {
         }
     }
 
+    /// The children of `service` as this session follows them, following it first if it
+    /// does not yet: one watch and one listing per service and session, after which a
+    /// registration is one create.
+    async fn follow(
+        &self,
+        lease: &ZkLease,
+        client: &zk::Client,
+        service: &ServiceName,
+    ) -> Result<Arc<Children>, LeaseError> {
+        if let Some(children) = lease.session.followed.lock().unwrap().get(service) {
+            return Ok(children.clone());
+        }
+        let follower = Follower {
+            client: client.clone(),
+            connect: self.connect.clone(),
+            codec: self.layout.codec().clone(),
+            service: service.clone(),
+            path: self.layout.service_path(service),
+            events: lease.events.clone(),
+            children: Arc::default(),
+            own_sessions: self.own_sessions.clone(),
+        };
+        let parents = zk::CreateMode::Persistent.with_acls(zk::Acls::new(&self.acls.parent));
+        let watcher = follower.start(&parents).await?;
+        let children = follower.children.clone();
+        lease.session.spawn(follower.run(watcher));
+        lease
+            .session
+            .followed
+            .lock()
+            .unwrap()
+            .insert(service.clone(), children.clone());
+        Ok(children)
+    }
+
+    /// Another client's live node with `instance`'s id under its service, if the
+    /// children show one: nodes of our own sessions (a leftover of a session given up)
+    /// are removed instead, as twins of the one about to be written.
+    async fn conflict(
+        &self,
+        client: &zk::Client,
+        children: &Children,
+        instance: &Instance,
+        skip: &[Option<&str>],
+    ) -> Result<Option<String>, LeaseError> {
+        let Some(key) = self.layout.key_in_name(instance) else {
+            return Ok(None);
+        };
+        let same_id = children.matching(|name| Layout::protected_key(name) == Some(key.as_str()));
+        for name in same_id {
+            let path = self.layout.child_path(instance.service(), &name);
+            if skip.contains(&Some(path.as_str())) {
+                continue;
+            }
+            let stat = client
+                .check_stat(&path)
+                .await
+                .map_err(|e| self.lease_error(e, format_args!("reading {path}")))?;
+            let Some(stat) = stat else { continue };
+            if self.own_sessions.lock().unwrap().contains(&stat.ephemeral_owner) {
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(self.lease_error(e, format_args!("deleting {path}"))),
+                }
+                continue;
+            }
+            return Ok(Some(path));
+        }
+        Ok(None)
+    }
+
+    fn conflict_error(instance: &Instance, key: String) -> LeaseError {
+        LeaseError::Failed(Error::Conflict {
+            service: instance.service().to_string(),
+            id: instance.id().to_string(),
+            key,
+        })
+    }
+
     /// Writes one registration: in place if it has a node under this session, else a new
-    /// protected node (after removing its node of an earlier session, if that still shows).
+    /// protected node (after removing its node of an earlier session, if that still
+    /// shows), unless another client's live node holds its id.
     async fn write(
         &self,
         lease: &ZkLease,
         client: &zk::Client,
+        children: &Children,
         write: &Write<'_>,
     ) -> Result<String, LeaseError> {
         let instance = write.instance;
+        if let Some(marker) = self.layout.codec().drain_marker(instance.id()) {
+            if children.contains(&marker) {
+                lease
+                    .events
+                    .drain_changed(instance.service().clone(), instance.id().clone(), true);
+            }
+        }
         let value = self.layout.codec().encode(instance).map_err(Error::from)?;
         if let Some(current) = write.current {
             match client.set_data(current, &value, None).await {
@@ -148,8 +248,30 @@ impl ZkLeases {
                 Err(e) => return Err(self.lease_error(e, format_args!("deleting {previous}"))),
             }
         }
+        if let Some(held) = self
+            .conflict(client, children, instance, &[write.current, write.previous])
+            .await?
+        {
+            return Err(Self::conflict_error(instance, held));
+        }
         let path = self.create(client, instance, &value).await?;
-        lease.watch_node(client.clone(), path.clone());
+        let name = path.rsplit_once('/').map_or(path.as_str(), |(_, name)| name);
+        // Another client that created the same id at the same instant: the older node
+        // keeps it.
+        for older in children.own_created(name) {
+            if let Some(held) = self
+                .conflict(client, children, instance, &[Some(path.as_str())])
+                .await?
+                .filter(|held| held.ends_with(&format!("/{older}")))
+            {
+                children.own_deleted(name);
+                match client.delete(&path, None).await {
+                    Ok(()) | Err(zk::Error::NoNode) => {}
+                    Err(e) => return Err(self.lease_error(e, format_args!("deleting {path}"))),
+                }
+                return Err(Self::conflict_error(instance, held));
+            }
+        }
         Ok(path)
     }
 
@@ -175,6 +297,10 @@ impl ZkLeases {
                         .mkdir(&parent, &parents)
                         .await
                         .map_err(|e| self.lease_error(e, format_args!("creating {parent}")))?;
+                }
+                Err(zk::Error::NodeExists) => {
+                    // Only an exact-named node of another session is refused as existing.
+                    return Err(Self::conflict_error(instance, self.layout.exact_path(instance)));
                 }
                 Err(e) => return Err(self.lease_error(e, format_args!("creating a node under {parent}"))),
                 Ok(path) => return Ok(path),
@@ -226,6 +352,16 @@ impl ZkLeases {
                     client.set_data(&path, value, None).await?;
                     Ok(path)
                 }
+                // A node of a session of ours we gave up: replaced by one of this session,
+                // or it would vanish when that session expires.
+                Some(stat) if self.own_sessions.lock().unwrap().contains(&stat.ephemeral_owner) => {
+                    match client.delete(&path, None).await {
+                        Ok(()) | Err(zk::Error::NoNode) => {}
+                        Err(e) => return Err(e),
+                    }
+                    client.create(&path, value, &node).await?;
+                    Ok(path)
+                }
                 Some(_) => Err(zk::Error::NodeExists),
                 None => Err(zk::Error::ConnectionLoss),
             },
@@ -258,33 +394,6 @@ async fn find_own(
     }
 }
 
-impl ZkLease {
-    /// Tells the registrar when `path` is deleted by anyone but the session's end.
-    fn watch_node(&self, client: zk::Client, path: String) {
-        let events = self.events.clone();
-        self.session.spawn(async move {
-            loop {
-                match client.check_and_watch_stat(&path).await {
-                    Ok((Some(_), watcher)) => {
-                        let event = watcher.changed().await;
-                        match event.event_type {
-                            zk::EventType::NodeDeleted => break,
-                            zk::EventType::Session => return,
-                            _ => continue,
-                        }
-                    }
-                    Ok((None, _)) => break,
-                    Err(e) if is_transport(&e) => tokio::time::sleep(LOOKUP_PAUSE).await,
-                    Err(_) => return,
-                }
-            }
-            if !client.state().is_terminated() {
-                events.key_deleted(path);
-            }
-        });
-    }
-}
-
 #[async_trait]
 impl LeaseBackend for ZkLeases {
     type Lease = ZkLease;
@@ -294,9 +403,11 @@ impl LeaseBackend for ZkLeases {
         let client = self.connect.open(ttl, true).await?;
         let id = client.session_id();
         tracing::debug!(session = %id, ?ttl, negotiated = ?client.session_timeout(), "ZooKeeper registration session opened");
+        self.own_sessions.lock().unwrap().insert(id.0);
         let session = Arc::new(LeaseSession {
             client: Mutex::new(Some(client.clone())),
             tasks: Mutex::new(JoinSet::new()),
+            followed: Mutex::new(HashMap::new()),
         });
         let mut state = client.state_watcher();
         drop(client);
@@ -326,25 +437,48 @@ impl LeaseBackend for ZkLeases {
     async fn put(&self, lease: &ZkLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
         self.check_alive()?;
         let client = lease.session.client()?;
-        // Requests go out in call order on the session's connection, so these pipeline.
-        let written = futures::future::join_all(writes.iter().map(|w| self.write(lease, &client, w))).await;
-        let mut paths = Vec::with_capacity(writes.len());
-        let mut created = Vec::new();
-        let mut failure = None;
-        for (result, write) in written.into_iter().zip(writes) {
-            match result {
-                Ok(path) if write.current == Some(path.as_str()) => paths.push(path),
-                Ok(path) => {
-                    created.push(path.clone());
-                    paths.push(path);
-                }
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
+        let mut followed = HashMap::new();
+        for write in writes {
+            let service = write.instance.service();
+            if !followed.contains_key(service) {
+                followed.insert(service.clone(), self.follow(lease, &client, service).await?);
             }
         }
-        let Some(failure) = failure else {
-            return Ok(paths.into_iter().map(Ok).collect());
+        // Requests go out in call order on the session's connection, so these pipeline.
+        let written = futures::future::join_all(
+            writes
+                .iter()
+                .map(|w| self.write(lease, &client, &followed[w.instance.service()], w)),
+        )
+        .await;
+        let mut created = Vec::new();
+        let mut batch_failure = None;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for (result, write) in written.into_iter().zip(writes) {
+            match result {
+                Ok(path) => {
+                    if write.current != Some(path.as_str()) {
+                        created.push(path.clone());
+                    }
+                    outcomes.push(Ok(path));
+                }
+                // The session is gone, or the ensemble did not answer: the batch fails
+                // as a whole.
+                Err(LeaseError::Lost(e)) => {
+                    batch_failure = Some(LeaseError::Lost(e));
+                    outcomes.push(Err(Error::Closed));
+                }
+                Err(LeaseError::Failed(e)) if e.is_unavailable() => {
+                    if batch_failure.is_none() {
+                        batch_failure = Some(LeaseError::Failed(e));
+                    }
+                    outcomes.push(Err(Error::Closed));
+                }
+                Err(LeaseError::Failed(e)) => outcomes.push(Err(e)),
+            }
+        }
+        let Some(failure) = batch_failure else {
+            return Ok(outcomes);
         };
         // The registrar keeps none of a failed batch's keys and writes them all again, so
         // the nodes this batch created would be left as twins of the next attempt's.
@@ -358,6 +492,15 @@ impl LeaseBackend for ZkLeases {
             }
         }
         Err(failure)
+    }
+
+    async fn follow_markers(&self, lease: &ZkLease, services: &[ServiceName]) -> Result<(), LeaseError> {
+        self.check_alive()?;
+        let client = lease.session.client()?;
+        for service in services {
+            self.follow(lease, &client, service).await?;
+        }
+        Ok(())
     }
 
     async fn delete(&self, lease: &ZkLease, keys: &[String]) -> Result<(), LeaseError> {

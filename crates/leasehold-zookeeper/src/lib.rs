@@ -15,6 +15,14 @@
 //! while serving the last known set marked stale, and opens a new session when its own
 //! expires.
 //!
+//! A registration session follows each service it writes to with one persistent
+//! recursive watch (not one per node), so a registration is a single create: another
+//! client's live node with the same id is found among the children it already knows and
+//! refused with [`Error::Conflict`](leasehold::Error::Conflict) (a node of one of our own
+//! earlier sessions is removed instead), and an operator's drain marker
+//! (`~drained-{id}`, a persistent node beside the instances; native format only) keeps
+//! the registration out until it is removed ([`Registry::drain`](leasehold::Registry::drain)).
+//!
 //! Other frameworks' layouts are chosen with `?format=` ([`leasehold::formats`]):
 //! `go-kit` writes go-kit `sd/zk`'s nodes (`_c_{guid}-{sequence}` holding the raw
 //! address) and `curator` Curator x-discovery's (`{basePath}/{name}/{id}` holding
@@ -42,6 +50,7 @@
 
 #![warn(missing_docs)]
 
+mod follow;
 mod layout;
 mod lease;
 mod options;

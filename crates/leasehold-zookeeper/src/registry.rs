@@ -71,6 +71,7 @@ impl ZkRegistry {
             acls: Acls::new(options.digest.is_some()),
             crashed: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
+            own_sessions: Arc::default(),
         });
         ZkRegistry {
             session: Arc::new(SharedSession::new(connect.clone(), options.session_timeout)),
@@ -122,6 +123,17 @@ impl ZkRegistry {
         } else {
             Ok(())
         }
+    }
+
+    /// The path of the drain marker of `id`: a persistent node beside the instances.
+    /// Formats other than native have no place for one.
+    fn marker_path(&self, service: &ServiceName, id: &InstanceId) -> Result<String> {
+        let codec = self.layout.codec();
+        let marker = codec.drain_marker(id).ok_or_else(|| Error::Unsupported {
+            what: "operator drain".into(),
+            by: format!("by the {} format", codec.name()),
+        })?;
+        Ok(self.layout.child_path(service, &marker))
     }
 
     /// The decodable instances of `service` with the paths of their nodes.
@@ -216,6 +228,58 @@ impl Registry for ZkRegistry {
             }
         }
         Ok(found)
+    }
+
+    async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        self.check_alive()?;
+        let path = self.marker_path(service, id)?;
+        let current = self
+            .instances(service)
+            .await?
+            .into_iter()
+            .find(|(_, i)| i.id() == id);
+        let value = match &current {
+            Some((_, instance)) => self.layout.codec().encode(instance)?,
+            None => Vec::new(),
+        };
+        let client = self.session.client().await?;
+        let persistent = zk::CreateMode::Persistent.with_acls(zk::Acls::new(self.leases.acls.parent()));
+        let fail = |e: zk::Error| {
+            self.connect
+                .error(e, format_args!("writing the drain marker {path}"))
+        };
+        let mut made_parent = false;
+        loop {
+            match client.create(&path, &value, &persistent).await {
+                Ok(_) => break,
+                Err(zk::Error::NodeExists) => {
+                    client.set_data(&path, &value, None).await.map_err(fail)?;
+                    break;
+                }
+                Err(zk::Error::NoNode) if !made_parent => {
+                    made_parent = true;
+                    client
+                        .mkdir(&self.layout.service_path(service), &persistent)
+                        .await
+                        .map_err(fail)?;
+                }
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(current.is_some())
+    }
+
+    async fn undrain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        self.check_alive()?;
+        let path = self.marker_path(service, id)?;
+        let client = self.session.client().await?;
+        match client.delete(&path, None).await {
+            Ok(()) => Ok(true),
+            Err(zk::Error::NoNode) => Ok(false),
+            Err(e) => Err(self
+                .connect
+                .error(e, format_args!("deleting the drain marker {path}"))),
+        }
     }
 
     async fn shutdown(&self) {

@@ -77,7 +77,8 @@ pub const NATIVE_DRAIN_PREFIX: &str = "~drained-";
 
 /// Decodes a listing of a service's keys (relative to its prefix) and values, as a
 /// backend's `list` and `deregister` need it: the instances with their keys, sorted by
-/// id. Values that do not decode are skipped and logged, as discovery skips them.
+/// id. Values that do not decode are skipped and logged, as discovery skips them; drain
+/// markers are not instances and are left out.
 pub fn decode_listing<K: AsRef<str>, V: AsRef<[u8]>>(
     codec: &dyn Codec,
     service: &ServiceName,
@@ -85,6 +86,7 @@ pub fn decode_listing<K: AsRef<str>, V: AsRef<[u8]>>(
 ) -> Vec<(K, Instance)> {
     let mut decoded: Vec<(K, Instance)> = listing
         .into_iter()
+        .filter(|(key, _)| codec.parse_drain_marker(key.as_ref()).is_none())
         .filter_map(|(key, value)| match codec.decode(service, key.as_ref(), value.as_ref()) {
             Ok(instance) => Some((key, instance)),
             Err(e) => {

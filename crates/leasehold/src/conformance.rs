@@ -172,7 +172,8 @@ macro_rules! conformance_tests {
             register, list, list_services, watch_from_empty, watch_with_existing,
             update_in_place, pause_resume, deregister, drop_deregisters, invalid_input,
             deleted_key_rewritten, corrupt_values_skipped, changes_exactly_once_in_order,
-            many_services, many_watchers, lease_expiry);
+            many_services, many_watchers, lease_expiry, duplicate_id_refused,
+            duplicate_id_written_back, reregister_after_drop, cancelled_register, drain);
     };
     (@cases $harness:expr; $($case:ident),*) => {
         $(
@@ -202,6 +203,11 @@ pub async fn run<H: Harness>(harness: &H) {
     many_services(harness).await;
     many_watchers(harness).await;
     lease_expiry(harness).await;
+    duplicate_id_refused(harness).await;
+    duplicate_id_written_back(harness).await;
+    reregister_after_drop(harness).await;
+    cancelled_register(harness).await;
+    drain(harness).await;
 }
 
 /// The state of one running case: its name, for failure messages, and a random tag for
@@ -1110,6 +1116,267 @@ pub async fn changes_exactly_once_in_order<H: Harness>(harness: &H) {
     }
     owner.shutdown().await;
     watcher.shutdown().await;
+}
+
+/// A service/id held by a live registration of another client is refused at
+/// `register` with [`Error::Conflict`] naming it, and the holder is left alone; once it
+/// deregisters, the id is free.
+pub async fn duplicate_id_refused<H: Harness>(harness: &H) {
+    let case = Case::new("duplicate_id_refused");
+    let service = case.service("svc");
+    let first = case.client(harness).await;
+    let second = case.client(harness).await;
+    let held = case.register(&first, instance(&service, "x"), LONG_TTL).await;
+    let other = Instance::builder(service.as_str(), "127.0.0.1:7002")
+        .id("x")
+        .build()
+        .expect("valid instance");
+    match second
+        .register(other.clone(), RegisterOptions::ttl(LONG_TTL))
+        .await
+    {
+        Err(Error::Conflict {
+            service: s,
+            id: i,
+            key,
+        }) => case.check(s == service.as_str() && i == "x" && !key.is_empty(), || {
+            format!("the conflict must name {service}/x and the key held, got {s}/{i} at {key:?}")
+        }),
+        other => case.fail(format!(
+            "registering x while another client holds it must fail with Error::Conflict, got {other:?}"
+        )),
+    }
+    let listed = case.listed(&second, &service).await;
+    case.check(listed == [instance(&service, "x")], || {
+        format!("the refused register must leave the holder's x alone and write nothing, listed {listed:?}")
+    });
+    case.check(held.state() == RegistrationState::Registered, || {
+        format!("the holder must stay Registered, it is {:?}", held.state())
+    });
+    case.ok(held.deregister().await, "deregistering the holder");
+    let taken = case.register(&second, other.clone(), LONG_TTL).await;
+    let listed = case.listed(&first, &service).await;
+    case.check(listed == [other.clone()], || {
+        format!("once the holder left, the second client's x must be listed alone, listed {listed:?}")
+    });
+    drop(taken);
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+/// A registration whose id another client took meanwhile (here: taken while it was
+/// paused) shows `Conflict` and does not fight the other; once the other goes it writes
+/// itself back and shows `Registered`.
+pub async fn duplicate_id_written_back<H: Harness>(harness: &H) {
+    let case = Case::new("duplicate_id_written_back");
+    let service = case.service("svc");
+    let first = case.client(harness).await;
+    let second = case.client(harness).await;
+    let watcher = case.client(harness).await;
+    let discovery = case.watch(&watcher, &service).await;
+    let mine = Instance::builder(service.as_str(), "127.0.0.1:7001")
+        .id("x")
+        .build()
+        .expect("valid instance");
+    let theirs = Instance::builder(service.as_str(), "127.0.0.1:7002")
+        .id("x")
+        .build()
+        .expect("valid instance");
+    let owner = case.register(&first, mine.clone(), LONG_TTL).await;
+    case.ok(owner.pause().await, "pausing x");
+    case.until_ids(&discovery, &[]).await;
+    let intruder = case.register(&second, theirs.clone(), LONG_TTL).await;
+    case.until_ids(&discovery, &["x"]).await;
+    match owner.resume().await {
+        Err(e) if e.is_conflict() => {}
+        other => case.fail(format!(
+            "resuming x while another client holds it must fail with Error::Conflict, got {other:?}"
+        )),
+    }
+    case.check(owner.wait_for(RegistrationState::Conflict, WAIT).await, || {
+        format!("the owner must show Conflict, it shows {:?}", owner.state())
+    });
+    let listed = case.listed(&watcher, &service).await;
+    case.check(listed == [theirs.clone()], || {
+        format!(
+            "the other client's x must stay listed alone while the owner is in Conflict, listed {listed:?}"
+        )
+    });
+    case.ok(intruder.deregister().await, "deregistering the other client's x");
+    case.check(owner.wait_for(RegistrationState::Registered, WAIT).await, || {
+        format!(
+            "once the other x is gone the owner must write itself back and show Registered, it shows {:?}",
+            owner.state()
+        )
+    });
+    let snapshot = case.until_ids(&discovery, &["x"]).await;
+    let seen = snapshot.instances()[0].addr().to_string();
+    case.check(seen == mine.addr().to_string(), || {
+        format!(
+            "the owner's x ({}) must be back, the watcher holds {seen}",
+            mine.addr()
+        )
+    });
+    first.shutdown().await;
+    second.shutdown().await;
+    watcher.shutdown().await;
+}
+
+/// An id whose handle was just dropped can be registered again at once on the same
+/// client, and ends up listed once.
+pub async fn reregister_after_drop<H: Harness>(harness: &H) {
+    let case = Case::new("reregister_after_drop");
+    let service = case.service("svc");
+    let owner = case.client(harness).await;
+    let other = case.client(harness).await;
+    for round in 0..3 {
+        let registration = case.register(&owner, instance(&service, "again"), LONG_TTL).await;
+        drop(registration);
+        let again = case.register(&owner, instance(&service, "again"), LONG_TTL).await;
+        let listed = ids(&case.listed(&other, &service).await);
+        case.check(listed == ["again"], || {
+            format!("round {round}: re-registered right after its drop, `again` must be listed once, listed {listed:?}")
+        });
+        drop(again);
+    }
+    owner.shutdown().await;
+    let listed = case.listed(&other, &service).await;
+    case.check(listed.is_empty(), || {
+        format!("after shutdown nothing may stay, listed {listed:?}")
+    });
+    other.shutdown().await;
+}
+
+/// A `register` future dropped before it returns (a timeout, a `select!`) leaves no key
+/// behind and never leaves the id refused.
+pub async fn cancelled_register<H: Harness>(harness: &H) {
+    let case = Case::new("cancelled_register");
+    let service = case.service("svc");
+    let owner = case.client(harness).await;
+    let other = case.client(harness).await;
+    for (round, after) in [0u64, 1, 3, 10, 30].into_iter().enumerate() {
+        let cancelled = tokio::time::timeout(
+            Duration::from_millis(after),
+            owner.register(instance(&service, "c"), RegisterOptions::ttl(LONG_TTL)),
+        )
+        .await;
+        match cancelled {
+            // Done before the timeout: dropping the handle deregisters it.
+            Ok(Ok(registration)) => drop(registration),
+            Ok(Err(e)) => case.fail(format!("round {round}: registering c failed: {e}")),
+            Err(_) => {}
+        }
+        case.eventually(
+            &format!("round {round}: no key of c left after its register was cancelled"),
+            || {
+                let other = &other;
+                let service = &service;
+                async move { other.list(service).await.is_ok_and(|l| l.is_empty()) }
+            },
+        )
+        .await;
+        let registration = case.register(&owner, instance(&service, "c"), LONG_TTL).await;
+        case.ok(registration.deregister().await, "deregistering c");
+    }
+    owner.shutdown().await;
+    other.shutdown().await;
+}
+
+/// An operator's drain (native format): the instance leaves every watcher's set (shown
+/// apart in `Snapshot::drained`), its owner shows `Drained` and does not write it back,
+/// also across an update, a pause and a resume, until it is undrained. An id drained
+/// before it registers starts `Drained`.
+pub async fn drain<H: Harness>(harness: &H) {
+    let case = Case::new("drain");
+    let service = case.service("svc");
+    let owner = case.client(harness).await;
+    let operator = case.client(harness).await;
+    let discovery = case.watch(&operator, &service).await;
+    let d1 = case.register(&owner, instance(&service, "d1"), LONG_TTL).await;
+    let _d2 = case.register(&owner, instance(&service, "d2"), LONG_TTL).await;
+    case.until_ids(&discovery, &["d1", "d2"]).await;
+
+    let registered = case.ok(operator.drain(&service, &id("d1")).await, "draining d1");
+    case.check(registered, || "drain of a registered id must report true".into());
+    let snapshot = case.until_ids(&discovery, &["d2"]).await;
+    case.check(snapshot.is_drained(&id("d1")), || {
+        format!(
+            "the snapshot must list d1 as drained, it lists {:?}",
+            snapshot
+                .drained()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
+        )
+    });
+    let shown = snapshot
+        .drained()
+        .find(|(id, _)| id.as_str() == "d1")
+        .and_then(|(_, i)| i.cloned());
+    case.check(shown.as_deref() == Some(&d1.instance()), || {
+        format!("the drained d1 must be shown with its instance, got {shown:?}")
+    });
+    case.check(d1.wait_for(RegistrationState::Drained, WAIT).await, || {
+        format!("the owner of d1 must show Drained, it shows {:?}", d1.state())
+    });
+    case.ok(
+        d1.update(InstanceUpdate::new().weight(7)).await,
+        "updating drained d1",
+    );
+    case.ok(d1.pause().await, "pausing drained d1");
+    case.ok(d1.resume().await, "resuming drained d1");
+    case.check(d1.state() == RegistrationState::Drained, || {
+        format!(
+            "d1 must stay Drained across update, pause and resume, it shows {:?}",
+            d1.state()
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let listed = ids(&case.listed(&operator, &service).await);
+    case.check(listed == ["d2"], || {
+        format!("the owner must not write a drained d1 back; listed {listed:?}")
+    });
+
+    let early = case.ok(
+        operator.drain(&service, &id("d3")).await,
+        "draining d3 before it registers",
+    );
+    case.check(!early, || {
+        "drain of an id not registered must report false".into()
+    });
+    let d3 = case.ok(
+        owner
+            .register(instance(&service, "d3"), RegisterOptions::ttl(LONG_TTL))
+            .await,
+        "registering a drained d3",
+    );
+    case.check(d3.state() == RegistrationState::Drained, || {
+        format!(
+            "a registration whose id is drained must start Drained, it is {:?}",
+            d3.state()
+        )
+    });
+
+    let removed = case.ok(operator.undrain(&service, &id("d1")).await, "undraining d1");
+    case.check(removed, || "undrain of a drained id must report true".into());
+    case.check(d1.wait_for(RegistrationState::Registered, WAIT).await, || {
+        format!(
+            "undrained, d1 must be written back and show Registered, it shows {:?}",
+            d1.state()
+        )
+    });
+    let snapshot = case.until_ids(&discovery, &["d1", "d2"]).await;
+    let weight = snapshot.get(&id("d1")).map(|i| i.weight());
+    case.check(weight == Some(7), || {
+        format!("d1 must come back with the update made while drained (weight 7), got {weight:?}")
+    });
+    case.ok(operator.undrain(&service, &id("d3")).await, "undraining d3");
+    case.until_ids(&discovery, &["d1", "d2", "d3"]).await;
+    let again = case.ok(operator.undrain(&service, &id("d3")).await, "undraining d3 twice");
+    case.check(!again, || {
+        "undrain of an id with no marker must report false".into()
+    });
+    owner.shutdown().await;
+    operator.shutdown().await;
 }
 
 #[cfg(test)]

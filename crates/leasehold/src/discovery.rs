@@ -7,6 +7,10 @@
 //! (skipping and counting what does not decode), applies each update in O(1) to a
 //! persistent map, and publishes an immutable [`Snapshot`] that any number of
 //! [`Discovery`] handles load without locks, plus typed [`Change`]s to subscribers.
+//! Operators' drain markers (recognised through the codec) keep instances out of the
+//! set; the snapshot lists them apart ([`Snapshot::drained`]).
+
+mod drained;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -59,6 +63,8 @@ pub struct Snapshot {
     revision: u64,
     version: u64,
     connection: ConnectionState,
+    /// Drained ids, each with the instance to show for it.
+    drained: imbl::OrdMap<InstanceId, Option<Arc<Instance>>>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -81,7 +87,21 @@ impl Snapshot {
             revision: 0,
             version: 0,
             connection: ConnectionState::Live,
+            drained: imbl::OrdMap::new(),
         }
+    }
+
+    /// The instances an operator drained (`Registry::drain`), sorted by id: out of
+    /// [`instances`](Snapshot::instances), listed here for dashboards. Each comes with
+    /// the instance its drain marker recorded, or the one still registered under it;
+    /// `None` when neither is known.
+    pub fn drained(&self) -> impl Iterator<Item = (&InstanceId, Option<&Arc<Instance>>)> + '_ {
+        self.drained.iter().map(|(id, shown)| (id, shown.as_ref()))
+    }
+
+    /// Whether an operator drained the instance `id`.
+    pub fn is_drained(&self, id: &InstanceId) -> bool {
+        self.drained.contains_key(id)
     }
 
     /// The service.
@@ -381,6 +401,10 @@ pub struct DiscoveryFeed {
     healthy: usize,
     /// Keys whose bad values were logged, so each is logged once.
     logged: HashSet<String>,
+    /// Drain markers and the instances they keep out of the set.
+    drain: drained::DrainMarkers,
+    /// A marker came or went since the last publish.
+    markers_changed: bool,
 }
 
 impl fmt::Debug for DiscoveryFeed {
@@ -425,6 +449,8 @@ impl DiscoveryFeed {
             connection: ConnectionState::Live,
             healthy: 0,
             logged: HashSet::new(),
+            drain: Default::default(),
+            markers_changed: false,
         };
         (feed, Discovery { handle, service })
     }
@@ -489,7 +515,17 @@ impl DiscoveryFeed {
     /// Applies a put of `value` at `key`. A value that does not decode is skipped and
     /// counted; whatever the key held before is removed, since it no longer holds it.
     pub fn put(&mut self, key: &str, value: &[u8]) {
+        if let Some(id) = self.codec.parse_drain_marker(key) {
+            return self.put_marker(id, key, value);
+        }
         match self.decode(key, value) {
+            Some((key, instance)) if self.drain.is_drained(instance.id()) => {
+                if let Some(old) = self.entries.remove(&key) {
+                    self.pending.push(Change::Removed(old));
+                }
+                self.drain.hold_out(key, instance);
+                self.markers_changed = true;
+            }
             Some((key, instance)) => match self.entries.insert(key, instance.clone()) {
                 None => self.pending.push(Change::Added(instance)),
                 Some(old) if old != instance => self.pending.push(Change::Updated { old, new: instance }),
@@ -501,6 +537,10 @@ impl DiscoveryFeed {
 
     /// Applies a delete of `key`.
     pub fn delete(&mut self, key: &str) {
+        if let Some(id) = self.codec.parse_drain_marker(key) {
+            return self.delete_marker(&id);
+        }
+        self.markers_changed |= self.drain.release(key);
         if let Some(old) = self.entries.remove(key) {
             self.pending.push(Change::Removed(old));
         }
@@ -522,12 +562,17 @@ impl DiscoveryFeed {
         V: AsRef<[u8]>,
     {
         let mut next = imbl::HashMap::new();
+        let mut markers = imbl::OrdMap::new();
         for (key, value) in listing {
             let key = key.as_ref();
-            if let Some((key, instance)) = self.decode(key, value.as_ref()) {
+            if let Some(id) = self.codec.parse_drain_marker(key) {
+                markers.insert(id, self.marker_value(key, value.as_ref()));
+            } else if let Some((key, instance)) = self.decode(key, value.as_ref()) {
                 next.insert(key, instance);
             }
         }
+        let next = self.drain.reset(markers, next);
+        self.markers_changed = true;
         self.revision = revision;
         if let Some(fraction) = self.options.guard {
             let floor = (self.healthy as f64 * fraction).ceil() as usize;
@@ -575,10 +620,13 @@ impl DiscoveryFeed {
     /// Publishes the snapshot and the changes gathered since the last publish.
     pub fn publish(&mut self) {
         self.healthy = self.healthy.max(self.entries.len());
-        let changed = !self.pending.is_empty() || self.revision != self.shared.current.load().revision;
+        let changed = !self.pending.is_empty()
+            || self.markers_changed
+            || self.revision != self.shared.current.load().revision;
         if !changed {
             return;
         }
+        self.markers_changed = false;
         self.store_snapshot();
         metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string())
             .increment(self.pending.len() as u64);
@@ -622,6 +670,7 @@ impl DiscoveryFeed {
             revision: self.revision,
             version: self.version,
             connection: self.connection,
+            drained: self.drained_view(),
         }));
         self.shared.versions.send_replace(self.version);
         metrics::gauge!(crate::metrics::DISCOVERY_INSTANCES, "service" => self.service.to_string())

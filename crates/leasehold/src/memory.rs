@@ -5,7 +5,10 @@
 //! [`MemoryRegistry`] is a client of it with the same semantics as the real backends: one
 //! lease per TTL kept alive at TTL/3, recovery through the shared
 //! [`Registrar`], one listing then incremental watch
-//! events, and reconnection with a re-list when the store breaks its watches.
+//! events, and reconnection with a re-list when the store breaks its watches. Like the
+//! real backends it refuses a live duplicate id of another client
+//! ([`Error::Conflict`]), follows the services it registers in (deletes, drain
+//! markers), and implements operator drain in the native format.
 //!
 //! The store can also misbehave on purpose — [`wipe`](MemoryStore::wipe) it,
 //! make it [unreachable](MemoryStore::set_reachable), or [crash](MemoryRegistry::crash)
@@ -109,12 +112,15 @@ impl State {
             .retain(|w| !key.starts_with(&w.prefix) || w.tx.send(event.clone()).is_ok());
     }
 
+    /// Writes `key`. A key taken from another lease is no longer that lease's: its
+    /// owner is told, as etcd's own-key watch would tell it.
     fn put(&mut self, key: String, value: Vec<u8>, lease: Option<u64>) {
         self.revision += 1;
         if let Some(old) = self.kvs.get(&key).and_then(|kv| kv.lease) {
             if Some(old) != lease {
                 if let Some(old) = self.leases.get_mut(&old) {
                     old.keys.remove(&key);
+                    old.events.key_deleted(key.as_str());
                 }
             }
         }
@@ -157,6 +163,12 @@ impl State {
             self.delete(&key);
         }
         true
+    }
+
+    /// The live lease other than `ours` that holds `key`, if any.
+    fn held_by_other(&self, key: &str, ours: u64) -> Option<u64> {
+        let holder = self.kvs.get(key)?.lease?;
+        (holder != ours && self.leases.contains_key(&holder)).then_some(holder)
     }
 
     fn range(&self, prefix: &str) -> Vec<(String, Vec<u8>)> {
@@ -354,15 +366,22 @@ struct Backend {
     crashed: Arc<AtomicBool>,
 }
 
-/// A lease of [`MemoryRegistry`]; its keepalive task stops when it is dropped.
+/// A lease of [`MemoryRegistry`]; its keepalive task and the followers of its services
+/// stop when it is dropped.
 struct MemoryLease {
     id: u64,
     keepalive: JoinHandle<()>,
+    events: LeaseEvents,
+    /// The services whose keys and drain markers this lease follows.
+    followed: Mutex<HashMap<ServiceName, JoinHandle<()>>>,
 }
 
 impl Drop for MemoryLease {
     fn drop(&mut self) {
         self.keepalive.abort();
+        for (_, follower) in self.followed.lock().unwrap().drain() {
+            follower.abort();
+        }
     }
 }
 
@@ -374,6 +393,117 @@ impl Backend {
             Ok(())
         }
     }
+
+    fn unsupported_drain(&self) -> Error {
+        Error::Unsupported {
+            what: "operator drain".into(),
+            by: format!("by the {} format", self.codec.name()),
+        }
+    }
+
+    /// Starts following `services` under `lease`, those it does not follow yet: their
+    /// drain markers now (before returning), then every marker change and every delete,
+    /// so the registrar learns of drains and of conflicting keys that went away.
+    fn follow(&self, lease: &MemoryLease, services: &[&ServiceName]) -> Result<()> {
+        let mut followed = lease.followed.lock().unwrap();
+        for service in services {
+            if followed.get(*service).is_some_and(|task| !task.is_finished()) {
+                continue;
+            }
+            let prefix = self.codec.service_prefix(&self.root, service);
+            let (listing, _, events) = self.store.list_and_watch(&prefix)?;
+            lease
+                .events
+                .drained_set((*service).clone(), self.markers(&prefix, &listing));
+            let follower = Follower {
+                store: self.store.clone(),
+                codec: self.codec.clone(),
+                service: (*service).clone(),
+                prefix,
+                lease: lease.events.clone(),
+            };
+            followed.insert((*service).clone(), tokio::spawn(follower.run(events)));
+        }
+        Ok(())
+    }
+
+    /// The ids drained by markers in a listing of `prefix`.
+    fn markers(&self, prefix: &str, listing: &Listing) -> Vec<InstanceId> {
+        listing
+            .iter()
+            .filter_map(|(key, _)| self.codec.parse_drain_marker(&key[prefix.len()..]))
+            .collect()
+    }
+
+    /// The key of the live registration of another lease than `ours` that has
+    /// `instance`'s id, if there is one.
+    fn conflict(&self, state: &State, ours: u64, key: &str, instance: &Instance) -> Option<String> {
+        if state.held_by_other(key, ours).is_some() {
+            return Some(key.to_owned());
+        }
+        if self.codec.instance_key(instance, &KeyContext::default()) == instance.id().as_str() {
+            // Keys are ids: no other key can hold this id.
+            return None;
+        }
+        let prefix = self.codec.service_prefix(&self.root, instance.service());
+        state
+            .kvs
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| state.held_by_other(k, ours).is_some())
+            .find(|(k, kv)| {
+                self.codec
+                    .decode(instance.service(), &k[prefix.len()..], &kv.value)
+                    .is_ok_and(|other| other.id() == instance.id())
+            })
+            .map(|(k, _)| k.clone())
+    }
+}
+
+/// Follows one service for a lease: reports drain markers and deletes, and after the
+/// store broke the watch, the whole marker set again.
+struct Follower {
+    store: MemoryStore,
+    codec: Arc<dyn Codec>,
+    service: ServiceName,
+    prefix: String,
+    lease: LeaseEvents,
+}
+
+impl Follower {
+    async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
+        loop {
+            while let Some(event) = events.recv().await {
+                match event {
+                    Event::Put { key, .. } => {
+                        if let Some(id) = self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
+                            self.lease.drain_changed(self.service.clone(), id, true);
+                        }
+                    }
+                    Event::Delete { key, .. } => {
+                        match self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
+                            Some(id) => self.lease.drain_changed(self.service.clone(), id, false),
+                            None => self.lease.key_deleted(key),
+                        }
+                    }
+                }
+            }
+            events = loop {
+                if self.lease.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(REAP_INTERVAL).await;
+                if let Ok((listing, _, events)) = self.store.list_and_watch(&self.prefix) {
+                    let drained = listing
+                        .iter()
+                        .filter_map(|(key, _)| self.codec.parse_drain_marker(&key[self.prefix.len()..]))
+                        .collect();
+                    self.lease.drained_set(self.service.clone(), drained);
+                    break events;
+                }
+            };
+        }
+    }
 }
 
 #[async_trait]
@@ -383,6 +513,7 @@ impl LeaseBackend for Backend {
     async fn grant(&self, ttl: Duration, events: LeaseEvents) -> Result<MemoryLease> {
         self.check_alive()?;
         let id = self.store.grant(ttl, events.clone())?;
+        let lease_events = events.clone();
         let store = self.store.clone();
         let crashed = self.crashed.clone();
         let keepalive = tokio::spawn(async move {
@@ -403,11 +534,20 @@ impl LeaseBackend for Backend {
                 }
             }
         });
-        Ok(MemoryLease { id, keepalive })
+        Ok(MemoryLease {
+            id,
+            keepalive,
+            events: lease_events,
+            followed: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn put(&self, lease: &MemoryLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
         self.check_alive()?;
+        let mut services: Vec<&ServiceName> = writes.iter().map(|w| w.instance.service()).collect();
+        services.sort();
+        services.dedup();
+        self.follow(lease, &services)?;
         let mut encoded = Vec::with_capacity(writes.len());
         for write in writes {
             let instance = write.instance;
@@ -416,7 +556,7 @@ impl LeaseBackend for Backend {
                 self.codec.service_prefix(&self.root, instance.service()),
                 self.codec.instance_key(instance, &KeyContext::default())
             );
-            encoded.push((key, self.codec.encode(instance).map_err(Error::from)));
+            encoded.push((key, instance, self.codec.encode(instance).map_err(Error::from)));
         }
         let mut state = self.store.state.lock().unwrap();
         state.check_reachable()?;
@@ -428,8 +568,29 @@ impl LeaseBackend for Backend {
         }
         Ok(encoded
             .into_iter()
-            .map(|(key, value)| {
-                state.put(key.clone(), value?, Some(lease.id));
+            .map(|(key, instance, value)| {
+                let value = value?;
+                // A registration whose id is drained starts Drained: the registrar
+                // hears of the marker before it answers the caller.
+                let marker = self.codec.drain_marker(instance.id()).map(|marker| {
+                    format!(
+                        "{}{marker}",
+                        self.codec.service_prefix(&self.root, instance.service())
+                    )
+                });
+                if marker.is_some_and(|marker| state.kvs.contains_key(&marker)) {
+                    lease
+                        .events
+                        .drain_changed(instance.service().clone(), instance.id().clone(), true);
+                }
+                if let Some(held) = self.conflict(&state, lease.id, &key, instance) {
+                    return Err(Error::Conflict {
+                        service: instance.service().to_string(),
+                        id: instance.id().to_string(),
+                        key: held,
+                    });
+                }
+                state.put(key.clone(), value, Some(lease.id));
                 Ok(key)
             })
             .collect())
@@ -443,6 +604,12 @@ impl LeaseBackend for Backend {
             state.delete(key);
         }
         Ok(())
+    }
+
+    async fn follow_markers(&self, lease: &MemoryLease, services: &[ServiceName]) -> Result<(), LeaseError> {
+        self.check_alive()?;
+        let services: Vec<&ServiceName> = services.iter().collect();
+        Ok(self.follow(lease, &services)?)
     }
 
     async fn revoke(&self, lease: MemoryLease) -> Result<()> {
@@ -599,6 +766,37 @@ impl Registry for MemoryRegistry {
             found |= self.backend.store.delete_raw(&key);
         }
         Ok(found)
+    }
+
+    async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let marker = self
+            .backend
+            .codec
+            .drain_marker(id)
+            .ok_or_else(|| self.backend.unsupported_drain())?;
+        let current = self.instances(service)?.into_iter().find(|(_, i)| i.id() == id);
+        let value = match &current {
+            Some((_, instance)) => self.backend.codec.encode(instance)?,
+            None => Vec::new(),
+        };
+        self.backend
+            .store
+            .put_raw(&format!("{}{marker}", self.prefix(service)), &value);
+        Ok(current.is_some())
+    }
+
+    async fn undrain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let marker = self
+            .backend
+            .codec
+            .drain_marker(id)
+            .ok_or_else(|| self.backend.unsupported_drain())?;
+        self.backend.check_alive()?;
+        self.backend.store.state.lock().unwrap().check_reachable()?;
+        Ok(self
+            .backend
+            .store
+            .delete_raw(&format!("{}{marker}", self.prefix(service))))
     }
 
     async fn shutdown(&self) {

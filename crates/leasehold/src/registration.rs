@@ -1,9 +1,13 @@
 //! The handle an application holds for one registered instance.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::runtime::RuntimeFlavor;
 use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::registrar::DEREGISTER_TIMEOUT;
 
 use crate::{Error, Instance, InstanceUpdate, InvalidInput, Result};
 
@@ -76,8 +80,31 @@ pub(crate) enum Command {
     Pause(oneshot::Sender<Result<()>>),
     Resume(oneshot::Sender<Result<()>>),
     Update(InstanceUpdate, oneshot::Sender<Result<()>>),
-    /// With no reply channel when sent by `Drop`.
-    Deregister(Option<oneshot::Sender<Result<()>>>),
+    Deregister(Reply),
+}
+
+/// Who waits for a deregistration: an async caller, a `Drop` blocking its thread, or
+/// nobody.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Async(oneshot::Sender<Result<()>>),
+    Blocking(std::sync::mpsc::SyncSender<Result<()>>),
+    None,
+}
+
+impl Reply {
+    /// Sends the outcome of a deregistration to whoever waits for it.
+    pub(crate) fn send(self, result: Result<()>) {
+        match self {
+            Reply::Async(reply) => {
+                let _ = reply.send(result);
+            }
+            Reply::Blocking(reply) => {
+                let _ = reply.try_send(result);
+            }
+            Reply::None => {}
+        }
+    }
 }
 
 pub(crate) type CommandSender = mpsc::UnboundedSender<(u64, Command)>;
@@ -86,8 +113,21 @@ pub(crate) type CommandSender = mpsc::UnboundedSender<(u64, Command)>;
 /// deregister it.
 ///
 /// Clones share one registration. When the last clone is dropped the instance is
-/// deregistered at once (revoke or delete), never left to expire; call
-/// [`deregister`](Registration::deregister) to wait for that and see its result.
+/// deregistered at once (revoke or delete), never left to expire, and its id is free for
+/// a new registration as soon as that is done:
+///
+/// - in a multi-thread Tokio runtime (`#[tokio::main]`'s default) the drop blocks its
+///   thread in place ([`tokio::task::block_in_place`]) until the registry acknowledged
+///   the removal, at most [`DEREGISTER_TIMEOUT`], so a program that returns from `main`
+///   leaves no key behind;
+/// - in a current-thread runtime it cannot wait (the registrar runs on that very
+///   thread): the removal is queued and done if the runtime keeps running; a program
+///   about to exit should call [`deregister`](Registration::deregister) or
+///   [`Registry::shutdown`](crate::Registry::shutdown) and await it;
+/// - outside any runtime the removal is queued likewise.
+///
+/// Call [`deregister`](Registration::deregister) to wait for the removal and see its
+/// result.
 ///
 /// ```
 /// # async fn demo(registry: &dyn leasehold::Registry) -> leasehold::Result<()> {
@@ -112,12 +152,45 @@ struct Inner {
     state: watch::Receiver<RegistrationState>,
     instance: watch::Receiver<Instance>,
     commands: CommandSender,
+    /// Shared with the registrar's claim of the id: set when this registration goes, so
+    /// a new `register` of the id waits for its removal instead of being refused.
+    leaving: Arc<AtomicBool>,
+    /// Set when the registrar dropped a handle nobody received (a cancelled
+    /// `register`); it deregisters that one itself.
+    disarmed: AtomicBool,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if *self.state.borrow() != RegistrationState::Deregistered {
-            let _ = self.commands.send((self.key, Command::Deregister(None)));
+        if self.disarmed.load(Ordering::SeqCst) || *self.state.borrow() == RegistrationState::Deregistered {
+            return;
+        }
+        self.leaving.store(true, Ordering::SeqCst);
+        let in_multi_thread_runtime = tokio::runtime::Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if !in_multi_thread_runtime {
+            let _ = self.commands.send((self.key, Command::Deregister(Reply::None)));
+            return;
+        }
+        let (reply, acknowledged) = std::sync::mpsc::sync_channel(1);
+        if self
+            .commands
+            .send((self.key, Command::Deregister(Reply::Blocking(reply))))
+            .is_err()
+        {
+            return;
+        }
+        // Another worker takes over this one's tasks meanwhile, so the registrar runs.
+        let outcome = tokio::task::block_in_place(|| acknowledged.recv_timeout(DEREGISTER_TIMEOUT));
+        match outcome {
+            Ok(Ok(())) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "deregistering a dropped registration failed; its key expires with its lease")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => tracing::warn!(
+                timeout = ?DEREGISTER_TIMEOUT,
+                "deregistering a dropped registration is taking too long; it goes on in the background"
+            ),
         }
     }
 }
@@ -128,6 +201,7 @@ impl Registration {
         state: watch::Receiver<RegistrationState>,
         instance: watch::Receiver<Instance>,
         commands: CommandSender,
+        leaving: Arc<AtomicBool>,
     ) -> Self {
         Registration {
             inner: Arc::new(Inner {
@@ -135,8 +209,15 @@ impl Registration {
                 state,
                 instance,
                 commands,
+                leaving,
+                disarmed: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Makes dropping this handle do nothing: the registrar deregisters it itself.
+    pub(crate) fn disarm(&self) {
+        self.inner.disarmed.store(true, Ordering::SeqCst);
     }
 
     /// The instance as last written (or to be written, while recovering).
@@ -187,7 +268,9 @@ impl Registration {
         if self.state() == RegistrationState::Deregistered {
             return Ok(());
         }
-        self.request(|reply| Command::Deregister(Some(reply))).await
+        self.inner.leaving.store(true, Ordering::SeqCst);
+        self.request(|reply| Command::Deregister(Reply::Async(reply)))
+            .await
     }
 
     async fn request(&self, command: impl FnOnce(oneshot::Sender<Result<()>>) -> Command) -> Result<()> {

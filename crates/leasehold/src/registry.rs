@@ -18,6 +18,19 @@ pub trait Registry: Send + Sync + Debug {
     /// Registers `instance` under a lease of `options.ttl` kept alive in the background,
     /// and returns its handle. Invalid options are refused here; an unreachable registry
     /// is an error naming its address, after a bounded connect timeout.
+    ///
+    /// One rule for duplicate ids on every backend: a service/id held by a live
+    /// registration of another client is refused with
+    /// [`Error::Conflict`](crate::Error::Conflict) naming the key it holds, and nothing is
+    /// written. If another client takes the id later (it registered while ours was
+    /// paused or cut off), our handle shows
+    /// [`Conflict`](crate::RegistrationState::Conflict), leaves the other alone, and
+    /// writes itself back once the other is gone. This client registering an id it
+    /// holds already is refused as invalid input; one whose last handle was just dropped
+    /// is registered as soon as its removal is done.
+    ///
+    /// Cancel-safe: dropped before it returns (a timeout, `select!`), it leaves no key
+    /// behind and the id free.
     async fn register(&self, instance: Instance, options: RegisterOptions) -> Result<Registration>;
 
     /// Starts following `service`: lists it once, then watches for changes. The returned

@@ -1,0 +1,182 @@
+//! `Registration::update` latency under load: an open loop of one update every 2 ms,
+//! timed from the call until a watcher of the key sees that value (or a later one: the
+//! registrar may write updates that arrive together as one), beside a raw etcd-client
+//! put of the same values in the same loop, measured in the same run on the same etcd.
+//!
+//! `cargo bench -p leasehold-etcd --bench update_latency` prints p50, p99 and max for
+//! both in each round, and the ratio of the median p99s.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, WatchOptions};
+use leasehold::{Codec, Instance, InstanceUpdate, NativeCodec, RegisterOptions, Registry};
+use leasehold_etcd::EtcdRegistry;
+use leasehold_testkit::EtcdCluster;
+use tokio::time::MissedTickBehavior;
+
+const UPDATES: usize = 2_000;
+const PERIOD: Duration = Duration::from_millis(2);
+const ROOT: &str = "/bench";
+
+/// When each update was called, by sequence number.
+type Sent = Arc<Mutex<Vec<Option<Instant>>>>;
+
+fn instance(id: &str, seq: usize) -> Instance {
+    Instance::builder("bench", "127.0.0.1:7001")
+        .id(id)
+        .version(seq.to_string())
+        .build()
+        .unwrap()
+}
+
+/// Watches `key` and returns, once update `UPDATES - 1` is seen, each update's latency:
+/// the time from its call until the first value at or past it was seen.
+async fn watch_latencies(
+    client: &mut Client,
+    key: &str,
+    sent: Sent,
+) -> tokio::task::JoinHandle<Vec<Duration>> {
+    let mut stream = client.watch(key, Some(WatchOptions::new())).await.unwrap();
+    tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(UPDATES);
+        let mut next = 0;
+        while next < UPDATES {
+            let Some(Ok(response)) = stream.message().await.transpose() else {
+                panic!("the watch ended");
+            };
+            let seen_at = Instant::now();
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Ok(value) = serde_json::from_slice::<serde_json::Value>(kv.value()) else {
+                    continue;
+                };
+                let Some(seq) = value["version"].as_str().and_then(|v| v.parse::<usize>().ok()) else {
+                    continue;
+                };
+                let sent = sent.lock().unwrap();
+                while next <= seq && next < UPDATES {
+                    if let Some(at) = sent[next] {
+                        latencies.push(seen_at - at);
+                    }
+                    next += 1;
+                }
+            }
+        }
+        latencies
+    })
+}
+
+async fn open_loop(mut call: impl FnMut(usize), sent: &Sent) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    for seq in 1..UPDATES {
+        tick.tick().await;
+        sent.lock().unwrap()[seq] = Some(Instant::now());
+        call(seq);
+    }
+}
+
+fn summary(mut latencies: Vec<Duration>) -> (Duration, Duration, Duration) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    (at(0.5), at(0.99), *latencies.last().unwrap())
+}
+
+async fn raw_side(etcd: &EtcdCluster) -> Vec<Duration> {
+    let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
+    let key = format!("{ROOT}/bench/raw");
+    client
+        .put(
+            key.clone(),
+            NativeCodec.encode(&instance("raw", 0)).unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
+    let watcher = watch_latencies(&mut client, &key, sent.clone()).await;
+    open_loop(
+        |seq| {
+            let mut client = client.clone();
+            let key = key.clone();
+            tokio::spawn(async move {
+                let value = NativeCodec.encode(&instance("raw", seq)).unwrap();
+                client.put(key, value, None).await.unwrap();
+            });
+        },
+        &sent,
+    )
+    .await;
+    watcher.await.unwrap()
+}
+
+async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
+    let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap())
+        .await
+        .unwrap();
+    let registration = registry
+        .register(instance("ours", 0), RegisterOptions::ttl(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
+    let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
+    let watcher = watch_latencies(&mut client, &format!("{ROOT}/bench/ours"), sent.clone()).await;
+    open_loop(
+        |seq| {
+            let registration = registration.clone();
+            tokio::spawn(async move {
+                registration
+                    .update(InstanceUpdate::new().version(Some(seq.to_string())))
+                    .await
+                    .unwrap();
+            });
+        },
+        &sent,
+    )
+    .await;
+    let latencies = watcher.await.unwrap();
+    registry.shutdown().await;
+    latencies
+}
+
+/// Rounds per side, taking turns, so a stall of the shared machine (an fsync held up
+/// by other processes) hits both; the figures are the medians over the rounds.
+const ROUNDS: usize = 5;
+
+fn median(mut values: Vec<Duration>) -> Duration {
+    values.sort();
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let etcd = EtcdCluster::start_single().await.expect("etcd starts");
+    println!("one update every {PERIOD:?}, {UPDATES} updates, latency from the call to the watcher's event");
+    println!("{:<14} {:>10} {:>10} {:>10}", "side", "p50", "p99", "max");
+    let mut p99s: [Vec<Duration>; 2] = Default::default();
+    for round in 0..ROUNDS {
+        for (side, (name, latencies)) in [
+            ("raw put", raw_side(&etcd).await),
+            ("leasehold", leasehold_side(&etcd).await),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (p50, p99, max) = summary(latencies);
+            println!(
+                "{:<14} {:>10.2?} {:>10.2?} {:>10.2?}",
+                format!("{name} #{round}"),
+                p50,
+                p99,
+                max
+            );
+            p99s[side].push(p99);
+        }
+    }
+    let [raw, ours] = p99s.map(median);
+    println!(
+        "median p99 over {ROUNDS} rounds: leasehold {ours:.2?}, raw put {raw:.2?}: {:.2}x",
+        ours.as_secs_f64() / raw.as_secs_f64()
+    );
+}

@@ -1,0 +1,108 @@
+//! One registration as its group keeps it.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::Claim;
+use crate::{Backoff, Instance, RegistrationState};
+
+/// One registration: what to write, whether it is out of the registry, where it was
+/// written, and its own backoff, so a registration that keeps failing never delays the
+/// others.
+pub(super) struct Entry {
+    pub(super) instance: Instance,
+    /// Paused by its owner.
+    pub(super) paused: bool,
+    /// An operator's drain marker names it: out of the registry until undrained.
+    pub(super) drained: bool,
+    /// Needs writing: new, updated, resumed, or lost with its lease or key.
+    pub(super) dirty: bool,
+    /// The key it was last written at, and the lease generation it was written under.
+    pub(super) key: Option<(u64, String)>,
+    /// The key of another client's registration of the same id that refused our last
+    /// write; its delete is the signal to write again.
+    pub(super) conflict: Option<String>,
+    /// When its next write is due, while it is dirty.
+    pub(super) due: Option<Instant>,
+    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    backoff: Backoff,
+    pub(super) state: watch::Sender<RegistrationState>,
+    pub(super) shown: watch::Sender<Instance>,
+    /// Held until the registration is gone from the registry; then the id is free.
+    pub(super) _claim: Claim,
+}
+
+impl Entry {
+    pub(super) fn new(instance: Instance, claim: Claim, backoff: Backoff) -> Self {
+        let (state, _) = watch::channel(RegistrationState::Recovering);
+        let (shown, _) = watch::channel(instance.clone());
+        crate::metrics::registration_moved(instance.service(), None, Some(RegistrationState::Recovering));
+        Entry {
+            instance,
+            paused: false,
+            drained: false,
+            dirty: true,
+            key: None,
+            conflict: None,
+            due: None,
+            delays: Box::new(backoff.delays()),
+            backoff,
+            state,
+            shown,
+            _claim: claim,
+        }
+    }
+
+    /// Whether it is kept out of the registry (paused by its owner or drained by an
+    /// operator), so neither written nor recovered.
+    pub(super) fn is_out(&self) -> bool {
+        self.paused || self.drained
+    }
+
+    /// Whether it should be written when the group next writes.
+    pub(super) fn wants_write(&self) -> bool {
+        self.dirty && !self.is_out()
+    }
+
+    /// The state of a registration kept out of the registry.
+    pub(super) fn out_state(&self) -> RegistrationState {
+        if self.drained {
+            RegistrationState::Drained
+        } else {
+            RegistrationState::Paused
+        }
+    }
+
+    pub(super) fn set_state(&self, state: RegistrationState) {
+        let old = *self.state.borrow();
+        if self
+            .state
+            .send_if_modified(|s| std::mem::replace(s, state) != state)
+        {
+            crate::metrics::registration_moved(self.instance.service(), Some(old), Some(state));
+        }
+    }
+
+    /// Written: its backoff starts over.
+    pub(super) fn written(&mut self, generation: u64, key: String) {
+        self.key = Some((generation, key));
+        self.dirty = false;
+        self.conflict = None;
+        self.due = None;
+        self.delays = Box::new(self.backoff.delays());
+        self.set_state(RegistrationState::Registered);
+    }
+
+    /// Its next backoff delay.
+    pub(super) fn next_delay(&mut self) -> Duration {
+        self.delays.next().unwrap_or(self.backoff.max)
+    }
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        crate::metrics::registration_moved(self.instance.service(), Some(*self.state.borrow()), None);
+    }
+}
