@@ -424,6 +424,7 @@ impl Checker {
         let ghost_floor = self.last_member_event + self.graces.ghost;
         let mut violations = Vec::new();
         let mut closed_gaps = Vec::new();
+        let mut opened = Vec::new();
         for (id, reg) in &mut self.regs {
             let present = listed.contains_key(id.as_str());
             match reg.life {
@@ -436,6 +437,9 @@ impl Checker {
                             closed_gaps.push((id.clone(), reg.owner, gap, t));
                         }
                         continue;
+                    }
+                    if reg.gap.is_none() {
+                        opened.push(format!("{id} ({}) not listed ({quorum})", reg.owner));
                     }
                     let gap = reg.gap.get_or_insert(OpenGap {
                         from: t,
@@ -494,6 +498,9 @@ impl Checker {
                     format!("{} listed but registered by no one in this run", s.key),
                 ));
             }
+        }
+        for what in opened {
+            self.note(t, what);
         }
         for (id, owner, gap, until) in closed_gaps {
             self.record_gap(&id, owner, gap, until, true);

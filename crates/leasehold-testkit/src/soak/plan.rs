@@ -99,21 +99,30 @@ pub fn plan(seed: u64, duration: Duration, ttl: Duration, compacts: bool) -> Vec
         .collect();
     let total: u32 = kinds.iter().map(|k| k.weight()).sum();
     let member_hold_max = (ttl * 3 / 2).clamp(Duration::from_secs(2), Duration::from_secs(12));
+    // Every kind once, in a seeded order, then weighted draws: a short run still has
+    // each kind of fault.
+    let mut first: Vec<FaultKind> = kinds.clone();
+    for i in (1..first.len()).rev() {
+        first.swap(i, rng.random_range(0..=i));
+    }
+    let mut first = first.into_iter();
     let mut faults = Vec::new();
     let mut at = Duration::from_millis(rng.random_range(500..1500));
     while at < duration {
-        let mut draw = rng.random_range(0..total);
-        let kind = *kinds
-            .iter()
-            .find(|k| {
-                if draw < k.weight() {
-                    true
-                } else {
-                    draw -= k.weight();
-                    false
-                }
-            })
-            .expect("draw below the total weight");
+        let kind = first.next().unwrap_or_else(|| {
+            let mut draw = rng.random_range(0..total);
+            *kinds
+                .iter()
+                .find(|k| {
+                    if draw < k.weight() {
+                        true
+                    } else {
+                        draw -= k.weight();
+                        false
+                    }
+                })
+                .expect("draw below the total weight")
+        });
         let hold = match kind {
             FaultKind::KillMember | FaultKind::FreezeMember => {
                 uniform(&mut rng, Duration::from_millis(500), member_hold_max)
@@ -150,6 +159,10 @@ mod tests {
         assert!(a.len() > 20, "a fault every 0.3 to 3 s");
         assert!(a.windows(2).all(|w| w[0].at < w[1].at));
         assert!(a.iter().all(|f| f.at < Duration::from_secs(60)));
+        assert!(
+            FaultKind::ALL.iter().all(|k| a.iter().any(|f| f.kind == *k)),
+            "every kind at least once"
+        );
     }
 
     #[test]

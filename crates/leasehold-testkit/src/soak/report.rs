@@ -113,14 +113,14 @@ impl SoakReport {
     }
 
     /// Panics with the seed, the violations and the whole timeline unless every
-    /// invariant held. Prints the figures either way.
+    /// invariant held. Prints the figures and the timeline either way (a passing test's
+    /// output is only shown with `--nocapture`).
     pub fn assert_held(&self) {
         eprintln!("{}", self.summary_line());
+        eprintln!("{self}\ntimeline:\n{}", self.findings.timeline);
         if self.held() {
-            eprintln!("{self}");
             return;
         }
-        eprintln!("{self}\ntimeline:\n{}", self.findings.timeline);
         panic!(
             "the {} soak broke {} invariant(s) and had {} harness error(s); reproduce with `{}` \
              (first: {})",
