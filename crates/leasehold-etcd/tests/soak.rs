@@ -21,7 +21,11 @@ fn connect() -> Connect {
     })
 }
 
+/// Seed 2 with TTL 3 s freezes a member long enough that, on the backend of today, the
+/// registering client's lease expires while the other two members hold quorum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on the current etcd backend (issue #9: a frozen member is left only after the lease \
+            expired, so registrations drop while quorum holds); un-ignore once the fixes are merged"]
 async fn soak() {
     let connect = connect();
     // In a registrant process (the soak runs this binary again) this never returns.
@@ -30,7 +34,7 @@ async fn soak() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let config = SoakConfig::from_env(1, 45, 10);
+    let config = SoakConfig::from_env(2, 45, 3);
     let etcd = EtcdCluster::start(3).await.unwrap();
     soak::run(EtcdSoak::new(etcd), config, "soak", connect)
         .await

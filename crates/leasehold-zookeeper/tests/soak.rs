@@ -30,7 +30,7 @@ async fn soak() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let config = SoakConfig::from_env(1, 45, 10);
+    let config = SoakConfig::from_env(2, 45, 3);
     let zk = ZkEnsemble::start(3).await.unwrap();
     soak::run(ZkSoak::new(zk), config, "soak", connect)
         .await

@@ -492,7 +492,11 @@ impl Checker {
                 .as_ref()
                 .is_some_and(|(_, id)| self.regs.contains_key(id));
             let deadline = ghost_floor.max(self.start + self.graces.ghost);
-            if !known && quorum == Quorum::Held && t >= deadline && self.foreign_reported.insert(s.key.clone()) {
+            if !known
+                && quorum == Quorum::Held
+                && t >= deadline
+                && self.foreign_reported.insert(s.key.clone())
+            {
                 violations.push((
                     ViolationKind::Ghost,
                     format!("{} listed but registered by no one in this run", s.key),
@@ -587,11 +591,15 @@ impl Checker {
             let keys = keys_of.get(id.as_str()).map_or(0, Vec::len);
             match reg.life {
                 Life::Pending => problems.push(format!("{id} never finished registering")),
-                Life::Live | Life::Frozen if keys == 0 => problems.push(format!("{id} ({}) missing", reg.owner)),
+                Life::Live | Life::Frozen if keys == 0 => {
+                    problems.push(format!("{id} ({}) missing", reg.owner))
+                }
                 Life::Live | Life::Frozen if keys > 1 => {
                     problems.push(format!("{id} listed {keys} times: {:?}", keys_of[id.as_str()]))
                 }
-                Life::Dead(_) if keys > 0 => problems.push(format!("{id} ({}, ended) still listed", reg.owner)),
+                Life::Dead(_) if keys > 0 => {
+                    problems.push(format!("{id} ({}, ended) still listed", reg.owner))
+                }
                 _ => {}
             }
             if let Some(states) = &reg.states {
@@ -743,7 +751,11 @@ mod tests {
         c.observe(t0 + secs(3.0), seen(&["y"]), &[]);
         c.member_up(1, t0 + secs(4.0));
         // Settling: the election after quorum is back.
-        c.observe(t0 + secs(4.0) + graces().quorum_settle - secs(0.1), seen(&[]), &[]);
+        c.observe(
+            t0 + secs(4.0) + graces().quorum_settle - secs(0.1),
+            seen(&[]),
+            &[],
+        );
         assert!(kinds(&c).is_empty());
         c.observe(t0 + secs(4.0) + graces().quorum_settle, seen(&[]), &[]);
         assert_eq!(kinds(&c), [ViolationKind::Missing]);

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{http, EtcdCluster, Error, MemberState, Result, ZkEnsemble, ZkSession};
+use crate::{http, Error, EtcdCluster, MemberState, Result, ZkEnsemble, ZkSession};
 
 /// How long one member may take to answer the plain client before the next is tried.
 const MEMBER_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -246,7 +246,9 @@ impl ZkSoak {
                 continue;
             }
             let endpoint = self.ensemble.endpoint(index);
-            match tokio::time::timeout(MEMBER_TIMEOUT, ZkSession::open(&endpoint, PLAIN_SESSION_TIMEOUT)).await {
+            match tokio::time::timeout(MEMBER_TIMEOUT, ZkSession::open(&endpoint, PLAIN_SESSION_TIMEOUT))
+                .await
+            {
                 Ok(Ok(session)) => {
                     *guard = Some((index, session));
                     return Ok(guard);

@@ -127,7 +127,9 @@ pub fn plan(seed: u64, duration: Duration, ttl: Duration, compacts: bool) -> Vec
             FaultKind::KillMember | FaultKind::FreezeMember => {
                 uniform(&mut rng, Duration::from_millis(500), member_hold_max)
             }
-            FaultKind::RestartCluster => uniform(&mut rng, Duration::from_millis(500), Duration::from_secs(3)),
+            FaultKind::RestartCluster => {
+                uniform(&mut rng, Duration::from_millis(500), Duration::from_secs(3))
+            }
             FaultKind::FreezeRegistrant => uniform(&mut rng, ttl * 3 / 10, ttl * 2),
             _ => Duration::ZERO,
         };
@@ -143,7 +145,10 @@ pub fn plan(seed: u64, duration: Duration, ttl: Duration, compacts: bool) -> Vec
 }
 
 fn uniform(rng: &mut StdRng, low: Duration, high: Duration) -> Duration {
-    let (low, high) = (low.as_millis() as u64, high.as_millis().max(low.as_millis() + 1) as u64);
+    let (low, high) = (
+        low.as_millis() as u64,
+        high.as_millis().max(low.as_millis() + 1) as u64,
+    );
     Duration::from_millis(rng.random_range(low..high))
 }
 

@@ -143,7 +143,13 @@ impl RegistrantProcess {
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
-            .args([test, "--exact", "--include-ignored", "--nocapture", "--test-threads=1"])
+            .args([
+                test,
+                "--exact",
+                "--include-ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_VAR, spec.encode())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

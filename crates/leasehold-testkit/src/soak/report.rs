@@ -79,9 +79,14 @@ impl SoakReport {
             .collect();
         let gaps = &self.findings.gaps;
         let longest = gaps.iter().max_by_key(|g| g.len);
-        let longest_held = gaps.iter().filter(|g| g.quorum == Quorum::Held).max_by_key(|g| g.len);
+        let longest_held = gaps
+            .iter()
+            .filter(|g| g.quorum == Quorum::Held)
+            .max_by_key(|g| g.len);
         let fmt_gap = |g: Option<&super::checker::GapRecord>| {
-            g.map_or("-".to_owned(), |g| format!("{:.3}s({})", g.len.as_secs_f64(), g.quorum).replace(' ', "-"))
+            g.map_or("-".to_owned(), |g| {
+                format!("{:.3}s({})", g.len.as_secs_f64(), g.quorum).replace(' ', "-")
+            })
         };
         let violations: Vec<String> = self
             .violations_by_kind()
@@ -103,7 +108,11 @@ impl SoakReport {
             fmt_gap(longest_held),
             self.converged_after
                 .map_or("never".to_owned(), |d| format!("{:.3}s", d.as_secs_f64())),
-            if violations.is_empty() { "0".to_owned() } else { violations.join(",") },
+            if violations.is_empty() {
+                "0".to_owned()
+            } else {
+                violations.join(",")
+            },
             self.harness_errors.len(),
             self.findings.observations,
             self.findings.failed_observations,
@@ -169,7 +178,11 @@ impl fmt::Display for SoakReport {
                     longest.id,
                     longest.owner,
                     longest.from.as_secs_f64(),
-                    if longest.closed { "" } else { ", never listed again" }
+                    if longest.closed {
+                        ""
+                    } else {
+                        ", never listed again"
+                    }
                 )?;
             }
         }

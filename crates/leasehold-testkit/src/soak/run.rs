@@ -169,7 +169,10 @@ impl<C: SoakCluster> Soak<C> {
         let mut watchers = Vec::new();
         for service in &config.services {
             let name = ServiceName::new(service.as_str()).expect("valid soak service name");
-            for (client, registry) in [("registering client", &registry), ("watch-only client", &watch_registry)] {
+            for (client, registry) in [
+                ("registering client", &registry),
+                ("watch-only client", &watch_registry),
+            ] {
                 let discovery = loop {
                     match registry.watch(&name, WatchOptions::default()).await {
                         Ok(discovery) => break discovery,
@@ -385,11 +388,15 @@ impl<C: SoakCluster> Soak<C> {
     }
 
     async fn teardown(&self) {
-        let handles: Vec<Registration> = std::mem::take(&mut *lock(&self.in_process)).into_values().collect();
+        let handles: Vec<Registration> = std::mem::take(&mut *lock(&self.in_process))
+            .into_values()
+            .collect();
         for handle in handles {
             let _ = tokio::time::timeout(DEREGISTER_TIMEOUT, handle.deregister()).await;
         }
-        let registrants: Vec<RegistrantSlot> = std::mem::take(&mut *lock(&self.registrants)).into_values().collect();
+        let registrants: Vec<RegistrantSlot> = std::mem::take(&mut *lock(&self.registrants))
+            .into_values()
+            .collect();
         for slot in registrants {
             slot.process.kill().await;
         }
@@ -403,7 +410,12 @@ impl<C: SoakCluster> Soak<C> {
         let number = self.next_registrant.fetch_add(1, Ordering::Relaxed);
         let services = &self.config.services;
         let instances: Vec<(String, String)> = (0..self.config.per_registrant)
-            .map(|k| (services[(number + k) % services.len()].clone(), format!("r{number}-{k}")))
+            .map(|k| {
+                (
+                    services[(number + k) % services.len()].clone(),
+                    format!("r{number}-{k}"),
+                )
+            })
             .collect();
         {
             let mut checker = lock(&self.checker);
@@ -427,7 +439,13 @@ impl<C: SoakCluster> Soak<C> {
         match spawned {
             Ok(process) => {
                 self.note(format!("registrant {number} started (pid {:?})", process.pid()));
-                lock(&self.registrants).insert(number, RegistrantSlot { process, frozen: false });
+                lock(&self.registrants).insert(
+                    number,
+                    RegistrantSlot {
+                        process,
+                        frozen: false,
+                    },
+                );
             }
             Err(e) => self.harness_error(format!("cannot start registrant {number}: {e}")),
         }
@@ -497,7 +515,9 @@ impl<C: SoakCluster> Soak<C> {
                 )),
             }
         }
-        self.harness_error(format!("member {index} did not come back after {RESTART_ATTEMPTS} restarts"));
+        self.harness_error(format!(
+            "member {index} did not come back after {RESTART_ATTEMPTS} restarts"
+        ));
     }
 
     async fn member_fault(&self, fault: &PlannedFault) {
@@ -713,7 +733,10 @@ impl<C: SoakCluster> Soak<C> {
                 slot.frozen = false;
                 let mut checker = lock(&self.checker);
                 checker.owner_resumed(Owner::Process(number), Instant::now());
-                checker.note(Instant::now(), format!("resumed registrant {number} with SIGCONT"));
+                checker.note(
+                    Instant::now(),
+                    format!("resumed registrant {number} with SIGCONT"),
+                );
             }
             None => self.note(format!("registrant {number} was killed while frozen")),
         }

@@ -185,7 +185,13 @@ impl ZkSession {
 
     /// Sends a request about `path` (its body is the path, then `tail`), returning the
     /// reply's body, or `None` when the node does not exist.
-    async fn path_request(&mut self, op: i32, path: &str, tail: &[u8], what: &str) -> Result<Option<Vec<u8>>> {
+    async fn path_request(
+        &mut self,
+        op: i32,
+        path: &str,
+        tail: &[u8],
+        what: &str,
+    ) -> Result<Option<Vec<u8>>> {
         let xid = self.next_xid;
         self.next_xid += 1;
         let mut body = Vec::with_capacity(4 + path.len() + tail.len());
