@@ -345,7 +345,7 @@ impl Checker {
             }
         }
         if let Some((owner, gap)) = closed {
-            self.record_gap(id, owner, gap, gap_end_unknown(), false);
+            self.record_gap(id, owner, gap, None);
         }
     }
 
@@ -507,7 +507,7 @@ impl Checker {
             self.note(t, what);
         }
         for (id, owner, gap, until) in closed_gaps {
-            self.record_gap(&id, owner, gap, until, true);
+            self.record_gap(&id, owner, gap, Some(until));
         }
         for (kind, detail) in violations {
             self.violate(t, kind, detail);
@@ -552,8 +552,12 @@ impl Checker {
         }
     }
 
-    fn record_gap(&mut self, id: &str, owner: Owner, gap: OpenGap, until: Instant, closed: bool) {
-        let end = if closed { until } else { gap.last_absent };
+    /// Records a gap that ended when `id` was listed again at `listed_again`, or, with
+    /// `None`, one that never ended (its owner ended first, or the run did): its length
+    /// then runs to its last observation.
+    fn record_gap(&mut self, id: &str, owner: Owner, gap: OpenGap, listed_again: Option<Instant>) {
+        let closed = listed_again.is_some();
+        let end = listed_again.unwrap_or(gap.last_absent);
         let record = GapRecord {
             id: id.to_owned(),
             owner: owner.to_string(),
@@ -563,7 +567,7 @@ impl Checker {
             violating: gap.violating,
             closed,
         };
-        if closed {
+        if let Some(until) = listed_again {
             self.note(
                 until,
                 format!(
@@ -651,7 +655,7 @@ impl Checker {
             .filter_map(|(id, r)| r.gap.take().map(|g| (id.clone(), r.owner, g)))
             .collect();
         for (id, owner, gap) in open {
-            self.record_gap(&id, owner, gap, gap_end_unknown(), false);
+            self.record_gap(&id, owner, gap, None);
         }
         Findings {
             gaps: self.gaps,
@@ -661,12 +665,6 @@ impl Checker {
             failed_observations: self.failed_observations,
         }
     }
-}
-
-/// A placeholder end for a gap that was still open: its length is then counted to its
-/// last observation.
-fn gap_end_unknown() -> Instant {
-    Instant::now()
 }
 
 /// What the checker found over a whole run.

@@ -10,7 +10,7 @@
 //! client) follow them.
 //!
 //! Every 100 ms a plain client, which never goes through leasehold, lists the registry
-//! and the [`checker`](Checker's rules in `checker.rs`) decides whether:
+//! ([`SoakCluster::list`]) and the invariant checker decides whether:
 //!
 //! - no live registration is missing while quorum holds (see [`Graces`] for exactly what
 //!   "live" and "quorum holds" mean and the graces allowed);

@@ -757,8 +757,9 @@ impl<C: SoakCluster> Soak<C> {
             return self.skip(fault.kind, "no in-process registration is registered yet");
         };
         self.count(fault.kind, true);
-        let outcome = tokio::time::timeout(DEREGISTER_TIMEOUT, handle.deregister()).await;
+        // Before the call: the key may be gone before `deregister` returns.
         lock(&self.checker).ended(&id, Instant::now());
+        let outcome = tokio::time::timeout(DEREGISTER_TIMEOUT, handle.deregister()).await;
         let how = match outcome {
             Ok(Ok(())) => "deregistered".to_owned(),
             Ok(Err(e)) => format!("deregister failed ({e}), handle dropped"),
