@@ -193,8 +193,11 @@ pub struct Timeline {
 }
 
 impl fmt::Display for Timeline {
+    /// In time order (an observation is noted at its start, after later events).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (at, what) in &self.entries {
+        let mut entries: Vec<&(Duration, String)> = self.entries.iter().collect();
+        entries.sort_by_key(|(at, _)| *at);
+        for (at, what) in entries {
             writeln!(f, "  {:>8.3}s  {what}", at.as_secs_f64())?;
         }
         Ok(())

@@ -83,6 +83,7 @@ impl SoakReport {
             .iter()
             .filter(|g| g.quorum == Quorum::Held)
             .max_by_key(|g| g.len);
+        let longest_violating = gaps.iter().filter(|g| g.violating).max_by_key(|g| g.len);
         let fmt_gap = |g: Option<&super::checker::GapRecord>| {
             g.map_or("-".to_owned(), |g| {
                 format!("{:.3}s({})", g.len.as_secs_f64(), g.quorum).replace(' ', "-")
@@ -95,7 +96,7 @@ impl SoakReport {
             .collect();
         format!(
             "SOAK backend={} seed={} secs={} ttl={} faults={injected} by_kind={} gaps={} gaps_violating={} \
-             longest_gap={} longest_gap_quorum_held={} converge={} violations={} harness_errors={} \
+             longest_gap={} longest_gap_quorum_held={} longest_violating_gap={} converge={} violations={} harness_errors={} \
              observations={} failed_observations={} load_before=[{}] load_after=[{}]",
             self.backend,
             self.seed,
@@ -106,6 +107,7 @@ impl SoakReport {
             gaps.iter().filter(|g| g.violating).count(),
             fmt_gap(longest),
             fmt_gap(longest_held),
+            fmt_gap(longest_violating),
             self.converged_after
                 .map_or("never".to_owned(), |d| format!("{:.3}s", d.as_secs_f64())),
             if violations.is_empty() {

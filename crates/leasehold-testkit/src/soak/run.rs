@@ -81,18 +81,25 @@ impl Coordinator {
     }
 }
 
+/// A registrant process the soak holds, and whether it is frozen now.
 #[derive(Debug)]
 struct RegistrantSlot {
     process: RegistrantProcess,
     frozen: bool,
 }
 
+/// A leasehold watcher, with the name the report gives it.
 struct NamedWatcher {
     name: String,
     service: String,
     discovery: Discovery,
 }
 
+/// Everything one run shares between its tasks (observer, faults, registrations).
+///
+/// Locks are std mutexes held for an instant, never across an `.await`; when two are
+/// held, `registrants` is taken before `checker`, and `checker` before `in_process` and
+/// `last_observation`.
 struct Soak<C> {
     cluster: Arc<C>,
     config: SoakConfig,
@@ -102,18 +109,25 @@ struct Soak<C> {
     start: Instant,
     checker: Mutex<Checker>,
     coordinator: Mutex<Coordinator>,
+    /// Registrant processes alive now, by number (ids `r{number}-{k}`).
     registrants: Mutex<BTreeMap<usize, RegistrantSlot>>,
     next_registrant: AtomicUsize,
+    /// The test process's own registered handles, by id (`p{k}`).
     in_process: Mutex<BTreeMap<String, Registration>>,
     next_in_process: AtomicUsize,
+    /// The client the test process registers through (and watches on).
     registry: Arc<dyn Registry>,
+    /// A client that only watches.
     watch_registry: Arc<dyn Registry>,
     watchers: Vec<NamedWatcher>,
+    /// Set when the fault phase ends: held faults are undone at once.
     stop: watch::Sender<bool>,
+    /// Per fault kind: (injected, skipped).
     counts: Mutex<BTreeMap<FaultKind, (u32, u32)>>,
     harness_errors: Mutex<Vec<String>>,
     /// Start of the last observation that succeeded, and whether it had converged.
     last_observation: Mutex<Option<(Instant, Option<String>)>>,
+    /// Registrations still being made, aborted at the end.
     background: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
