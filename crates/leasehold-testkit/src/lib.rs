@@ -39,6 +39,8 @@
 //! # }
 //! ```
 //!
+//! [`soak`] runs a seeded, randomized soak with overlapping faults against any backend.
+//!
 //! Server logs go to files in the cluster's temp dir ([`EtcdCluster::log_path`]); set
 //! `RUST_LOG=leasehold_testkit=debug` with a tracing subscriber to follow what the
 //! testkit does.
@@ -52,6 +54,7 @@ mod poll;
 mod ports;
 mod process;
 mod ready;
+pub mod soak;
 pub mod zookeeper;
 
 pub use curator::{CuratorInstance, CuratorPeer};

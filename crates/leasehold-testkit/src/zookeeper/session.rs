@@ -25,6 +25,12 @@ const MAX_FRAME: usize = 1 << 20;
 const PING_XID: i32 = -2;
 const OP_PING: i32 = 11;
 const OP_CLOSE_SESSION: i32 = -11;
+const OP_DELETE: i32 = 2;
+const OP_GET_DATA: i32 = 4;
+const OP_GET_CHILDREN: i32 = 8;
+const OP_SYNC: i32 = 9;
+/// The error code of a request about a node that does not exist.
+const NO_NODE: i32 = -101;
 
 /// A ZooKeeper session held over one raw connection.
 ///
@@ -134,40 +140,121 @@ impl ZkSession {
 
     /// Sends a body-less request and waits for the reply with the same xid.
     async fn call(&mut self, xid: i32, op: i32, what: &str) -> Result<()> {
+        let (err, _) = self.exchange(xid, op, &[], what).await?;
+        if err == 0 {
+            Ok(())
+        } else {
+            Err(Error::request(
+                format!("{what} (session {:#x})", self.session_id),
+                &self.addr,
+                format!("ZooKeeper error code {err}"),
+            ))
+        }
+    }
+
+    /// Sends request `op` with `body` and waits for the reply with the same xid: its
+    /// error code and, when that is 0, its body.
+    async fn exchange(&mut self, xid: i32, op: i32, body: &[u8], what: &str) -> Result<(i32, Vec<u8>)> {
         let what = format!("{what} (session {:#x})", self.session_id);
         let addr = self.addr.clone();
         let fail = |e: std::io::Error| Error::request(&what, &addr, e);
         let stream = &mut self.stream;
         let exchange = async {
-            let mut request = Vec::with_capacity(8);
+            let mut request = Vec::with_capacity(8 + body.len());
             put_i32(&mut request, xid);
             put_i32(&mut request, op);
+            request.extend_from_slice(body);
             write_frame(stream, &request).await?;
             loop {
                 let reply = read_frame(stream).await?;
-                let mut reply = Reader(&reply);
-                let reply_xid = reply.i32()?;
-                let _zxid = reply.i64()?;
-                let err = reply.i32()?;
+                let mut reader = Reader(&reply);
+                let reply_xid = reader.i32()?;
+                let _zxid = reader.i64()?;
+                let err = reader.i32()?;
                 // Other xids are watch events (-1); none are set, but skip them anyway.
                 if reply_xid == xid {
-                    return Ok(err);
+                    return Ok((err, reader.0.to_vec()));
                 }
             }
         };
-        let err = tokio::time::timeout(IO_TIMEOUT, exchange)
+        tokio::time::timeout(IO_TIMEOUT, exchange)
             .await
             .map_err(|_| fail(timed_out()))?
-            .map_err(fail)?;
-        if err == 0 {
-            Ok(())
-        } else {
-            Err(Error::request(
-                &what,
-                &addr,
+            .map_err(fail)
+    }
+
+    /// Sends a request about `path` (its body is the path, then `tail`), returning the
+    /// reply's body, or `None` when the node does not exist.
+    async fn path_request(
+        &mut self,
+        op: i32,
+        path: &str,
+        tail: &[u8],
+        what: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        let xid = self.next_xid;
+        self.next_xid += 1;
+        let mut body = Vec::with_capacity(4 + path.len() + tail.len());
+        put_buffer(&mut body, path.as_bytes());
+        body.extend_from_slice(tail);
+        let what = format!("{what} {path}");
+        match self.exchange(xid, op, &body, &what).await? {
+            (0, reply) => Ok(Some(reply)),
+            (NO_NODE, _) => Ok(None),
+            (err, _) => Err(Error::request(
+                format!("{what} (session {:#x})", self.session_id),
+                &self.addr,
                 format!("ZooKeeper error code {err}"),
-            ))
+            )),
         }
+    }
+
+    /// Makes this server catch up with the leader, so that the reads that follow see
+    /// every write committed before the sync (ZooKeeper reads are otherwise served from
+    /// the connected server's possibly lagging copy).
+    pub async fn sync(&mut self, path: &str) -> Result<()> {
+        self.path_request(OP_SYNC, path, &[], "ZooKeeper sync").await?;
+        Ok(())
+    }
+
+    /// The names of the children of `path`, or `None` if `path` does not exist.
+    pub async fn children(&mut self, path: &str) -> Result<Option<Vec<String>>> {
+        let what = "ZooKeeper getChildren";
+        let Some(reply) = self.path_request(OP_GET_CHILDREN, path, &[0], what).await? else {
+            return Ok(None);
+        };
+        let fail = |e: std::io::Error| Error::request(what, &self.addr, e);
+        let mut reader = Reader(&reply);
+        let count = usize::try_from(reader.i32().map_err(fail)?).unwrap_or(0);
+        let mut names = Vec::with_capacity(count.min(MAX_FRAME));
+        for _ in 0..count {
+            let name = reader.buffer().map_err(fail)?;
+            names.push(String::from_utf8_lossy(&name).into_owned());
+        }
+        Ok(Some(names))
+    }
+
+    /// The data of node `path`, or `None` if it does not exist.
+    pub async fn data(&mut self, path: &str) -> Result<Option<Vec<u8>>> {
+        let what = "ZooKeeper getData";
+        let Some(reply) = self.path_request(OP_GET_DATA, path, &[0], what).await? else {
+            return Ok(None);
+        };
+        // The data, then the node's stat, which is not needed.
+        let data = Reader(&reply)
+            .buffer()
+            .map_err(|e| Error::request(what, &self.addr, e))?;
+        Ok(Some(data))
+    }
+
+    /// Deletes node `path` whatever its version, as an operator would. Returns whether
+    /// it existed.
+    pub async fn delete(&mut self, path: &str) -> Result<bool> {
+        let any_version = (-1i32).to_be_bytes();
+        let deleted = self
+            .path_request(OP_DELETE, path, &any_version, "ZooKeeper delete")
+            .await?;
+        Ok(deleted.is_some())
     }
 }
 

@@ -1,0 +1,42 @@
+//! The randomized soak with overlapping faults (`leasehold_testkit::soak`) on a 3-member
+//! etcd cluster: members killed, frozen, wiped, the whole cluster restarted, compactions,
+//! external deletes, registrant processes killed and frozen. A fixed seed here; the
+//! environment (`LEASEHOLD_SOAK_SEED`, `LEASEHOLD_SOAK_SECS`, `LEASEHOLD_SOAK_TTL`) and
+//! `scripts/soak` run others. Figures are printed (`--nocapture`).
+
+use std::sync::Arc;
+
+use leasehold::{Registry, RegistryUrl};
+use leasehold_etcd::EtcdRegistry;
+use leasehold_testkit::soak::{self, Connect, ConnectFuture, EtcdSoak, SoakConfig};
+use leasehold_testkit::EtcdCluster;
+
+fn connect() -> Connect {
+    Arc::new(|url: String| -> ConnectFuture {
+        Box::pin(async move {
+            let url: RegistryUrl = url.parse()?;
+            let registry: Arc<dyn Registry> = Arc::new(EtcdRegistry::connect(&url).await?);
+            Ok(registry)
+        })
+    })
+}
+
+/// Seed 2 with TTL 3 s freezes a member long enough that, on the backend of today, the
+/// registering client's lease expires while the other two members hold quorum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails on the current etcd backend (issue #9: a frozen member is left only after the lease \
+            expired, so registrations drop while quorum holds); un-ignore once the fixes are merged"]
+async fn soak() {
+    let connect = connect();
+    // In a registrant process (the soak runs this binary again) this never returns.
+    soak::registrant::run_if_child(&connect).await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let config = SoakConfig::from_env(2, 45, 3);
+    let etcd = EtcdCluster::start(3).await.unwrap();
+    soak::run(EtcdSoak::new(etcd), config, "soak", connect)
+        .await
+        .assert_held();
+}
