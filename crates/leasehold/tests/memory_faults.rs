@@ -320,3 +320,49 @@ async fn the_guard_keeps_the_set_when_the_registry_comes_back_empty() {
         .expect("live again");
     assert_eq!(snapshot.len(), 4, "the guard refused the empty listing");
 }
+
+/// A deregistration that cannot reach the registry, while other registrations keep the
+/// shared lease alive, is retried until its key is gone: the key must not stay listed
+/// for as long as the process runs.
+#[tokio::test]
+async fn a_deregistration_that_failed_is_retried_until_the_key_is_gone() {
+    let registry = MemoryRegistry::new();
+    let gone = registry
+        .register(instance("gone"), RegisterOptions::default())
+        .await
+        .unwrap();
+    let _kept = registry
+        .register(instance("kept"), RegisterOptions::default())
+        .await
+        .unwrap();
+
+    registry.store().set_reachable(false);
+    let failed = gone.deregister().await;
+    assert!(failed.is_err(), "the registry is unreachable: {failed:?}");
+    assert_eq!(gone.state(), RegistrationState::Deregistered);
+    registry.store().set_reachable(true);
+
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ids: Vec<String> = registry
+            .list(&echo())
+            .await
+            .unwrap()
+            .iter()
+            .map(|i| i.id().to_string())
+            .collect();
+        if ids == ["kept"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the deregistered key is still listed: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its id is free again once the key is gone.
+    registry
+        .register(instance("gone"), RegisterOptions::default())
+        .await
+        .expect("registered again");
+}

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use super::claims::Claim;
 use super::entry::Entry;
+use super::leftover::Leftovers;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
 use crate::registration::{Command, CommandSender};
 use crate::{
@@ -53,6 +54,8 @@ pub(super) struct Group<B: LeaseBackend> {
     pub(super) events_tx: mpsc::UnboundedSender<(u64, LeaseEvent)>,
     /// When the current recovery began, for `leasehold_recovery_duration_seconds`.
     pub(super) recovering_since: Option<Instant>,
+    /// Keys of deregistered registrations whose delete is still to land.
+    pub(super) leftovers: Leftovers,
     commands: CommandSender,
     next_key: Arc<AtomicU64>,
 }
@@ -83,6 +86,7 @@ impl<B: LeaseBackend> Group<B> {
             due: BTreeSet::new(),
             events_tx,
             recovering_since: None,
+            leftovers: Leftovers::default(),
             commands,
             next_key,
         };
@@ -342,13 +346,19 @@ impl<B: LeaseBackend> Group<B> {
             // Revoking the lease removes the key with it, in one request.
             self.revoke().await
         } else if let (Some(written), Some(lease)) = (written, &self.lease) {
-            match self.backend.delete(lease, &[written]).await {
+            match self.backend.delete(lease, std::slice::from_ref(&written)).await {
                 Ok(()) => Ok(()),
                 Err(LeaseError::Lost(e)) => {
                     self.lose(&e.to_string());
                     Ok(())
                 }
-                Err(LeaseError::Failed(e)) => Err(e),
+                Err(LeaseError::Failed(e)) => {
+                    // The other registrations keep the lease alive: the key would stay
+                    // for as long as they do. Its delete is retried in the background.
+                    entry.set_state(RegistrationState::Deregistered);
+                    self.leave_behind(written, entry);
+                    return Err(e);
+                }
             }
         } else {
             Ok(())

@@ -25,6 +25,7 @@ mod batch;
 mod claims;
 mod entry;
 mod group;
+mod leftover;
 mod recovery;
 
 use std::collections::HashMap;

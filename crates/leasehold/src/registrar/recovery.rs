@@ -108,6 +108,12 @@ impl<B: LeaseBackend> Group<B> {
     #[tracing::instrument(name = "recover", level = "info", skip_all, fields(ttl = ?self.ttl, generation = self.generation))]
     pub(super) async fn repair(&mut self) {
         let now = Instant::now();
+        if self.leftovers.retry_at().is_some_and(|at| at <= now) {
+            self.delete_leftovers().await;
+        }
+        if self.due.is_empty() {
+            return;
+        }
         if self.lease.is_none() {
             self.lease_retry_at = None;
             if let Err(e) = self.ensure_lease().await {
@@ -161,11 +167,14 @@ impl<B: LeaseBackend> Group<B> {
     /// When the group next has something to do: the first due write, but no grant
     /// before the lease backoff allows.
     pub(super) fn next_wakeup(&self) -> Option<Instant> {
-        let (first, _) = *self.due.first()?;
-        match (self.lease.is_none(), self.lease_retry_at) {
-            (true, Some(grant)) => Some(first.max(grant)),
-            _ => Some(first),
-        }
+        let write = self
+            .due
+            .first()
+            .map(|&(first, _)| match (self.lease.is_none(), self.lease_retry_at) {
+                (true, Some(grant)) => first.max(grant),
+                _ => first,
+            });
+        [write, self.leftovers.retry_at()].into_iter().flatten().min()
     }
 
     pub(super) fn next_lease_delay(&mut self) -> Duration {
