@@ -8,7 +8,7 @@
 //! persistent map, and publishes an immutable [`Snapshot`] that any number of
 //! [`Discovery`] handles load without locks, plus typed [`Change`]s to subscribers.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,11 +50,71 @@ impl ConnectionState {
     }
 }
 
+/// The instances of a service at one moment, in no particular order: a persistent
+/// vector that the next snapshot shares all but O(log n) of, so publishing a change and
+/// reading the new snapshot cost O(log n) whatever the size of the set.
+///
+/// Indexing is O(log n) (a few pointer hops), cloning O(1). Balancers index it as it is;
+/// [`Snapshot::members`] gives it.
+#[derive(Clone, Default)]
+pub struct Instances(imbl::Vector<Arc<Instance>>);
+
+impl Instances {
+    /// How many instances there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The instance at `index`, in O(log n).
+    pub fn get(&self, index: usize) -> Option<&Arc<Instance>> {
+        self.0.get(index)
+    }
+
+    /// Every instance, in slot order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<Instance>> + '_ {
+        self.0.iter()
+    }
+
+    /// Whether `self` and `other` are the same set (not only equal ones): a cheap check
+    /// that a table built for one still fits the other.
+    pub fn ptr_eq(&self, other: &Instances) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
+
+impl std::ops::Index<usize> for Instances {
+    type Output = Arc<Instance>;
+    fn index(&self, index: usize) -> &Arc<Instance> {
+        &self.0[index]
+    }
+}
+
+impl FromIterator<Arc<Instance>> for Instances {
+    fn from_iter<T: IntoIterator<Item = Arc<Instance>>>(iter: T) -> Self {
+        Instances(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|i| i.key())).finish()
+    }
+}
+
 /// The instances of a service at one moment. Immutable: a new snapshot is published for
 /// every change, sharing structure with the last.
+///
+/// Each instance is identified by its registry [`key`](Instance::key). Readers that
+/// follow every change use [`members`](Snapshot::members), which costs nothing to get;
+/// [`instances`](Snapshot::instances) sorts a copy, for display and tests.
 pub struct Snapshot {
     service: ServiceName,
-    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
+    members: Instances,
     sorted: OnceLock<Arc<[Arc<Instance>]>>,
     revision: u64,
     version: u64,
@@ -76,7 +136,7 @@ impl Snapshot {
     fn empty(service: ServiceName) -> Self {
         Snapshot {
             service,
-            entries: imbl::HashMap::new(),
+            members: Instances::default(),
             sorted: OnceLock::new(),
             revision: 0,
             version: 0,
@@ -89,17 +149,24 @@ impl Snapshot {
         &self.service
     }
 
-    /// The instances, sorted by id. Built once per snapshot, on first use, so balancers
-    /// can index it.
+    /// The instances as the cache holds them, in no particular order: O(1) to get,
+    /// O(log n) to index, shared with the snapshots before and after. What a reader
+    /// that runs on every change (a balancer) should use.
+    pub fn members(&self) -> &Instances {
+        &self.members
+    }
+
+    /// The instances sorted by id (then key). Built once per snapshot, on first use, in
+    /// O(n log n): for listings and tests, not for readers that run on every change.
     pub fn instances(&self) -> &Arc<[Arc<Instance>]> {
         self.sorted.get_or_init(|| {
-            let mut all: Vec<Arc<Instance>> = self.entries.values().cloned().collect();
-            all.sort_by(|a, b| a.id().cmp(b.id()));
+            let mut all: Vec<Arc<Instance>> = self.members.iter().cloned().collect();
+            all.sort_by(|a, b| a.id().cmp(b.id()).then_with(|| a.key().cmp(b.key())));
             all.into()
         })
     }
 
-    /// The instance with this id, if present.
+    /// An instance with this id, if present (through [`instances`](Snapshot::instances)).
     pub fn get(&self, id: &InstanceId) -> Option<&Arc<Instance>> {
         let all = self.instances();
         all.binary_search_by(|i| i.id().cmp(id)).ok().map(|at| &all[at])
@@ -107,12 +174,12 @@ impl Snapshot {
 
     /// How many instances there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.members.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.members.is_empty()
     }
 
     /// The registry revision this snapshot reflects (0 where the backend has none).
@@ -132,6 +199,10 @@ impl Snapshot {
 }
 
 /// A change to the cached set, as sent to subscribers.
+///
+/// Changes are per registry key: `Added` and `Removed` name the instance at one key
+/// ([`Instance::key`]), so when two keys briefly hold one id (a restart with a stable
+/// id), the removal of the old key is not the removal of the live instance.
 #[derive(Clone, Debug)]
 pub enum Change {
     /// An instance appeared.
@@ -372,22 +443,27 @@ pub struct DiscoveryFeed {
     service: ServiceName,
     codec: Arc<dyn Codec>,
     options: WatchOptions,
-    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
+    /// The set, shared with the published snapshot.
+    members: imbl::Vector<Arc<Instance>>,
+    /// Each key's slot in `members`. The writer's alone: readers never look up by key,
+    /// so a plain map (a third of a persistent one's memory) is enough.
+    slots: HashMap<Arc<str>, u32>,
     pending: Vec<Change>,
     revision: u64,
     version: u64,
     connection: ConnectionState,
     /// The size of the last set the guard accepted.
     healthy: usize,
-    /// Keys whose bad values were logged, so each is logged once.
-    logged: HashSet<String>,
+    /// Keys whose bad values were logged, so each is logged once; a key leaves it when
+    /// it decodes again or is deleted.
+    logged: HashSet<Box<str>>,
 }
 
 impl fmt::Debug for DiscoveryFeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryFeed")
             .field("service", &self.service)
-            .field("instances", &self.entries.len())
+            .field("instances", &self.members.len())
             .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
@@ -418,7 +494,8 @@ impl DiscoveryFeed {
             service: service.clone(),
             codec,
             options,
-            entries: imbl::HashMap::new(),
+            members: imbl::Vector::new(),
+            slots: HashMap::new(),
             pending: Vec::new(),
             revision: 0,
             version: 0,
@@ -458,25 +535,21 @@ impl DiscoveryFeed {
         self.handle.strong_count() == 0
     }
 
-    /// The instance at `key`, and the key as the map holds it. The key shares the id's
-    /// string when they are equal (the native layout) and the instance shares the
-    /// service name, so a cache of N instances costs little more than N decoded values.
-    fn decode(&mut self, key: &str, value: &[u8]) -> Option<(Arc<str>, Arc<Instance>)> {
+    /// The instance at `key`, which knows its key and shares the service name, so a
+    /// cache of N instances costs little more than N decoded values.
+    fn decode(&mut self, key: &str, value: &[u8]) -> Option<Arc<Instance>> {
         match self.codec.decode(&self.service, key, value) {
             Ok(mut instance) => {
                 if !self.logged.is_empty() {
                     self.logged.remove(key);
                 }
                 instance.share_service(&self.service);
-                let key = match instance.id().as_str() == key {
-                    true => instance.id().shared().clone(),
-                    false => Arc::from(key),
-                };
-                Some((key, Arc::new(instance)))
+                instance.set_key(key);
+                Some(Arc::new(instance))
             }
             Err(e) => {
                 self.shared.skipped.fetch_add(1, Ordering::Relaxed);
-                if self.logged.insert(key.to_owned()) {
+                if self.logged.insert(key.into()) {
                     tracing::warn!(service = %self.service, key, error = %e, "skipping a value that does not decode");
                 }
                 None
@@ -484,26 +557,56 @@ impl DiscoveryFeed {
         }
     }
 
+    /// Puts `instance` at its key, recording the change.
+    fn insert(&mut self, instance: Arc<Instance>) {
+        match self.slots.get(instance.key()) {
+            Some(&slot) => {
+                let old = self.members.set(slot as usize, instance.clone());
+                if old != instance {
+                    self.pending.push(Change::Updated { old, new: instance });
+                }
+            }
+            None => {
+                self.slots
+                    .insert(instance.shared_key().clone(), self.members.len() as u32);
+                self.members.push_back(instance.clone());
+                self.pending.push(Change::Added(instance));
+            }
+        }
+    }
+
+    /// Removes the instance at `key`, moving the last slot into its place.
+    fn remove(&mut self, key: &str) {
+        let Some(slot) = self.slots.remove(key) else {
+            return;
+        };
+        let last = self.members.pop_back().expect("a slot implies a member");
+        let old = if slot as usize == self.members.len() {
+            last
+        } else {
+            self.slots.insert(last.shared_key().clone(), slot);
+            self.members.set(slot as usize, last)
+        };
+        self.pending.push(Change::Removed(old));
+    }
+
     /// Applies a put of `value` at `key`. A value that does not decode is skipped and
     /// counted; whatever the key held before is removed, since it no longer holds it.
     pub fn put(&mut self, key: &str, value: &[u8]) {
         match self.decode(key, value) {
-            Some((key, instance)) => match self.entries.insert(key, instance.clone()) {
-                None => self.pending.push(Change::Added(instance)),
-                Some(old) if old != instance => self.pending.push(Change::Updated { old, new: instance }),
-                Some(_) => {}
-            },
-            None => self.delete(key),
+            Some(instance) => self.insert(instance),
+            None => self.remove(key),
         }
     }
 
     /// Applies a delete of `key`.
     pub fn delete(&mut self, key: &str) {
-        if let Some(old) = self.entries.remove(key) {
-            self.pending.push(Change::Removed(old));
+        if !self.logged.is_empty() {
+            self.logged.remove(key);
         }
-        if self.healthy > self.entries.len() {
-            self.healthy = self.entries.len();
+        self.remove(key);
+        if self.healthy > self.members.len() {
+            self.healthy = self.members.len();
         }
     }
 
@@ -519,13 +622,20 @@ impl DiscoveryFeed {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let mut next = imbl::HashMap::new();
+        let mut next: HashMap<Arc<str>, Arc<Instance>> = HashMap::new();
+        let mut undecodable: HashSet<Box<str>> = HashSet::new();
         for (key, value) in listing {
-            let key = key.as_ref();
-            if let Some((key, instance)) = self.decode(key, value.as_ref()) {
-                next.insert(key, instance);
+            match self.decode(key.as_ref(), value.as_ref()) {
+                Some(instance) => {
+                    next.insert(instance.shared_key().clone(), instance);
+                }
+                None => {
+                    undecodable.insert(key.as_ref().into());
+                }
             }
         }
+        // Undecodable keys that the listing no longer has are forgotten.
+        self.logged.retain(|key| undecodable.contains(key));
         self.revision = revision;
         if let Some(fraction) = self.options.guard {
             let floor = (self.healthy as f64 * fraction).ceil() as usize;
@@ -533,46 +643,36 @@ impl DiscoveryFeed {
                 tracing::warn!(
                     service = %self.service,
                     listed = next.len(),
-                    held = self.entries.len(),
+                    held = self.members.len(),
                     floor,
                     "listing below the guard's floor; keeping the last healthy set"
                 );
-                for (key, instance) in next {
-                    match self.entries.insert(key, instance.clone()) {
-                        None => self.pending.push(Change::Added(instance)),
-                        Some(old) if old != instance => {
-                            self.pending.push(Change::Updated { old, new: instance })
-                        }
-                        Some(_) => {}
-                    }
+                for instance in next.into_values() {
+                    self.insert(instance);
                 }
                 self.publish();
                 return;
             }
         }
-        for (key, old) in self.entries.iter() {
-            if !next.contains_key(key) {
-                self.pending.push(Change::Removed(old.clone()));
-            }
+        let gone: Vec<Arc<str>> = self
+            .slots
+            .keys()
+            .filter(|key| !next.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.remove(&key);
         }
-        for (key, new) in next.iter() {
-            match self.entries.get(key) {
-                None => self.pending.push(Change::Added(new.clone())),
-                Some(old) if old != new => self.pending.push(Change::Updated {
-                    old: old.clone(),
-                    new: new.clone(),
-                }),
-                Some(_) => {}
-            }
+        for instance in next.into_values() {
+            self.insert(instance);
         }
-        self.entries = next;
-        self.healthy = self.entries.len();
+        self.healthy = self.members.len();
         self.publish();
     }
 
     /// Publishes the snapshot and the changes gathered since the last publish.
     pub fn publish(&mut self) {
-        self.healthy = self.healthy.max(self.entries.len());
+        self.healthy = self.healthy.max(self.members.len());
         let changed = !self.pending.is_empty() || self.revision != self.shared.current.load().revision;
         if !changed {
             return;
@@ -611,7 +711,7 @@ impl DiscoveryFeed {
         self.version += 1;
         self.shared.current.store(Arc::new(Snapshot {
             service: self.service.clone(),
-            entries: self.entries.clone(),
+            members: Instances(self.members.clone()),
             sorted: OnceLock::new(),
             revision: self.revision,
             version: self.version,
@@ -715,6 +815,71 @@ mod tests {
         assert!(
             discovery.snapshot().is_empty(),
             "a key that no longer decodes no longer holds an instance"
+        );
+    }
+
+    #[test]
+    fn undecodable_keys_are_forgotten_once_deleted_or_no_longer_listed() {
+        let (mut feed, _discovery) = feed(WatchOptions::default());
+        feed.put("junk-1", b"not json");
+        feed.put("junk-2", b"not json");
+        feed.publish();
+        assert_eq!(feed.logged.len(), 2);
+        feed.delete("junk-1");
+        feed.publish();
+        assert_eq!(feed.logged.len(), 1, "a deleted key is forgotten");
+        feed.reset([("junk-3", b"not json".to_vec()), ("a", value("a", 1))], 2);
+        let logged: Vec<&str> = feed.logged.iter().map(|k| &**k).collect();
+        assert_eq!(logged, ["junk-3"], "a key no longer listed is forgotten");
+    }
+
+    #[tokio::test]
+    async fn two_keys_with_one_id_are_two_instances_and_removing_the_old_keeps_the_new() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        feed.put("_c_old-0000000001", &value("stable", 1));
+        feed.publish();
+        let mut changes = discovery.changes();
+        feed.put("_c_new-0000000002", &value("stable", 1));
+        feed.delete("_c_old-0000000001");
+        feed.publish();
+        let snapshot = discovery.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot.members()[0].key(), "_c_new-0000000002");
+        assert_eq!(snapshot.members()[0].id().as_str(), "stable");
+        match changes.next().await {
+            Some(Change::Added(i)) => assert_eq!(i.key(), "_c_new-0000000002"),
+            other => panic!("{other:?}"),
+        }
+        match changes.next().await {
+            Some(Change::Removed(i)) => assert_eq!(i.key(), "_c_old-0000000001"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn members_stay_dense_through_deletes_in_any_order() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        let keys: Vec<String> = (0..200).map(|n| format!("k{n:03}")).collect();
+        feed.reset(keys.iter().map(|k| (k.clone(), value(k, 1))), 1);
+        for k in keys.iter().step_by(3) {
+            feed.delete(k);
+        }
+        feed.put("k001", &value("k001", 9));
+        feed.publish();
+        let snapshot = discovery.snapshot();
+        let mut held: Vec<&str> = snapshot.members().iter().map(|i| i.key()).collect();
+        held.sort();
+        let expected: Vec<&str> = keys
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 3 != 0)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(held, expected);
+        assert_eq!(
+            snapshot.get(&InstanceId::new("k001").unwrap()).unwrap().weight(),
+            9,
+            "a put to a held key updates its slot"
         );
     }
 
