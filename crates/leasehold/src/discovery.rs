@@ -8,14 +8,14 @@
 //! persistent map, and publishes an immutable [`Snapshot`] that any number of
 //! [`Discovery`] handles load without locks, plus typed [`Change`]s to subscribers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -118,7 +118,57 @@ pub struct Snapshot {
     sorted: OnceLock<Arc<[Arc<Instance>]>>,
     revision: u64,
     version: u64,
+    origin: u64,
+    edits: Option<Arc<Edits>>,
     connection: ConnectionState,
+}
+
+/// The changes that made one snapshot from the one before it, linked to the edits
+/// before those while the feed's [`History`] keeps them.
+struct Edits {
+    version: u64,
+    changes: Box<[Change]>,
+    before: ArcSwapOption<Edits>,
+}
+
+/// The recent edits, so a reader holding a table built for an older snapshot of the same
+/// cache can apply what changed instead of rebuilding.
+#[derive(Default)]
+struct History {
+    recent: VecDeque<Arc<Edits>>,
+}
+
+impl History {
+    /// How many publishes back a reader can catch up from.
+    const DEPTH: usize = 256;
+    /// Larger batches (a full listing) are not kept: a reader rebuilds, once.
+    const MAX_BATCH: usize = 1024;
+
+    fn record(&mut self, version: u64, changes: &[Change]) -> Option<Arc<Edits>> {
+        if changes.len() > Self::MAX_BATCH {
+            self.recent.clear();
+            return None;
+        }
+        let edits = Arc::new(Edits {
+            version,
+            changes: changes.into(),
+            before: ArcSwapOption::new(self.recent.back().cloned()),
+        });
+        self.recent.push_back(edits.clone());
+        if self.recent.len() > Self::DEPTH {
+            self.recent.pop_front();
+            if let Some(oldest) = self.recent.front() {
+                oldest.before.store(None);
+            }
+        }
+        Some(edits)
+    }
+}
+
+/// A number no other cache's snapshots carry.
+fn next_origin() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl fmt::Debug for Snapshot {
@@ -134,14 +184,61 @@ impl fmt::Debug for Snapshot {
 
 impl Snapshot {
     fn empty(service: ServiceName) -> Self {
+        Self::of(service, Instances::default())
+    }
+
+    /// A snapshot of `instances`, outside any cache: for balancing over a fixed list,
+    /// and for tests. It has no revision and no edits.
+    pub fn of(service: ServiceName, instances: Instances) -> Self {
         Snapshot {
             service,
-            members: Instances::default(),
+            members: instances,
             sorted: OnceLock::new(),
             revision: 0,
             version: 0,
+            origin: next_origin(),
+            edits: None,
             connection: ConnectionState::Live,
         }
+    }
+
+    /// Identifies the cache this snapshot comes from: snapshots of one cache share it, and
+    /// no other cache's do. With [`version`](Snapshot::version) it names a state of the set.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The changes from this cache's snapshot at `version` to this one, oldest first,
+    /// if they are still held (about the last 256 publishes, except full listings of
+    /// more than 1,024 changes); `None` means: read [`members`](Snapshot::members) anew.
+    /// Lets a reader that keeps a table per set pay per change, not per instance.
+    /// Check [`origin`](Snapshot::origin) first: versions of other caches mean nothing
+    /// here.
+    pub fn changes_since(&self, version: u64) -> Option<Vec<Change>> {
+        if version == self.version {
+            return Some(Vec::new());
+        }
+        if version > self.version {
+            return None;
+        }
+        let mut chain: Vec<Arc<Edits>> = Vec::new();
+        let mut at = self.edits.clone()?;
+        loop {
+            let before = at.before.load_full();
+            let reached = at.version == version + 1;
+            chain.push(at);
+            if reached {
+                break;
+            }
+            at = before?;
+        }
+        Some(
+            chain
+                .iter()
+                .rev()
+                .flat_map(|edits| edits.changes.iter().cloned())
+                .collect(),
+        )
     }
 
     /// The service.
@@ -449,6 +546,8 @@ pub struct DiscoveryFeed {
     /// so a plain map (a third of a persistent one's memory) is enough.
     slots: HashMap<Arc<str>, u32>,
     pending: Vec<Change>,
+    history: History,
+    origin: u64,
     revision: u64,
     version: u64,
     connection: ConnectionState,
@@ -497,6 +596,8 @@ impl DiscoveryFeed {
             members: imbl::Vector::new(),
             slots: HashMap::new(),
             pending: Vec::new(),
+            history: History::default(),
+            origin: next_origin(),
             revision: 0,
             version: 0,
             connection: ConnectionState::Live,
@@ -678,11 +779,6 @@ impl DiscoveryFeed {
             return;
         }
         self.store_snapshot();
-        for change in self.pending.drain(..) {
-            let _ = self.shared.changes.send(change);
-        }
-        // A listing of thousands leaves a large buffer behind; keep a modest one.
-        self.pending.shrink_to(64);
     }
 
     /// Marks the set stale: the registry cannot be reached. Kept and served meanwhile.
@@ -707,16 +803,27 @@ impl DiscoveryFeed {
         }
     }
 
+    /// Publishes the set with the changes gathered since the last snapshot: stored as
+    /// the snapshot's edits for readers that update tables, and sent to subscribers.
     fn store_snapshot(&mut self) {
         self.version += 1;
+        let changes: Vec<Change> = self.pending.drain(..).collect();
+        // A listing of thousands leaves a large buffer behind; keep a modest one.
+        self.pending.shrink_to(64);
+        let edits = self.history.record(self.version, &changes);
         self.shared.current.store(Arc::new(Snapshot {
             service: self.service.clone(),
             members: Instances(self.members.clone()),
             sorted: OnceLock::new(),
             revision: self.revision,
             version: self.version,
+            origin: self.origin,
+            edits,
             connection: self.connection,
         }));
+        for change in changes {
+            let _ = self.shared.changes.send(change);
+        }
         self.shared.versions.send_replace(self.version);
     }
 }
@@ -880,6 +987,52 @@ mod tests {
             snapshot.get(&InstanceId::new("k001").unwrap()).unwrap().weight(),
             9,
             "a put to a held key updates its slot"
+        );
+    }
+
+    fn keys_of(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|change| match change {
+                Change::Added(i) => format!("+{}", i.key()),
+                Change::Removed(i) => format!("-{}", i.key()),
+                Change::Updated { new, .. } => format!("~{}", new.key()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_gets_the_changes_since_its_version_or_none_once_they_are_gone() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        feed.reset([("a", value("a", 1))], 1);
+        let start = discovery.snapshot();
+        feed.put("b", &value("b", 1));
+        feed.publish();
+        feed.mark_stale();
+        feed.put("a", &value("a", 2));
+        feed.delete("b");
+        feed.publish();
+        let now = discovery.snapshot();
+        assert_eq!(now.origin(), start.origin());
+        assert_eq!(
+            keys_of(&now.changes_since(start.version()).unwrap()),
+            ["+b", "~a", "-b"]
+        );
+        assert!(now.changes_since(now.version()).unwrap().is_empty());
+        for n in 0..History::DEPTH + 1 {
+            feed.put("c", &value("c", n as u32 % 7 + 1));
+            feed.publish();
+        }
+        assert!(discovery.snapshot().changes_since(start.version()).is_none());
+        let listing: Vec<(String, Vec<u8>)> = (0..History::MAX_BATCH + 1)
+            .map(|n| (format!("k{n}"), value(&format!("k{n}"), 1)))
+            .collect();
+        let before = discovery.snapshot();
+        feed.reset(listing, 2);
+        assert!(
+            discovery.snapshot().changes_since(before.version()).is_none(),
+            "a large listing is read anew"
         );
     }
 
