@@ -540,16 +540,8 @@ pub struct DiscoveryFeed {
     service: ServiceName,
     codec: Arc<dyn Codec>,
     options: WatchOptions,
-    /// The set, shared with the published snapshot.
-    members: imbl::Vector<Arc<Instance>>,
-    /// Each key's slot in `members`. The writer's alone: readers never look up by key,
-    /// so a plain map (a third of a persistent one's memory) is enough.
-    slots: HashMap<Arc<str>, u32>,
-    pending: Vec<Change>,
-    history: History,
-    origin: u64,
+    set: SnapshotWriter,
     revision: u64,
-    version: u64,
     connection: ConnectionState,
     /// The size of the last set the guard accepted.
     healthy: usize,
@@ -562,7 +554,7 @@ impl fmt::Debug for DiscoveryFeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryFeed")
             .field("service", &self.service)
-            .field("instances", &self.members.len())
+            .field("instances", &self.set.len())
             .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
@@ -593,13 +585,8 @@ impl DiscoveryFeed {
             service: service.clone(),
             codec,
             options,
-            members: imbl::Vector::new(),
-            slots: HashMap::new(),
-            pending: Vec::new(),
-            history: History::default(),
-            origin: next_origin(),
+            set: SnapshotWriter::new(service.clone()),
             revision: 0,
-            version: 0,
             connection: ConnectionState::Live,
             healthy: 0,
             logged: HashSet::new(),
@@ -658,45 +645,14 @@ impl DiscoveryFeed {
         }
     }
 
-    /// Puts `instance` at its key, recording the change.
-    fn insert(&mut self, instance: Arc<Instance>) {
-        match self.slots.get(instance.key()) {
-            Some(&slot) => {
-                let old = self.members.set(slot as usize, instance.clone());
-                if old != instance {
-                    self.pending.push(Change::Updated { old, new: instance });
-                }
-            }
-            None => {
-                self.slots
-                    .insert(instance.shared_key().clone(), self.members.len() as u32);
-                self.members.push_back(instance.clone());
-                self.pending.push(Change::Added(instance));
-            }
-        }
-    }
-
-    /// Removes the instance at `key`, moving the last slot into its place.
-    fn remove(&mut self, key: &str) {
-        let Some(slot) = self.slots.remove(key) else {
-            return;
-        };
-        let last = self.members.pop_back().expect("a slot implies a member");
-        let old = if slot as usize == self.members.len() {
-            last
-        } else {
-            self.slots.insert(last.shared_key().clone(), slot);
-            self.members.set(slot as usize, last)
-        };
-        self.pending.push(Change::Removed(old));
-    }
-
     /// Applies a put of `value` at `key`. A value that does not decode is skipped and
     /// counted; whatever the key held before is removed, since it no longer holds it.
     pub fn put(&mut self, key: &str, value: &[u8]) {
         match self.decode(key, value) {
-            Some(instance) => self.insert(instance),
-            None => self.remove(key),
+            Some(instance) => self.set.insert(instance),
+            None => {
+                self.set.remove(key);
+            }
         }
     }
 
@@ -705,9 +661,9 @@ impl DiscoveryFeed {
         if !self.logged.is_empty() {
             self.logged.remove(key);
         }
-        self.remove(key);
-        if self.healthy > self.members.len() {
-            self.healthy = self.members.len();
+        self.set.remove(key);
+        if self.healthy > self.set.len() {
+            self.healthy = self.set.len();
         }
     }
 
@@ -744,37 +700,37 @@ impl DiscoveryFeed {
                 tracing::warn!(
                     service = %self.service,
                     listed = next.len(),
-                    held = self.members.len(),
+                    held = self.set.len(),
                     floor,
                     "listing below the guard's floor; keeping the last healthy set"
                 );
                 for instance in next.into_values() {
-                    self.insert(instance);
+                    self.set.insert(instance);
                 }
                 self.publish();
                 return;
             }
         }
         let gone: Vec<Arc<str>> = self
-            .slots
+            .set
             .keys()
             .filter(|key| !next.contains_key(*key))
             .cloned()
             .collect();
         for key in gone {
-            self.remove(&key);
+            self.set.remove(&key);
         }
         for instance in next.into_values() {
-            self.insert(instance);
+            self.set.insert(instance);
         }
-        self.healthy = self.members.len();
+        self.healthy = self.set.len();
         self.publish();
     }
 
     /// Publishes the snapshot and the changes gathered since the last publish.
     pub fn publish(&mut self) {
-        self.healthy = self.healthy.max(self.members.len());
-        let changed = !self.pending.is_empty() || self.revision != self.shared.current.load().revision;
+        self.healthy = self.healthy.max(self.set.len());
+        let changed = self.set.has_pending() || self.revision != self.shared.current.load().revision;
         if !changed {
             return;
         }
@@ -806,25 +762,139 @@ impl DiscoveryFeed {
     /// Publishes the set with the changes gathered since the last snapshot: stored as
     /// the snapshot's edits for readers that update tables, and sent to subscribers.
     fn store_snapshot(&mut self) {
+        let (snapshot, changes) = self.set.publish(self.revision, self.connection);
+        let version = snapshot.version();
+        self.shared.current.store(Arc::new(snapshot));
+        for change in changes {
+            let _ = self.shared.changes.send(change);
+        }
+        self.shared.versions.send_replace(version);
+    }
+}
+
+/// A set of instances kept by hand, published as [`Snapshot`]s with their edits, as a
+/// discovery cache publishes them: what a [`DiscoveryFeed`] keeps its set in, and what a
+/// reader that derives sub-sets (a zone's instances) keeps them in, so readers of those
+/// pay per change too.
+///
+/// Instances are identified by their [`key`](Instance::key). Removing one moves the last
+/// slot into its place, so the set stays dense and indexable.
+pub struct SnapshotWriter {
+    service: ServiceName,
+    /// The set, shared with the published snapshots.
+    members: imbl::Vector<Arc<Instance>>,
+    /// Each key's slot in `members`. The writer's alone: readers never look up by key,
+    /// so a plain map (a third of a persistent one's memory) is enough.
+    slots: HashMap<Arc<str>, u32>,
+    pending: Vec<Change>,
+    history: History,
+    origin: u64,
+    version: u64,
+}
+
+impl fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("service", &self.service)
+            .field("instances", &self.members.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWriter {
+    /// An empty set of `service`'s instances.
+    pub fn new(service: ServiceName) -> Self {
+        SnapshotWriter {
+            service,
+            members: imbl::Vector::new(),
+            slots: HashMap::new(),
+            pending: Vec::new(),
+            history: History::default(),
+            origin: next_origin(),
+            version: 0,
+        }
+    }
+
+    /// How many instances the set holds, published or not.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether an instance is held at `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    /// The keys held.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.slots.keys()
+    }
+
+    /// Whether changes wait to be published.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Puts `instance` at its key (as an addition, or an update of what the key held),
+    /// recorded for the next publish.
+    pub fn insert(&mut self, instance: Arc<Instance>) {
+        match self.slots.get(instance.key()) {
+            Some(&slot) => {
+                let old = self.members.set(slot as usize, instance.clone());
+                if old != instance {
+                    self.pending.push(Change::Updated { old, new: instance });
+                }
+            }
+            None => {
+                self.slots
+                    .insert(instance.shared_key().clone(), self.members.len() as u32);
+                self.members.push_back(instance.clone());
+                self.pending.push(Change::Added(instance));
+            }
+        }
+    }
+
+    /// Removes the instance at `key`, moving the last slot into its place; whether
+    /// there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Some(slot) = self.slots.remove(key) else {
+            return false;
+        };
+        let last = self.members.pop_back().expect("a slot implies a member");
+        let old = if slot as usize == self.members.len() {
+            last
+        } else {
+            self.slots.insert(last.shared_key().clone(), slot);
+            self.members.set(slot as usize, last)
+        };
+        self.pending.push(Change::Removed(old));
+        true
+    }
+
+    /// The next snapshot, at `revision` and `connection`, and the changes that made it.
+    pub fn publish(&mut self, revision: u64, connection: ConnectionState) -> (Snapshot, Vec<Change>) {
         self.version += 1;
         let changes: Vec<Change> = self.pending.drain(..).collect();
         // A listing of thousands leaves a large buffer behind; keep a modest one.
         self.pending.shrink_to(64);
         let edits = self.history.record(self.version, &changes);
-        self.shared.current.store(Arc::new(Snapshot {
+        let snapshot = Snapshot {
             service: self.service.clone(),
             members: Instances(self.members.clone()),
             sorted: OnceLock::new(),
-            revision: self.revision,
+            revision,
             version: self.version,
             origin: self.origin,
             edits,
-            connection: self.connection,
-        }));
-        for change in changes {
-            let _ = self.shared.changes.send(change);
-        }
-        self.shared.versions.send_replace(self.version);
+            connection,
+        };
+        (snapshot, changes)
     }
 }
 
