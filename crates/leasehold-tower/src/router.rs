@@ -1,5 +1,6 @@
 //! The tower service that routes each request over the discovered instances.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -282,9 +283,15 @@ impl<M: MakeEndpoint> Shared<M> {
         let listed = |list: &[Arc<Instance>], i: &Instance| list.iter().any(|l| l.key() == i.key());
         let mut both: Vec<Arc<Instance>> = out.clone();
         both.extend(tried.iter().filter(|t| !listed(&out, t)).cloned());
-        let fresh_and_healthy = |i: &Instance| !listed(&both, i);
+        // Many out at once (a zone down): look them up by key instead of in a list.
+        let out_keys: Option<HashSet<&str>> = (out.len() > 16).then(|| out.iter().map(|i| i.key()).collect());
+        let is_out = |i: &Instance| match &out_keys {
+            Some(keys) => keys.contains(i.key()),
+            None => listed(&out, i),
+        };
+        let fresh_and_healthy = |i: &Instance| !listed(tried, i) && !is_out(i);
         let fresh = |i: &Instance| !listed(tried, i);
-        let healthy = |i: &Instance| !listed(&out, i);
+        let healthy = |i: &Instance| !is_out(i);
         let filters: [(&dyn Fn(&Instance) -> bool, &[Arc<Instance>]); 3] =
             [(&fresh_and_healthy, &both), (&fresh, tried), (&healthy, &out)];
         let picked = filters.into_iter().find_map(|(filter, refused)| {
@@ -402,6 +409,8 @@ impl<M: MakeEndpoint> Drop for Attempt<M> {
 enum PendingBody {
     /// Buffered (the request may be retried): sent as often as needed.
     Buffered(Bytes),
+    /// Empty: nothing to lose, so it can always go again.
+    Empty,
     /// Sent once, unless it comes back unsent.
     Once(Option<RequestBody>),
 }
@@ -410,7 +419,12 @@ impl PendingBody {
     fn next(&mut self) -> (RequestBody, Option<Unsent>) {
         match self {
             PendingBody::Buffered(bytes) => (RequestBody::new(Full::new(bytes.clone())), None),
+            PendingBody::Empty => (RequestBody::empty(), None),
             PendingBody::Once(body) => match body.take() {
+                Some(body) if body.is_end_stream() => {
+                    *self = PendingBody::Empty;
+                    (body, None)
+                }
                 Some(body) => {
                     let (body, unsent) = lend(body);
                     (body, Some(unsent))
@@ -420,16 +434,46 @@ impl PendingBody {
         }
     }
 
-    /// Takes the body back if the endpoint never read it; whether it can go out again.
+    /// Takes the body back if the endpoint never read it; whether that happened.
     fn reclaim(&mut self, unsent: Option<Unsent>) -> bool {
         match self {
-            PendingBody::Buffered(_) => true,
             PendingBody::Once(body) => {
                 *body = unsent.and_then(Unsent::take);
                 body.is_some()
             }
+            _ => false,
         }
     }
+
+    /// Whether the body can go out again.
+    fn available(&self) -> bool {
+        !matches!(self, PendingBody::Once(None))
+    }
+}
+
+/// Whether `error` says the connection failed before the request could be written:
+/// refused, unreachable, or a connect that failed or timed out.
+fn connect_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(error);
+    while let Some(error) = at {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        if error
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect())
+        {
+            return true;
+        }
+        at = error.source();
+    }
+    false
 }
 
 /// The other end of a request body lent to an endpoint: holds the body until the
@@ -443,19 +487,12 @@ impl Unsent {
     }
 }
 
-/// Lends `body` to one attempt. An empty body counts as read at once: a client may send
-/// a request with an empty body without reading it, and that request was sent.
+/// Lends a non-empty `body` to one attempt. (An empty one is never lent: a client may
+/// send a request with an empty body without reading it.)
 fn lend(body: RequestBody) -> (RequestBody, Unsent) {
-    let lent = if body.is_end_stream() {
-        Lent {
-            slot: Arc::new(Mutex::new(None)),
-            body: Some(body),
-        }
-    } else {
-        Lent {
-            slot: Arc::new(Mutex::new(Some(body))),
-            body: None,
-        }
+    let lent = Lent {
+        slot: Arc::new(Mutex::new(Some(body))),
+        body: None,
     };
     let unsent = Unsent(lent.slot.clone());
     (RequestBody::new(lent), unsent)
@@ -588,7 +625,8 @@ where
         match result {
             Err(source) => {
                 tracker.finish(true);
-                let never_sent = matches!(body, PendingBody::Once(_)) && body.reclaim(unsent);
+                let unread = body.reclaim(unsent);
+                let never_sent = unread || (connect_failed(&*source) && body.available());
                 if more && (never_sent || (safe && shared.budget.withdraw())) {
                     tracing::debug!(%service, id = %instance.id(), attempt, error = %source, never_sent, "retrying on another instance");
                     continue;
