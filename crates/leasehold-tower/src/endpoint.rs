@@ -49,6 +49,9 @@ where
     }
 }
 
+/// The slots by registry key.
+type Slots<E> = imbl::HashMap<Arc<str>, Arc<Slot<E>>>;
+
 /// One instance's client, made once.
 struct Slot<E> {
     instance: Arc<Instance>,
@@ -71,7 +74,7 @@ impl<E: Clone> Slot<E> {
 /// instance that left (the last clone of a client going closes its connections).
 pub struct EndpointCache<M: MakeEndpoint> {
     make: M,
-    slots: ArcSwap<imbl::HashMap<Arc<str>, Arc<Slot<M::Endpoint>>>>,
+    slots: ArcSwap<Slots<M::Endpoint>>,
     /// Serializes changes to the map (never held by a lookup, nor while making).
     writing: Mutex<()>,
 }
@@ -167,7 +170,7 @@ impl<M: MakeEndpoint> EndpointCache<M> {
             snapshot.members().iter().map(|i| (i.key(), &**i)).collect();
         let _writing = self.writing.lock().unwrap_or_else(|e| e.into_inner());
         let slots = self.slots.load_full();
-        let kept: imbl::HashMap<Arc<str>, Arc<Slot<M::Endpoint>>> = slots
+        let kept: Slots<M::Endpoint> = slots
             .iter()
             .filter(|(key, slot)| {
                 held.get(&***key)

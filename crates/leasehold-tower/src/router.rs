@@ -292,8 +292,8 @@ impl<M: MakeEndpoint> Shared<M> {
         let fresh_and_healthy = |i: &Instance| !listed(tried, i) && !is_out(i);
         let fresh = |i: &Instance| !listed(tried, i);
         let healthy = |i: &Instance| !is_out(i);
-        let filters: [(&dyn Fn(&Instance) -> bool, &[Arc<Instance>]); 3] =
-            [(&fresh_and_healthy, &both), (&fresh, tried), (&healthy, &out)];
+        type Filter<'f> = (&'f dyn Fn(&Instance) -> bool, &'f [Arc<Instance>]);
+        let filters: [Filter<'_>; 3] = [(&fresh_and_healthy, &both), (&fresh, tried), (&healthy, &out)];
         let picked = filters.into_iter().find_map(|(filter, refused)| {
             self.balancer
                 .pick(snapshot, &ctx.with_filter(filter).with_refused(refused))

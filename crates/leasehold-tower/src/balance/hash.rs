@@ -17,7 +17,7 @@ use super::{Balancer, PickContext, Random, Tables};
 /// them. An instance the filter refuses passes its keys to the next point's owner, so
 /// they come back when it does. Requests without a key go to a [`Random`] instance.
 ///
-/// The ring is cut into buckets by the points' top bits (about eight points a bucket),
+/// The ring is cut into buckets by the points' top bits (about 32 points a bucket),
 /// so a pick reads one small sorted bucket: O(1) whatever the set's size. An instance
 /// that joins or leaves rewrites only the buckets of its points, O(replicas) per change.
 #[derive(Debug)]
@@ -56,8 +56,10 @@ impl ConsistentHash {
 
     fn build(&self, snapshot: &Snapshot) -> Ring {
         let points = snapshot.len() * self.replicas as usize;
-        // About eight points a bucket; at least two buckets, at most 2^24.
-        let bits = (usize::BITS - (points / 8).max(1).leading_zeros()).clamp(1, 24);
+        // About 32 points (512 bytes) a bucket: few enough buckets that the directory
+        // stays in cache, small enough that a change rewrites little. At least two
+        // buckets, at most 2^22.
+        let bits = (usize::BITS - (points / 32).max(1).leading_zeros()).clamp(1, 22);
         let shift = 64 - bits;
         let mut all: Vec<(u64, Arc<Instance>)> = Vec::with_capacity(points);
         for instance in snapshot.members().iter() {
@@ -90,18 +92,21 @@ impl ConsistentHash {
         }
         // Buckets of a set that grew or shrank many times over are re-cut.
         let per_bucket = next.points / next.buckets.len();
-        if per_bucket > 32 || (per_bucket < 2 && next.buckets.len() > 64) {
+        if per_bucket > 128 || (per_bucket < 8 && next.buckets.len() > 64) {
             return self.build(snapshot);
         }
         next
     }
 }
 
+/// Points of the ring that share their top bits, sorted.
+type Bucket = Arc<[(u64, Arc<Instance>)]>;
+
 /// The ring: its points in buckets by their top bits, each bucket sorted.
 #[derive(Clone)]
 struct Ring {
     shift: u32,
-    buckets: imbl::Vector<Arc<[(u64, Arc<Instance>)]>>,
+    buckets: imbl::Vector<Bucket>,
     points: usize,
 }
 

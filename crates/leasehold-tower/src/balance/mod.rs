@@ -401,11 +401,9 @@ impl<V: Clone> Aligned<V> {
     /// keeps its value.
     pub(crate) fn apply(&mut self, change: &Change, value: impl FnOnce(&Arc<Instance>) -> V) {
         match change {
-            Change::Added(instance) => {
-                if !self.slots.contains_key(instance.key()) {
-                    let v = value(instance);
-                    self.push(instance, v);
-                }
+            Change::Added(instance) if !self.slots.contains_key(instance.key()) => {
+                let v = value(instance);
+                self.push(instance, v);
             }
             Change::Removed(instance) => {
                 let Some(slot) = self.slots.remove(instance.key()) else {

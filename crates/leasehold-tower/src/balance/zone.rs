@@ -129,7 +129,9 @@ impl<B: Balancer> ZoneAware<B> {
             }
             key
         };
-        let mut edits: Vec<(Arc<str>, Option<Arc<Instance>>, &str)> = Vec::new();
+        // (zone, the instance to put there or none to remove, its key)
+        type Edit<'c> = (Arc<str>, Option<Arc<Instance>>, &'c str);
+        let mut edits: Vec<Edit<'_>> = Vec::new();
         for change in changes {
             match change {
                 Change::Added(instance) => {
