@@ -573,7 +573,11 @@ where
     } else {
         PendingBody::Once(Some(body))
     };
-    shared.budget.deposit();
+    // The budget counts the requests that may be retried; others never draw on it,
+    // and so never take its lock.
+    if safe {
+        shared.budget.deposit();
+    }
     let mut tried: Vec<Arc<Instance>> = Vec::new();
     let mut attempt = 0;
     loop {
