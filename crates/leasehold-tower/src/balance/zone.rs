@@ -202,7 +202,14 @@ impl<B: Balancer> Balancer for ZoneAware<B> {
             let healthy = if !ctx.is_filtered() {
                 all
             } else if let Some(refused) = ctx.refused() {
-                all.saturating_sub(refused.iter().filter(|i| i.zone() == Some(zone)).count())
+                // Were every refused instance local, would enough be left? Then there is
+                // no need to count which are.
+                let at_least = all.saturating_sub(refused.len());
+                if at_least > 0 && at_least as f64 >= self.min_healthy * all as f64 {
+                    at_least
+                } else {
+                    all.saturating_sub(refused.iter().filter(|i| i.zone() == Some(zone)).count())
+                }
             } else {
                 local.snapshot.members().iter().filter(|i| ctx.allows(i)).count()
             };
