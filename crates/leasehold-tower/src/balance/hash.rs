@@ -83,6 +83,8 @@ impl ConsistentHash {
             match change {
                 Change::Added(instance) => next.add(self.points(instance), instance),
                 Change::Removed(instance) => next.remove(self.points(instance), instance),
+                // Same id, same points: only the owner's fields changed.
+                Change::Updated { old, new } if old.id() == new.id() => next.replace(self.points(new), new),
                 Change::Updated { old, new } => {
                     next.remove(self.points(old), old);
                     next.add(self.points(new), new);
@@ -138,6 +140,22 @@ impl Ring {
                 bucket.remove(place);
                 self.buckets.set(at, bucket.into());
                 self.points -= 1;
+            }
+        }
+    }
+
+    /// Puts `instance` in place of the owner with its key at each of `points`.
+    fn replace(&mut self, points: impl Iterator<Item = u64>, instance: &Arc<Instance>) {
+        for point in points {
+            let at = self.bucket_of(point);
+            let bucket = &self.buckets[at];
+            if let Some(place) = bucket
+                .iter()
+                .position(|(p, i)| *p == point && i.key() == instance.key())
+            {
+                let mut bucket = bucket.to_vec();
+                bucket[place].1 = instance.clone();
+                self.buckets.set(at, bucket.into());
             }
         }
     }
@@ -226,6 +244,50 @@ mod tests {
         );
         let back = owners(&balancer, &ten, keys);
         assert_eq!(before, back, "removing it moves exactly its keys back");
+    }
+
+    #[test]
+    fn the_ring_follows_changes_as_a_rebuild_would() {
+        use leasehold::{ConnectionState, ServiceName, SnapshotWriter};
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let base = set(40, 0, |_| 1);
+        for instance in base.members().iter() {
+            writer.insert(instance.clone());
+        }
+        let (first, _) = writer.publish(1, ConnectionState::Live);
+        let incremental = ConsistentHash::new();
+        owners(&incremental, &first, 1);
+        for instance in base.members().iter().step_by(3) {
+            writer.remove(instance.key());
+        }
+        let moved = Instance::builder("svc", "10.9.9.9:80")
+            .id("i00001")
+            .build()
+            .unwrap();
+        writer.insert(Arc::new(moved));
+        writer.insert(Arc::new(
+            Instance::builder("svc", "10.9.9.8:80").id("new").build().unwrap(),
+        ));
+        let (second, _) = writer.publish(2, ConnectionState::Live);
+        assert!(second.changes_since(first.version()).is_some());
+        let fresh = of(second.members().iter().cloned().collect());
+        assert_eq!(
+            owners(&incremental, &second, 3_000),
+            owners(&ConsistentHash::new(), &fresh, 3_000)
+        );
+        let addr = |s: &Snapshot| {
+            let ctx = PickContext::new().with_key("user-1");
+            (0..200)
+                .map(|k| {
+                    let ctx = ctx.with_key(format!("user-{k}"));
+                    incremental.pick(s, &ctx).unwrap().addr().to_string()
+                })
+                .any(|a| a == "10.9.9.9:80")
+        };
+        assert!(
+            addr(&second),
+            "an updated owner's new address is what picks return"
+        );
     }
 
     #[test]

@@ -311,6 +311,41 @@ mod tests {
     }
 
     #[test]
+    fn zones_follow_changes_as_a_rebuild_would() {
+        use leasehold::{ServiceName, SnapshotWriter};
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let base = set(12, 3, |_| 1);
+        for instance in base.members().iter() {
+            writer.insert(instance.clone());
+        }
+        let (first, _) = writer.publish(1, ConnectionState::Live);
+        let balancer = ZoneAware::new(None, RoundRobin::new);
+        counts(&balancer, &first, 3, |_| PickContext::new().with_zone("z1"));
+        writer.remove(base.members()[1].key());
+        let moved = Instance::builder("svc", "10.9.9.9:80")
+            .id("i00004")
+            .zone("z2")
+            .build()
+            .unwrap();
+        writer.insert(Arc::new(moved));
+        let joined = Instance::builder("svc", "10.9.9.8:80")
+            .id("new")
+            .zone("z1")
+            .build()
+            .unwrap();
+        writer.insert(Arc::new(joined));
+        let (second, _) = writer.publish(2, ConnectionState::Live);
+        assert!(second.changes_since(first.version()).is_some());
+        let seen = counts(&balancer, &second, 300, |_| PickContext::new().with_zone("z1"));
+        assert_eq!(
+            seen.keys().collect::<Vec<_>>(),
+            ["i00007", "i00010", "new"],
+            "i00001 left, i00004 moved to z2, new joined z1"
+        );
+        assert!(seen.values().all(|&c| c == 100), "{seen:?}");
+    }
+
+    #[test]
     fn an_unknown_or_missing_zone_uses_all() {
         let set = set(4, 2, |_| 1);
         let balancer = ZoneAware::new(None, RoundRobin::new);
