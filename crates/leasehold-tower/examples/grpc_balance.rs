@@ -178,9 +178,7 @@ pub async fn run(args: Args) -> Result<Report, BoxError> {
     } else {
         RetryPolicy::default()
     };
-    let options = BalanceOptions::default()
-        .shared_balancer(args.balancer.build())
-        .retry(retry);
+    let options = BalanceOptions::default().balancer(args.balancer).retry(retry);
     let client = GreeterClient::new(leasehold_tower::channel(discovery, options));
 
     let mut served: BTreeMap<String, u64> = servers.iter().map(|s| (s.addr.clone(), 0)).collect();

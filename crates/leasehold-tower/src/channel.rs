@@ -1,23 +1,32 @@
 //! tonic channels over discovered instances.
 
 use std::fmt;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use leasehold::{Discovery, Instance};
 use tonic::transport::{Channel, Endpoint};
+use tower::Service;
 
+use crate::classify::ClassifiedBody;
 use crate::endpoint::MakeEndpoint;
-use crate::router::{BalanceOptions, Balanced};
+use crate::health::{HealthCheck, HealthTarget};
+use crate::router::{BalanceOptions, Balanced, RequestBody};
 use crate::BoxError;
 
-/// Makes a lazily connecting tonic [`Channel`] to each instance, at
-/// `http://{authority}` (or `https://` for an instance registered with an `https` URI,
-/// which needs one of tonic's TLS features).
+/// Makes a tonic [`Channel`] to each instance, at `http://{authority}` (or `https://` for
+/// an instance registered with an `https` URI, which needs one of tonic's TLS features),
+/// connected before the first request goes out: an instance that refuses the connection
+/// fails before anything is sent, and the request goes to another instance.
 ///
 /// Connects time out after 5 s by default, so a black-holed instance fails (and is
 /// ejected) instead of stalling its requests; [`configure`](TonicEndpoints::configure)
-/// changes that and anything else about the endpoint.
+/// changes that and anything else about the endpoint. Health checks use gRPC's health
+/// protocol ([`HealthCheck::grpc`]).
 #[derive(Clone, Default)]
 pub struct TonicEndpoints {
     configure: Option<Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>>,
@@ -47,28 +56,87 @@ impl TonicEndpoints {
 impl MakeEndpoint for TonicEndpoints {
     type Endpoint = Channel;
 
-    fn make_endpoint(&self, instance: &Instance) -> Result<Channel, BoxError> {
+    fn make_endpoint(&self, instance: &Instance) -> BoxFuture<'static, Result<Channel, BoxError>> {
         let scheme = match instance.addr().scheme() {
             Some("https") => "https",
             _ => "http",
         };
-        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr().authority()))?
-            .connect_timeout(Duration::from_secs(5));
-        let endpoint = match &self.configure {
-            Some(configure) => configure(endpoint),
-            None => endpoint,
+        let endpoint = Endpoint::from_shared(format!("{scheme}://{}", instance.addr().authority()))
+            .map(|e| e.connect_timeout(Duration::from_secs(5)));
+        let configure = self.configure.clone();
+        Box::pin(async move {
+            let endpoint = endpoint?;
+            let endpoint = match &configure {
+                Some(configure) => configure(endpoint),
+                None => endpoint,
+            };
+            Ok(endpoint.connect().await?)
+        })
+    }
+
+    fn probe(
+        &self,
+        channel: Channel,
+        _instance: &Instance,
+        check: &HealthCheck,
+    ) -> Option<BoxFuture<'static, Result<(), BoxError>>> {
+        let HealthTarget::Grpc { service } = &check.target else {
+            return None;
         };
-        Ok(endpoint.connect_lazy())
+        let service = service.clone();
+        Some(Box::pin(async move {
+            use tonic_health::pb::health_check_response::ServingStatus;
+            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+            let reply = client
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await?
+                .into_inner();
+            if reply.status == ServingStatus::Serving as i32 {
+                Ok(())
+            } else {
+                Err(format!("health status {:?}", ServingStatus::try_from(reply.status)).into())
+            }
+        }))
     }
 }
 
-/// A [`Balanced`] service over tonic channels: what a tonic-generated client takes.
-pub type BalancedChannel = Balanced<TonicEndpoints>;
+/// A balanced tonic channel: what a tonic-generated client takes. A [`Balanced`] service
+/// over [`TonicEndpoints`] whose errors are gRPC statuses: `UNAVAILABLE` naming the
+/// service when no instance is registered or none could be reached (see
+/// [`Error::code`](crate::Error::code)), the [`Error`](crate::Error) as the status's
+/// source.
+#[derive(Clone, Debug)]
+pub struct BalancedChannel {
+    inner: Balanced<TonicEndpoints>,
+}
+
+impl BalancedChannel {
+    /// The balanced service inside: its discovery, ejections and clients.
+    pub fn balanced(&self) -> &Balanced<TonicEndpoints> {
+        &self.inner
+    }
+}
+
+impl Service<http::Request<RequestBody>> for BalancedChannel {
+    type Response = http::Response<ClassifiedBody<RequestBody>>;
+    type Error = tonic::Status;
+    type Future = Pin<Box<dyn std::future::Future<Output = Result<Self::Response, tonic::Status>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), tonic::Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<RequestBody>) -> Self::Future {
+        Box::pin(self.inner.call(request).map(|r| r.map_err(tonic::Status::from)))
+    }
+}
 
 /// A channel for tonic-generated clients that balances calls over `discovery`'s
 /// instances: `GreeterClient::new(leasehold_tower::channel(discovery, options))`.
 ///
 /// Must be called inside a Tokio runtime (channels spawn their connection tasks).
 pub fn channel(discovery: Discovery, options: BalanceOptions) -> BalancedChannel {
-    Balanced::new(discovery, TonicEndpoints::new(), options)
+    BalancedChannel {
+        inner: Balanced::new(discovery, TonicEndpoints::new(), options),
+    }
 }

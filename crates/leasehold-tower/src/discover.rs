@@ -7,14 +7,19 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::stream::{self, BoxStream, Stream, StreamExt};
-use leasehold::{Change as Discovered, Discovery, Instance, InstanceId};
+use leasehold::{Change as Discovered, Discovery, Instance};
 use tower::discover::Change;
 
 use crate::endpoint::MakeEndpoint;
 use crate::BoxError;
 
-/// The discovered instances as a stream of tower [`Change`]s keyed by instance id, which
-/// makes it a tower `Discover` (for `tower::balance::p2c::Balance` and the like).
+/// The discovered instances as a stream of tower [`Change`]s keyed by the instance's
+/// registry [key](Instance::key), which makes it a tower `Discover` (for
+/// `tower::balance::p2c::Balance` and the like).
+///
+/// Keyed by registry key, not id: when a ZooKeeper client restarts with a stable id its
+/// new node appears before its old one goes, and removing the old key leaves the new
+/// one in tower's set.
 ///
 /// Starts with an `Insert` for every instance present, then follows
 /// [`Discovery::changes`]: an added instance is inserted, a removed one removed, one whose
@@ -23,7 +28,7 @@ use crate::BoxError;
 /// instances already announced. Ends when the discovery's watch ends. A client that the
 /// factory cannot make is skipped and logged, as the instance cannot be called anyway.
 pub struct DiscoverStream<S> {
-    inner: BoxStream<'static, Result<Change<InstanceId, S>, BoxError>>,
+    inner: BoxStream<'static, Result<Change<Arc<str>, S>, BoxError>>,
 }
 
 impl<S> fmt::Debug for DiscoverStream<S> {
@@ -33,7 +38,7 @@ impl<S> fmt::Debug for DiscoverStream<S> {
 }
 
 impl<S> Stream for DiscoverStream<S> {
-    type Item = Result<Change<InstanceId, S>, BoxError>;
+    type Item = Result<Change<Arc<str>, S>, BoxError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.inner.as_mut().poll_next(cx)
@@ -42,49 +47,55 @@ impl<S> Stream for DiscoverStream<S> {
 
 struct State<M> {
     make: M,
-    known: HashMap<InstanceId, Arc<Instance>>,
+    known: HashMap<Arc<str>, Arc<Instance>>,
 }
 
 impl<M: MakeEndpoint> State<M> {
-    fn insert(&mut self, instance: Arc<Instance>, out: &mut Vec<Change<InstanceId, M::Endpoint>>) {
+    async fn insert(&mut self, instance: Arc<Instance>, out: &mut Vec<Change<Arc<str>, M::Endpoint>>) {
+        let key = instance.shared_key().clone();
         if self
             .known
-            .get(instance.id())
+            .get(&key)
             .is_some_and(|known| known.addr() == instance.addr())
         {
-            self.known.insert(instance.id().clone(), instance);
+            self.known.insert(key, instance);
             return;
         }
-        match self.make.make_endpoint(&instance) {
+        match self.make.make_endpoint(&instance).await {
             Ok(endpoint) => {
-                out.push(Change::Insert(instance.id().clone(), endpoint));
-                self.known.insert(instance.id().clone(), instance);
+                out.push(Change::Insert(key.clone(), endpoint));
+                self.known.insert(key, instance);
             }
             Err(error) => {
-                tracing::warn!(service = %instance.service(), id = %instance.id(), addr = %instance.addr(), %error, "cannot make a client; leaving the instance out");
-                self.remove(instance.id(), out);
+                tracing::warn!(service = %instance.service(), id = %instance.id(), key = instance.key(), addr = %instance.addr(), %error, "cannot make a client; leaving the instance out");
+                self.remove(instance.key(), out);
             }
         }
     }
 
-    fn remove(&mut self, id: &InstanceId, out: &mut Vec<Change<InstanceId, M::Endpoint>>) {
-        if self.known.remove(id).is_some() {
-            out.push(Change::Remove(id.clone()));
+    fn remove(&mut self, key: &str, out: &mut Vec<Change<Arc<str>, M::Endpoint>>) {
+        if let Some((key, _)) = self.known.remove_entry(key) {
+            out.push(Change::Remove(key));
         }
     }
 
-    fn resync(&mut self, instances: &[Arc<Instance>], out: &mut Vec<Change<InstanceId, M::Endpoint>>) {
-        let gone: Vec<InstanceId> = self
+    async fn resync(
+        &mut self,
+        instances: &leasehold::Instances,
+        out: &mut Vec<Change<Arc<str>, M::Endpoint>>,
+    ) {
+        let now: HashMap<&str, &Arc<Instance>> = instances.iter().map(|i| (i.key(), i)).collect();
+        let gone: Vec<Arc<str>> = self
             .known
             .keys()
-            .filter(|id| instances.binary_search_by(|i| i.id().cmp(id)).is_err())
+            .filter(|key| !now.contains_key(&***key))
             .cloned()
             .collect();
-        for id in gone {
-            self.remove(&id, out);
+        for key in gone {
+            self.remove(&key, out);
         }
-        for instance in instances {
-            self.insert(instance.clone(), out);
+        for instance in instances.iter() {
+            self.insert(instance.clone(), out).await;
         }
     }
 }
@@ -92,29 +103,35 @@ impl<M: MakeEndpoint> State<M> {
 /// The instances of `discovery` as a tower `Discover`, with clients made by `make`.
 pub fn discover<M: MakeEndpoint>(discovery: &Discovery, make: M) -> DiscoverStream<M::Endpoint> {
     let changes = discovery.changes();
-    let mut state = State {
+    let snapshot = discovery.snapshot();
+    let state = State {
         make,
         known: HashMap::new(),
     };
-    let mut first = Vec::new();
-    state.resync(discovery.snapshot().instances(), &mut first);
-    let updates = stream::unfold((state, changes), |(mut state, mut changes)| async move {
-        loop {
+    let updates = stream::unfold(
+        (state, changes, Some(snapshot)),
+        |(mut state, mut changes, first)| async move {
             let mut out = Vec::new();
-            match changes.next().await? {
-                Discovered::Added(instance) => state.insert(instance, &mut out),
-                Discovered::Updated { new, .. } => state.insert(new, &mut out),
-                Discovered::Removed(instance) => state.remove(instance.id(), &mut out),
-                Discovered::Resync(snapshot) => state.resync(snapshot.instances(), &mut out),
-                _ => {}
+            if let Some(first) = first {
+                state.resync(first.members(), &mut out).await;
+                return Some((stream::iter(out), (state, changes, None)));
             }
-            if !out.is_empty() {
-                return Some((stream::iter(out), (state, changes)));
+            loop {
+                match changes.next().await? {
+                    Discovered::Added(instance) => state.insert(instance, &mut out).await,
+                    Discovered::Updated { new, .. } => state.insert(new, &mut out).await,
+                    Discovered::Removed(instance) => state.remove(instance.key(), &mut out),
+                    Discovered::Resync(snapshot) => state.resync(snapshot.members(), &mut out).await,
+                    _ => {}
+                }
+                if !out.is_empty() {
+                    return Some((stream::iter(out), (state, changes, None)));
+                }
             }
-        }
-    })
+        },
+    )
     .flatten();
     DiscoverStream {
-        inner: stream::iter(first).chain(updates).map(Ok).boxed(),
+        inner: updates.map(Ok).boxed(),
     }
 }

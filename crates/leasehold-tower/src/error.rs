@@ -63,3 +63,45 @@ pub enum Error {
         source: BoxError,
     },
 }
+
+impl Error {
+    /// The service the call was for.
+    pub fn service(&self) -> &ServiceName {
+        match self {
+            Error::NoInstances { service }
+            | Error::Endpoint { service, .. }
+            | Error::MakeEndpoint { service, .. }
+            | Error::DeadlineExceeded { service, .. }
+            | Error::RequestBody { service, .. } => service,
+        }
+    }
+
+    /// Whether the service could not be reached: no instance registered, none that
+    /// could be connected to, or the transport broke. Another try later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::NoInstances { .. } | Error::Endpoint { .. } | Error::MakeEndpoint { .. }
+        )
+    }
+
+    /// The gRPC code a caller sees for this error: `UNAVAILABLE` when the service could
+    /// not be reached, `DEADLINE_EXCEEDED`, or `INTERNAL` for an unreadable request body.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            _ if self.is_unavailable() => tonic::Code::Unavailable,
+            Error::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
+            _ => tonic::Code::Internal,
+        }
+    }
+}
+
+/// The status a tonic client returns for a failed balanced call: the [code](Error::code)
+/// and the message naming the service (and instance), with the error as its source.
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        let mut status = tonic::Status::new(error.code(), error.to_string());
+        status.set_source(std::sync::Arc::new(error));
+        status
+    }
+}

@@ -7,15 +7,20 @@
 //!   snapshot — round robin, random, smooth weighted round robin, power of two choices
 //!   over peak-EWMA load, consistent hashing, and a zone-aware wrapper;
 //! - [`endpoint`]: one client per instance, made on first need by a [`MakeEndpoint`]
-//!   factory and dropped when the instance leaves (go-kit's `Endpointer`);
+//!   factory (asynchronously, as tower's `MakeService`) and dropped when the instance
+//!   leaves (go-kit's `Endpointer`);
 //! - [`outlier`]: passive health — an instance that fails is ejected for a growing
 //!   period, never below a minimum share of the set;
 //! - [`probe`]: active health checks over HTTP and the gRPC health protocol, for
 //!   health-gated registration and for balancers;
 //! - [`retry`]: retries on another instance with a deadline, a maximum of attempts and a
-//!   retry budget, for requests marked safe;
-//! - [`Balanced`]: the tower `Service` that puts these together, and [`channel`] that
-//!   makes one over tonic channels for tonic-generated clients;
+//!   retry budget, for requests marked safe, and for any request that was never sent;
+//! - [`classify`]: which responses are failures, from HTTP statuses and gRPC statuses in
+//!   headers or trailers;
+//! - [`health`]: opt-in active health checks (gRPC health protocol, HTTP `GET`);
+//! - [`Balanced`]: the tower `Service` that puts these together, [`channel`] that makes
+//!   one over tonic channels for tonic-generated clients, and [`http_client`] one over
+//!   hyper's client for plain HTTP;
 //! - [`discover()`]: a tower `Discover` stream for tower's own balancers.
 //!
 //! ```no_run
@@ -27,7 +32,7 @@
 //!
 //! let discovery = registry.watch(&ServiceName::new("greeter")?, WatchOptions::default()).await?;
 //! let options = BalanceOptions::default()
-//!     .balancer(RoundRobin::new())
+//!     .balancer(RoundRobin::new)
 //!     .retry(RetryPolicy::default().retry_all());
 //! let channel = leasehold_tower::channel(discovery, options);
 //! // A tonic-generated client takes it as is: `GreeterClient::new(channel)`.
@@ -57,18 +62,24 @@
 
 pub mod balance;
 mod channel;
+pub mod classify;
 mod discover;
 pub mod endpoint;
 mod error;
+pub mod health;
+mod hyper_client;
 pub mod outlier;
 pub mod probe;
 pub mod retry;
 mod router;
 
 pub use channel::{channel, BalancedChannel, TonicEndpoints};
+pub use classify::{ClassifiedBody, Classifier};
 pub use discover::{discover, DiscoverStream};
 pub use endpoint::{EndpointCache, MakeEndpoint};
 pub use error::{BoxError, Error};
+pub use health::{HealthCheck, HealthTarget};
+pub use hyper_client::{http_client, HyperEndpoint, HyperEndpoints};
 pub use outlier::{OutlierDetector, OutlierPolicy};
 pub use retry::{RetryPolicy, RetrySafe};
-pub use router::{default_classify, BalanceOptions, Balanced, Classify, HashKey, RequestBody};
+pub use router::{BalanceOptions, Balanced, CallerZone, HashKey, RequestBody};

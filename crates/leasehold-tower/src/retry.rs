@@ -21,7 +21,12 @@ pub type SafeToRetry = Arc<dyn Fn(&http::request::Parts) -> bool + Send + Sync>;
 /// A retry goes to an instance the request has not tried yet when there is one. The
 /// request's body is buffered to be sent again, so only requests that are safe to retry
 /// are buffered; streaming calls should not be marked. A failure is a connection error or
-/// a response the [`classifier`](crate::BalanceOptions::classify) calls one.
+/// a response the [`classifier`](crate::BalanceOptions::classifier) calls one.
+///
+/// Any request that was never sent (its client could not be made or was not ready, its
+/// connection was refused, or the client gave it back unread) goes to another instance,
+/// up to `max_attempts`, whether marked safe or not, without drawing on the budget:
+/// nothing reached a server. [`disabled`](RetryPolicy::disabled) turns that off too.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct RetryPolicy {
@@ -30,9 +35,10 @@ pub struct RetryPolicy {
     /// The time for all attempts together; `None` (the default) leaves deadlines to the
     /// caller (such as a gRPC timeout).
     pub deadline: Option<Duration>,
-    /// The retry budget: retries may add at most this fraction to the requests sent
-    /// (over the last `budget_ttl`), plus `budget_min_per_sec`, as Finagle's and tower's
-    /// `TpsBudget`. Default 0.2.
+    /// The retry budget: retries may add at most this fraction to the requests that
+    /// may be retried (sent over the last `budget_ttl`), plus `budget_min_per_sec`, as
+    /// Finagle's and tower's `TpsBudget`. Retries of requests that were never sent do
+    /// not draw on it. Default 0.2.
     pub budget_ratio: f32,
     /// Retries always allowed per second, so a quiet client can still retry. Default 10.
     pub budget_min_per_sec: u32,

@@ -1,40 +1,33 @@
 //! The tower service that routes each request over the discovered instances.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
-use std::time::Instant as StdInstant;
+use std::time::{Duration, Instant as StdInstant};
 
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Full};
-use leasehold::{Discovery, Instance, InstanceId, Snapshot};
-use tokio::sync::{oneshot, watch};
+use leasehold::{Change, Changes, Discovery, Instance, ServiceName, Snapshot};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 use tower::{Service, ServiceExt};
 
-use crate::balance::{hash_key, Balancer, Outcome, PeakEwma, PickContext};
+use crate::balance::{hash_key, Balancer, MakeBalancer, Outcome, PeakEwma, PickContext};
+use crate::classify::{ClassifiedBody, Classifier, OnEnd, Verdict};
 use crate::endpoint::{EndpointCache, MakeEndpoint};
+use crate::health::HealthCheck;
 use crate::outlier::{OutlierDetector, OutlierPolicy};
 use crate::retry::RetryPolicy;
 use crate::{BoxError, Error};
 
-/// The request body tonic's clients send.
+/// The request body tonic's clients send, and that [`Balanced`] takes: a boxed body,
+/// so plain HTTP callers wrap theirs with `RequestBody::new(body)`.
 pub type RequestBody = tonic::body::Body;
-
-/// Decides from a response's status and headers whether it is a failure of the instance:
-/// one that counts toward its ejection and is retried when the request is safe to retry.
-pub type Classify = Arc<dyn Fn(http::StatusCode, &http::HeaderMap) -> bool + Send + Sync>;
-
-/// The default [`Classify`]: HTTP 502, 503 and 504 (from a proxy in front of the
-/// instance) and a gRPC `UNAVAILABLE` status sent as a header (a trailers-only response:
-/// the server refused the call before handling it). Statuses that arrive in trailers are
-/// the application's answer and are passed through.
-pub fn default_classify(status: http::StatusCode, headers: &http::HeaderMap) -> bool {
-    matches!(status.as_u16(), 502..=504) || headers.get("grpc-status").is_some_and(|code| code == "14")
-}
 
 /// The request key [`ConsistentHash`](crate::balance::ConsistentHash) maps to an
 /// instance, set as a request extension (with tonic, on the `tonic::Request`).
@@ -48,32 +41,51 @@ impl HashKey {
     }
 }
 
-/// How a [`Balanced`] service picks, retries and ejects.
+/// The caller's zone for one request, set as a request extension: overrides
+/// [`BalanceOptions::zone`] for [`ZoneAware`](crate::balance::ZoneAware) picking.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallerZone(pub Arc<str>);
+
+impl CallerZone {
+    /// The zone `zone`.
+    pub fn new(zone: impl Into<Arc<str>>) -> Self {
+        CallerZone(zone.into())
+    }
+}
+
+/// How a [`Balanced`] service picks, retries, ejects and checks.
+///
+/// Cloning it clones settings, never state: every [`Balanced`] made from it (every
+/// channel) gets a balancer of its own from [`balancer`](BalanceOptions::balancer).
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct BalanceOptions {
-    /// The balancer. Default: [`PeakEwma`] (power of two choices).
-    pub balancer: Arc<dyn Balancer>,
+    /// Makes each channel's balancer. Default: [`PeakEwma::new`] (power of two choices).
+    pub balancer: Arc<dyn MakeBalancer>,
     /// Retries. Default: [`RetryPolicy::default`], which retries requests marked
-    /// [`RetrySafe`](crate::RetrySafe).
+    /// [`RetrySafe`](crate::RetrySafe), and any request that was never sent.
     pub retry: RetryPolicy,
     /// Passive health. Default: [`OutlierPolicy::default`].
     pub outliers: OutlierPolicy,
     /// The caller's zone, given to the balancer (see
-    /// [`ZoneAware`](crate::balance::ZoneAware)).
+    /// [`ZoneAware`](crate::balance::ZoneAware)); a [`CallerZone`] extension overrides it
+    /// per request.
     pub zone: Option<String>,
-    /// Which responses are failures. Default: [`default_classify`].
-    pub classify: Classify,
+    /// Which responses are failures. Default: [`Classifier::default`].
+    pub classifier: Classifier,
+    /// Active health checking. Default: none.
+    pub health_check: Option<HealthCheck>,
 }
 
 impl Default for BalanceOptions {
     fn default() -> Self {
         BalanceOptions {
-            balancer: Arc::new(PeakEwma::new()),
+            balancer: Arc::new(PeakEwma::new),
             retry: RetryPolicy::default(),
             outliers: OutlierPolicy::default(),
             zone: None,
-            classify: Arc::new(default_classify),
+            classifier: Classifier::default(),
+            health_check: None,
         }
     }
 }
@@ -81,25 +93,21 @@ impl Default for BalanceOptions {
 impl fmt::Debug for BalanceOptions {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BalanceOptions")
-            .field("balancer", &self.balancer)
             .field("retry", &self.retry)
             .field("outliers", &self.outliers)
             .field("zone", &self.zone)
+            .field("classifier", &self.classifier)
+            .field("health_check", &self.health_check)
             .finish_non_exhaustive()
     }
 }
 
 impl BalanceOptions {
-    /// Sets the balancer.
-    pub fn balancer(mut self, balancer: impl Balancer + 'static) -> Self {
-        self.balancer = Arc::new(balancer);
-        self
-    }
-
-    /// Sets a shared balancer, such as one from
-    /// [`BalancerKind::build`](crate::balance::BalancerKind::build).
-    pub fn shared_balancer(mut self, balancer: Arc<dyn Balancer>) -> Self {
-        self.balancer = balancer;
+    /// Sets what makes each channel's balancer: a
+    /// [`BalancerKind`](crate::balance::BalancerKind), or a closure such as
+    /// `RoundRobin::new`.
+    pub fn balancer(mut self, make: impl MakeBalancer + 'static) -> Self {
+        self.balancer = Arc::new(make);
         self
     }
 
@@ -122,36 +130,50 @@ impl BalanceOptions {
     }
 
     /// Sets which responses are failures.
-    pub fn classify(
-        mut self,
-        classify: impl Fn(http::StatusCode, &http::HeaderMap) -> bool + Send + Sync + 'static,
-    ) -> Self {
-        self.classify = Arc::new(classify);
+    pub fn classifier(mut self, classifier: Classifier) -> Self {
+        self.classifier = classifier;
+        self
+    }
+
+    /// Turns on active health checking.
+    pub fn health_check(mut self, check: HealthCheck) -> Self {
+        self.health_check = Some(check);
         self
     }
 }
 
 /// A tower [`Service`] that sends each request to one of a service's discovered
-/// instances: picked by the balancer among those not ejected, through the instance's
-/// client from an [`EndpointCache`], retried on another instance when it fails and the
-/// request is safe to retry, within the deadline, attempts and retry budget.
+/// instances: picked by the channel's own balancer among those not ejected, through the
+/// instance's client from an [`EndpointCache`] (made asynchronously, off any shared
+/// lock), retried on another instance when it fails and may be retried, within the
+/// deadline, attempts and retry budget.
 ///
-/// Cheap to clone; clones share the cache, the ejections and the budget. Always ready:
-/// readiness is awaited per instance inside the call. With no instance discovered, a call
-/// fails at once with [`Error::NoInstances`] naming the service. A tonic client takes it
-/// as its channel: see [`channel`](crate::channel).
+/// A request that was never sent (no client could be made, the client was not ready,
+/// or its connection failed before it took the request's body) is retried on another
+/// instance whatever the request, as nothing reached a server. Each attempt waits for
+/// the chosen instance's client to be ready (`poll_ready`), so a saturated client holds
+/// its callers back rather than queueing without bound.
+///
+/// Responses are judged by the [`Classifier`]: by the head, or for gRPC by the
+/// `grpc-status` in the trailers, reported when the response body ends. Failures count
+/// toward ejection and the balancer's view of the instance.
+///
+/// Cheap to clone; clones share the balancer, the cache, the ejections and the budget.
+/// With no instance discovered, a call fails at once with [`Error::NoInstances`] naming
+/// the service. A tonic client takes it as its channel: see [`channel`](crate::channel).
 pub struct Balanced<M: MakeEndpoint> {
     shared: Arc<Shared<M>>,
 }
 
-struct Shared<M: MakeEndpoint> {
+pub(crate) struct Shared<M: MakeEndpoint> {
     discovery: Discovery,
     options: BalanceOptions,
+    balancer: Box<dyn Balancer>,
     endpoints: EndpointCache<M>,
     outliers: OutlierDetector,
     budget: TpsBudget,
-    /// Dropped with the last clone, which stops the pruning task.
-    _closed: oneshot::Sender<()>,
+    /// Dropped with the last clone, which stops the background tasks.
+    _closed: watch::Sender<()>,
 }
 
 impl<M: MakeEndpoint> Clone for Balanced<M> {
@@ -167,6 +189,7 @@ impl<M: MakeEndpoint> fmt::Debug for Balanced<M> {
         f.debug_struct("Balanced")
             .field("service", self.shared.discovery.service())
             .field("options", &self.shared.options)
+            .field("balancer", &self.shared.balancer)
             .finish_non_exhaustive()
     }
 }
@@ -174,23 +197,27 @@ impl<M: MakeEndpoint> fmt::Debug for Balanced<M> {
 impl<M: MakeEndpoint> Balanced<M> {
     /// Routes over `discovery`'s instances, making their clients with `make`.
     ///
-    /// Inside a Tokio runtime, a task follows the discovery and drops the client (and
-    /// the health record) of an instance as soon as it leaves; it ends with the last
-    /// clone. Outside one, that happens on the next call instead.
+    /// Inside a Tokio runtime, a task follows the discovery's changes and drops the
+    /// client and the health record of an instance as soon as it leaves (O(1) per
+    /// change), and another runs the health checks if any; they end with the last clone.
     pub fn new(discovery: Discovery, make: M, options: BalanceOptions) -> Self {
         let budget = options.retry.make_budget();
-        let (closed_tx, closed) = oneshot::channel();
+        let (closed_tx, closed) = watch::channel(());
         let shared = Arc::new(Shared {
             outliers: OutlierDetector::new(options.outliers),
             endpoints: EndpointCache::new(make),
+            balancer: options.balancer.make_balancer(),
             discovery,
             options,
             budget,
             _closed: closed_tx,
         });
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let versions = shared.discovery.versions();
-            runtime.spawn(prune(Arc::downgrade(&shared), versions, closed));
+            let changes = shared.discovery.changes();
+            runtime.spawn(follow(Arc::downgrade(&shared), changes, closed.clone()));
+            if let Some(check) = shared.options.health_check.clone() {
+                runtime.spawn(crate::health::run(Arc::downgrade(&shared), check, closed));
+            }
         }
         Balanced { shared }
     }
@@ -200,7 +227,7 @@ impl<M: MakeEndpoint> Balanced<M> {
         &self.shared.discovery
     }
 
-    /// The passive health state: which instances are ejected.
+    /// The passive and active health state: which instances are out.
     pub fn outliers(&self) -> &OutlierDetector {
         &self.shared.outliers
     }
@@ -209,108 +236,313 @@ impl<M: MakeEndpoint> Balanced<M> {
     pub fn endpoints(&self) -> &EndpointCache<M> {
         &self.shared.endpoints
     }
+
+    /// This channel's balancer.
+    pub fn balancer(&self) -> &dyn Balancer {
+        &*self.shared.balancer
+    }
 }
 
 impl<M: MakeEndpoint> Shared<M> {
-    /// Picks for one attempt: an instance neither tried nor ejected, else one not tried,
-    /// else one not ejected, else any. `None` only for an empty set.
+    pub(crate) fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    pub(crate) fn outliers(&self) -> &OutlierDetector {
+        &self.outliers
+    }
+
+    pub(crate) fn endpoints(&self) -> &EndpointCache<M> {
+        &self.endpoints
+    }
+
+    /// Picks for one attempt: an instance neither tried nor out, else one not tried,
+    /// else one not out, else any. `None` only for an empty set.
     #[tracing::instrument(name = "pick", level = "debug", skip_all, fields(tried = tried.len()))]
-    fn pick(&self, snapshot: &Snapshot, key: Option<u64>, tried: &[InstanceId]) -> Option<Arc<Instance>> {
-        let now = Instant::now();
-        let fresh_and_healthy =
-            |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected_at(i.id(), now);
-        let fresh = |i: &Instance| !tried.contains(i.id());
-        let healthy = |i: &Instance| !self.outliers.is_ejected_at(i.id(), now);
-        let balancer = &self.options.balancer;
+    fn pick(
+        &self,
+        snapshot: &Snapshot,
+        key: Option<u64>,
+        zone: Option<&str>,
+        tried: &[Arc<Instance>],
+    ) -> Option<Arc<Instance>> {
         let mut ctx = PickContext::new();
         if let Some(key) = key {
             ctx = ctx.with_key_hash(key);
         }
-        if let Some(zone) = self.options.zone.as_deref() {
+        if let Some(zone) = zone.or(self.options.zone.as_deref()) {
             ctx = ctx.with_zone(zone);
         }
-        if tried.is_empty() && !self.outliers.any_ejected() {
-            return balancer.pick(snapshot, &ctx);
+        let out = if self.outliers.any_ejected() {
+            self.outliers.out_at(Instant::now())
+        } else {
+            Vec::new()
+        };
+        if tried.is_empty() && out.is_empty() {
+            return self.balancer.pick(snapshot, &ctx);
         }
-        let filters: [&dyn Fn(&Instance) -> bool; 3] = [&fresh_and_healthy, &fresh, &healthy];
-        let picked = filters
-            .into_iter()
-            .find_map(|filter| balancer.pick(snapshot, &ctx.with_filter(filter)));
-        picked.or_else(|| balancer.pick(snapshot, &ctx))
+        let listed = |list: &[Arc<Instance>], i: &Instance| list.iter().any(|l| l.key() == i.key());
+        let mut both: Vec<Arc<Instance>> = out.clone();
+        both.extend(tried.iter().filter(|t| !listed(&out, t)).cloned());
+        // Many out at once (a zone down): look them up by key instead of in a list.
+        let out_keys: Option<HashSet<&str>> = (out.len() > 16).then(|| out.iter().map(|i| i.key()).collect());
+        let is_out = |i: &Instance| match &out_keys {
+            Some(keys) => keys.contains(i.key()),
+            None => listed(&out, i),
+        };
+        let fresh_and_healthy = |i: &Instance| !listed(tried, i) && !is_out(i);
+        let fresh = |i: &Instance| !listed(tried, i);
+        let healthy = |i: &Instance| !is_out(i);
+        type Filter<'f> = (&'f dyn Fn(&Instance) -> bool, &'f [Arc<Instance>]);
+        let filters: [Filter<'_>; 3] = [(&fresh_and_healthy, &both), (&fresh, tried), (&healthy, &out)];
+        let picked = filters.into_iter().find_map(|(filter, refused)| {
+            self.balancer
+                .pick(snapshot, &ctx.with_filter(filter).with_refused(refused))
+        });
+        picked.or_else(|| self.balancer.pick(snapshot, &ctx))
     }
 }
 
-/// Drops the clients and health records of instances as they leave the set.
-async fn prune<M: MakeEndpoint>(
+/// Drops the clients and health records of instances as they leave the set: O(1) per
+/// change, O(n) only on a resync (this subscriber fell behind).
+async fn follow<M: MakeEndpoint>(
     shared: Weak<Shared<M>>,
-    mut versions: watch::Receiver<u64>,
-    mut closed: oneshot::Receiver<()>,
+    mut changes: Changes,
+    mut closed: watch::Receiver<()>,
 ) {
     loop {
-        tokio::select! {
-            changed = versions.changed() => if changed.is_err() { return },
-            _ = &mut closed => return,
-        }
+        let change = tokio::select! {
+            change = changes.next() => match change { Some(change) => change, None => return },
+            _ = closed.changed() => return,
+        };
         let Some(shared) = shared.upgrade() else {
             return;
         };
+        match change {
+            Change::Removed(instance) => {
+                shared.endpoints.forget(instance.key());
+                shared.outliers.forget(instance.key());
+            }
+            Change::Updated { old, new } if old.addr() != new.addr() => {
+                shared.endpoints.forget(old.key());
+                shared.outliers.forget(old.key());
+            }
+            Change::Resync(snapshot) => {
+                shared.endpoints.retain(&snapshot);
+                shared.outliers.retain(&snapshot);
+            }
+            _ => {}
+        }
+        // A client made for an instance just as it left is caught here, amortized.
         let snapshot = shared.discovery.snapshot();
-        if shared.endpoints.sync(&snapshot) {
-            shared.outliers.retain(&snapshot);
+        if shared.endpoints.len() > 2 * snapshot.len() + 16 {
+            shared.endpoints.retain(&snapshot);
         }
     }
 }
 
-/// Reports the end of an attempt to the balancer, as cancelled if it is dropped first.
-struct Attempt<'a> {
-    balancer: &'a dyn Balancer,
-    instance: &'a Instance,
+/// One attempt on one instance, reported to the balancer and the outlier detector when
+/// its outcome is known; as cancelled if it is dropped first.
+struct Attempt<M: MakeEndpoint> {
+    shared: Arc<Shared<M>>,
+    instance: Arc<Instance>,
     started: StdInstant,
+    /// Until the response head came.
+    latency: Option<Duration>,
     done: bool,
 }
 
-impl<'a> Attempt<'a> {
-    fn start(balancer: &'a dyn Balancer, instance: &'a Instance) -> Self {
-        balancer.start(instance);
+impl<M: MakeEndpoint> Attempt<M> {
+    fn start(shared: &Arc<Shared<M>>, instance: &Arc<Instance>) -> Self {
+        shared.balancer.start(instance);
         Attempt {
-            balancer,
-            instance,
+            shared: shared.clone(),
+            instance: instance.clone(),
             started: StdInstant::now(),
+            latency: None,
             done: false,
         }
     }
 
-    fn finish(mut self, success: bool) {
-        let latency = self.started.elapsed();
-        metrics::histogram!(leasehold::metrics::TOWER_REQUEST_DURATION, "service" => self.instance.service().to_string(), "instance" => self.instance.id().to_string()).record(latency);
-        self.done = true;
-        let outcome = if success {
-            Outcome::Success(latency)
-        } else {
-            Outcome::Failure(latency)
-        };
-        self.balancer.finish(self.instance, outcome);
+    fn head(&mut self) {
+        self.latency = Some(self.started.elapsed());
     }
-}
 
-impl Drop for Attempt<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            self.balancer.finish(self.instance, Outcome::Cancelled);
+    fn finish(mut self, failed: bool) {
+        self.report(Some(failed));
+    }
+
+    fn report(&mut self, failed: Option<bool>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let latency = self.latency.unwrap_or_else(|| self.started.elapsed());
+        metrics::histogram!(leasehold::metrics::TOWER_REQUEST_DURATION, "service" => self.instance.service().to_string(), "instance" => self.instance.id().to_string()).record(latency);
+        let outcome = match failed {
+            Some(false) => Outcome::Success(latency),
+            Some(true) => Outcome::Failure(latency),
+            None => Outcome::Cancelled,
+        };
+        self.shared.balancer.finish(&self.instance, outcome);
+        match failed {
+            Some(false) => self.shared.outliers.record_success(&self.instance),
+            Some(true) => {
+                let n = self.shared.discovery.snapshot().len();
+                self.shared.outliers.record_failure_in(&self.instance, n);
+            }
+            None => {}
         }
     }
 }
 
+impl<M: MakeEndpoint> OnEnd for Attempt<M> {
+    fn ended(mut self: Box<Self>, failed: Option<bool>) {
+        self.report(failed);
+    }
+}
+
+impl<M: MakeEndpoint> Drop for Attempt<M> {
+    fn drop(&mut self) {
+        self.report(None);
+    }
+}
+
+/// The request body for the next attempt.
 enum PendingBody {
+    /// Buffered (the request may be retried): sent as often as needed.
     Buffered(Bytes),
+    /// Empty: nothing to lose, so it can always go again.
+    Empty,
+    /// Sent once, unless it comes back unsent.
     Once(Option<RequestBody>),
 }
 
 impl PendingBody {
-    fn next(&mut self) -> RequestBody {
+    fn next(&mut self) -> (RequestBody, Option<Unsent>) {
         match self {
-            PendingBody::Buffered(bytes) => RequestBody::new(Full::new(bytes.clone())),
-            PendingBody::Once(body) => body.take().unwrap_or_else(RequestBody::empty),
+            PendingBody::Buffered(bytes) => (RequestBody::new(Full::new(bytes.clone())), None),
+            PendingBody::Empty => (RequestBody::empty(), None),
+            PendingBody::Once(body) => match body.take() {
+                Some(body) if body.is_end_stream() => {
+                    *self = PendingBody::Empty;
+                    (body, None)
+                }
+                Some(body) => {
+                    let (body, unsent) = lend(body);
+                    (body, Some(unsent))
+                }
+                None => (RequestBody::empty(), None),
+            },
+        }
+    }
+
+    /// Takes the body back if the endpoint never read it; whether that happened.
+    fn reclaim(&mut self, unsent: Option<Unsent>) -> bool {
+        match self {
+            PendingBody::Once(body) => {
+                *body = unsent.and_then(Unsent::take);
+                body.is_some()
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the body can go out again.
+    fn available(&self) -> bool {
+        !matches!(self, PendingBody::Once(None))
+    }
+}
+
+/// Whether `error` says the connection failed before the request could be written:
+/// refused, unreachable, or a connect that failed or timed out.
+fn connect_failed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(error);
+    while let Some(error) = at {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NetworkUnreachable | HostUnreachable
+            ) {
+                return true;
+            }
+        }
+        if error
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(|e| e.is_connect())
+        {
+            return true;
+        }
+        at = error.source();
+    }
+    false
+}
+
+/// The other end of a request body lent to an endpoint: holds the body until the
+/// endpoint first reads it, so a request the endpoint dropped unread can be sent
+/// elsewhere.
+struct Unsent(Arc<Mutex<Option<RequestBody>>>);
+
+impl Unsent {
+    fn take(self) -> Option<RequestBody> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Lends a non-empty `body` to one attempt. (An empty one is never lent: a client may
+/// send a request with an empty body without reading it.)
+fn lend(body: RequestBody) -> (RequestBody, Unsent) {
+    let lent = Lent {
+        slot: Arc::new(Mutex::new(Some(body))),
+        body: None,
+    };
+    let unsent = Unsent(lent.slot.clone());
+    (RequestBody::new(lent), unsent)
+}
+
+/// A body that takes its content from the shared slot when first read.
+struct Lent {
+    slot: Arc<Mutex<Option<RequestBody>>>,
+    body: Option<RequestBody>,
+}
+
+impl Lent {
+    fn body(&mut self) -> &mut RequestBody {
+        let slot = &self.slot;
+        self.body.get_or_insert_with(|| {
+            slot.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take()
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl http_body::Body for Lent {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, tonic::Status>>> {
+        Pin::new(self.body()).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(body) => body.is_end_stream(),
+            None => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match &self.body {
+            Some(body) => body.size_hint(),
+            None => {
+                let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+                slot.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+            }
         }
     }
 }
@@ -319,11 +551,12 @@ impl PendingBody {
 async fn route<M, ResBody>(
     shared: Arc<Shared<M>>,
     request: http::Request<RequestBody>,
-) -> Result<http::Response<ResBody>, Error>
+) -> Result<http::Response<ClassifiedBody<ResBody>>, Error>
 where
     M: MakeEndpoint,
     M::Endpoint: Service<http::Request<RequestBody>, Response = http::Response<ResBody>>,
     <M::Endpoint as Service<http::Request<RequestBody>>>::Error: Into<BoxError>,
+    ResBody: Send + 'static,
 {
     let service = shared.discovery.service().clone();
     if shared.discovery.snapshot().is_empty() {
@@ -331,9 +564,10 @@ where
     }
     let policy = &shared.options.retry;
     let (parts, body) = request.into_parts();
-    let retryable = policy.max_attempts > 1 && (policy.safe)(&parts);
+    let safe = policy.max_attempts > 1 && (policy.safe)(&parts);
     let key = parts.extensions.get::<HashKey>().map(|k| k.0);
-    let mut body = if retryable {
+    let zone = parts.extensions.get::<CallerZone>().map(|z| z.0.clone());
+    let mut body = if safe {
         let collected = body.collect().await.map_err(|source| Error::RequestBody {
             service: service.clone(),
             source: source.into(),
@@ -342,27 +576,37 @@ where
     } else {
         PendingBody::Once(Some(body))
     };
-    shared.budget.deposit();
-    let mut tried: Vec<InstanceId> = Vec::new();
+    // The budget counts the requests that may be retried; others never draw on it,
+    // and so never take its lock.
+    if safe {
+        shared.budget.deposit();
+    }
+    let mut tried: Vec<Arc<Instance>> = Vec::new();
     let mut attempt = 0;
     loop {
         attempt += 1;
+        let more = attempt < policy.max_attempts;
         let snapshot = shared.discovery.snapshot();
-        if shared.endpoints.sync(&snapshot) {
-            shared.outliers.retain(&snapshot);
-        }
-        let Some(instance) = shared.pick(&snapshot, key, &tried) else {
+        let Some(instance) = shared.pick(&snapshot, key, zone.as_deref(), &tried) else {
             return Err(Error::NoInstances { service });
         };
         metrics::counter!(leasehold::metrics::TOWER_PICKS, "service" => service.to_string()).increment(1);
-        let endpoint = match shared.endpoints.get(&instance) {
+        tried.push(instance.clone());
+        let failed = |source: BoxError, attempts: u32| Error::Endpoint {
+            service: service.clone(),
+            id: instance.id().clone(),
+            addr: instance.addr().clone(),
+            attempts,
+            source,
+        };
+        // Nothing is sent until the client is made and ready: a failure before that
+        // is retried on another instance for any request.
+        let mut endpoint = match shared.endpoints.get(&instance).await {
             Ok(endpoint) => endpoint,
             Err(source) => {
-                // Nothing was sent, so trying another instance is safe for any request.
                 tracing::warn!(%service, id = %instance.id(), addr = %instance.addr(), error = %source, "cannot make a client");
-                shared.outliers.record_failure(&instance, &snapshot);
-                tried.push(instance.id().clone());
-                if attempt < policy.max_attempts {
+                Attempt::start(&shared, &instance).finish(true);
+                if more {
                     continue;
                 }
                 return Err(Error::MakeEndpoint {
@@ -373,49 +617,80 @@ where
                 });
             }
         };
-        let request = http::Request::from_parts(parts.clone(), body.next());
-        let tracker = Attempt::start(&*shared.options.balancer, &instance);
-        let result: Result<_, BoxError> = endpoint.oneshot(request).await.map_err(Into::into);
-        let failed = match &result {
-            Ok(response) => (shared.options.classify)(response.status(), response.headers()),
-            Err(_) => true,
-        };
-        tracker.finish(!failed);
-        if failed {
-            shared.outliers.record_failure(&instance, &snapshot);
-            tried.push(instance.id().clone());
-        } else {
-            shared.outliers.record_success(&instance);
+        if let Err(e) = endpoint.ready().await {
+            let source: BoxError = e.into();
+            tracing::debug!(%service, id = %instance.id(), error = %source, "client not ready; trying another instance");
+            Attempt::start(&shared, &instance).finish(true);
+            if more {
+                continue;
+            }
+            return Err(failed(source, attempt));
         }
-        let wanted = failed && retryable && attempt < policy.max_attempts;
-        let retry = wanted && shared.budget.withdraw();
-        if wanted {
-            let name = if retry {
-                leasehold::metrics::TOWER_RETRIES
-            } else {
-                leasehold::metrics::TOWER_RETRY_BUDGET_EXHAUSTED
-            };
-            metrics::counter!(name, "service" => service.to_string()).increment(1);
-        }
+        let (attempt_body, unsent) = body.next();
+        let request = http::Request::from_parts(parts.clone(), attempt_body);
+        let mut tracker = Attempt::start(&shared, &instance);
+        let result = endpoint.call(request).await.map_err(Into::<BoxError>::into);
         match result {
-            Ok(response) if !retry => return Ok(response),
-            Err(source) if !retry => {
-                return Err(Error::Endpoint {
-                    service,
-                    id: instance.id().clone(),
-                    addr: instance.addr().clone(),
-                    attempts: attempt,
-                    source,
-                })
+            Err(source) => {
+                tracker.finish(true);
+                let unread = body.reclaim(unsent);
+                let never_sent = unread || (connect_failed(&*source) && body.available());
+                if more && should_retry(&shared, &service, never_sent, safe) {
+                    tracing::debug!(%service, id = %instance.id(), attempt, error = %source, never_sent, "retrying on another instance");
+                    continue;
+                }
+                return Err(failed(source, attempt));
             }
             Ok(response) => {
-                tracing::debug!(%service, id = %instance.id(), attempt, status = %response.status(), "retrying on another instance")
-            }
-            Err(error) => {
-                tracing::debug!(%service, id = %instance.id(), attempt, %error, "retrying on another instance")
+                tracker.head();
+                match shared
+                    .options
+                    .classifier
+                    .head(response.status(), response.headers())
+                {
+                    Verdict::Success => {
+                        tracker.finish(false);
+                        return Ok(response.map(ClassifiedBody::plain));
+                    }
+                    Verdict::Trailers => {
+                        let classifier = shared.options.classifier.clone();
+                        return Ok(
+                            response.map(|b| ClassifiedBody::watched(b, classifier, Box::new(tracker)))
+                        );
+                    }
+                    Verdict::Failure => {
+                        tracker.finish(true);
+                        if more && should_retry(&shared, &service, false, safe) {
+                            tracing::debug!(%service, id = %instance.id(), attempt, status = %response.status(), "retrying on another instance");
+                            continue;
+                        }
+                        return Ok(response.map(ClassifiedBody::plain));
+                    }
+                }
             }
         }
     }
+}
+
+/// Whether a failed attempt is tried again on another instance: always when nothing was
+/// sent, else when the request is safe to repeat and the retry budget allows. Counts the
+/// retry, or the budget's refusal.
+fn should_retry<M: MakeEndpoint>(
+    shared: &Shared<M>,
+    service: &ServiceName,
+    never_sent: bool,
+    safe: bool,
+) -> bool {
+    let retry = never_sent || (safe && shared.budget.withdraw());
+    let counted = if retry {
+        leasehold::metrics::TOWER_RETRIES
+    } else if safe {
+        leasehold::metrics::TOWER_RETRY_BUDGET_EXHAUSTED
+    } else {
+        return false;
+    };
+    metrics::counter!(counted, "service" => service.to_string()).increment(1);
+    retry
 }
 
 impl<M, ResBody> Service<http::Request<RequestBody>> for Balanced<M>
@@ -426,10 +701,12 @@ where
     <M::Endpoint as Service<http::Request<RequestBody>>>::Future: Send,
     ResBody: Send + 'static,
 {
-    type Response = http::Response<ResBody>;
+    type Response = http::Response<ClassifiedBody<ResBody>>;
     type Error = Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Error>> + Send>>;
 
+    /// Always ready: readiness is that of the instance each attempt picks, awaited in
+    /// the call.
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         Poll::Ready(Ok(()))
     }

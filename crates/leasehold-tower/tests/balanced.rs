@@ -14,8 +14,8 @@ use leasehold::memory::MemoryRegistry;
 use leasehold::{Discovery, Instance, RegisterOptions, Registration, Registry, ServiceName, WatchOptions};
 use leasehold_tower::balance::RoundRobin;
 use leasehold_tower::{
-    BalanceOptions, Balanced, BoxError, Error, MakeEndpoint, OutlierPolicy, RequestBody, RetryPolicy,
-    RetrySafe,
+    BalanceOptions, Balanced, BoxError, ClassifiedBody, Error, MakeEndpoint, OutlierPolicy, RequestBody,
+    RetryPolicy, RetrySafe,
 };
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
@@ -26,17 +26,24 @@ pub mod greeter {
 
 type Endpoint = BoxCloneService<http::Request<RequestBody>, http::Response<RequestBody>, BoxError>;
 
-/// Endpoints that record every attempt and fail while their instance is marked broken.
+/// Endpoints that record every attempt and fail while their instance is marked broken
+/// (after reading the request: it was sent) or refusing (without reading it: it was
+/// never sent, as when a connection is refused).
 #[derive(Clone, Default)]
 struct Fleet {
     calls: Arc<Mutex<Vec<(String, String)>>>,
     broken: Arc<Mutex<HashMap<String, bool>>>,
+    refusing: Arc<Mutex<HashMap<String, bool>>>,
     slow: Arc<AtomicBool>,
 }
 
 impl Fleet {
     fn set_broken(&self, id: &str, broken: bool) {
         self.broken.lock().unwrap().insert(id.to_owned(), broken);
+    }
+
+    fn set_refusing(&self, id: &str, refusing: bool) {
+        self.refusing.lock().unwrap().insert(id.to_owned(), refusing);
     }
 
     fn calls_to(&self, id: &str) -> usize {
@@ -47,7 +54,7 @@ impl Fleet {
         self.calls.lock().unwrap().len()
     }
 
-    fn maker(&self) -> impl MakeEndpoint<Endpoint = Endpoint> {
+    fn maker(&self) -> impl Fn(&Instance) -> Result<Endpoint, BoxError> + Send + Sync + 'static {
         let fleet = self.clone();
         move |instance: &Instance| -> Result<Endpoint, BoxError> {
             let fleet = fleet.clone();
@@ -62,13 +69,19 @@ impl Fleet {
                             .get("x-request")
                             .map(|v| v.to_str().unwrap().to_owned())
                             .unwrap_or_default();
+                        if fleet.refusing.lock().unwrap().get(&id).copied().unwrap_or(false) {
+                            return Err::<http::Response<RequestBody>, BoxError>(
+                                format!("{id}: connection refused").into(),
+                            );
+                        }
                         fleet.calls.lock().unwrap().push((id.clone(), tag));
+                        let _ = http_body_util::BodyExt::collect(request.into_body()).await;
                         if fleet.slow.load(Ordering::SeqCst) {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                         }
                         if fleet.broken.lock().unwrap().get(&id).copied().unwrap_or(false) {
                             return Err::<http::Response<RequestBody>, BoxError>(
-                                format!("{id}: connection refused").into(),
+                                format!("{id}: connection reset").into(),
                             );
                         }
                         Ok(http::Response::new(RequestBody::empty()))
@@ -127,7 +140,11 @@ fn request(tag: usize, safe: bool) -> http::Request<RequestBody> {
         .unwrap()
 }
 
-async fn send<M>(service: &Balanced<M>, tag: usize, safe: bool) -> Result<http::Response<RequestBody>, Error>
+async fn send<M>(
+    service: &Balanced<M>,
+    tag: usize,
+    safe: bool,
+) -> Result<http::Response<ClassifiedBody<RequestBody>>, Error>
 where
     M: MakeEndpoint<Endpoint = Endpoint>,
 {
@@ -159,6 +176,95 @@ async fn with_no_instance_a_call_fails_at_once_naming_the_service() {
     .expect("never hangs")
     .unwrap_err();
     assert!(status.message().contains("nobody-home"), "{status}");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+}
+
+#[tokio::test]
+async fn a_request_that_was_never_sent_goes_to_another_instance_even_if_not_safe() {
+    let setup = setup("refused", &["a", "b", "c"]).await;
+    let fleet = Fleet::default();
+    fleet.set_refusing("a", true);
+    fleet.set_refusing("b", true);
+    let options = BalanceOptions::default()
+        .balancer(RoundRobin::new)
+        .outliers(OutlierPolicy::disabled());
+    let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
+    for tag in 0..12 {
+        send(&service, tag, false)
+            .await
+            .expect("c takes what a and b refused");
+    }
+    assert_eq!(fleet.calls_to("c"), 12);
+    assert_eq!(fleet.total(), 12, "every request reached a server once");
+}
+
+#[tokio::test]
+async fn channels_made_from_one_options_value_keep_their_own_turns() {
+    let one = setup("turns-one", &["a", "b", "c", "d"]).await;
+    let two = setup("turns-two", &["e", "f", "g", "h"]).await;
+    let fleet = Fleet::default();
+    let options = BalanceOptions::default().balancer(leasehold_tower::balance::BalancerKind::Weighted);
+    let first = Balanced::new(one.discovery.clone(), fleet.maker(), options.clone());
+    let second = Balanced::new(two.discovery.clone(), fleet.maker(), options);
+    for tag in 0..400 {
+        send(&first, tag, false).await.unwrap();
+        send(&second, tag, false).await.unwrap();
+    }
+    for id in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        assert_eq!(
+            fleet.calls_to(id),
+            100,
+            "{id}: each channel spreads its 400 calls evenly"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_zone_per_request_picks_within_that_zone() {
+    let registry = MemoryRegistry::new();
+    let mut registrations = Vec::new();
+    for (n, zone) in ["east", "west", "east", "west"].iter().enumerate() {
+        let instance = Instance::builder("zoned", format!("127.0.0.1:{}", 7300 + n))
+            .id(format!("{zone}-{n}"))
+            .zone(*zone)
+            .build()
+            .unwrap();
+        registrations.push(
+            registry
+                .register(instance, RegisterOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let discovery = registry
+        .watch(&ServiceName::new("zoned").unwrap(), WatchOptions::default())
+        .await
+        .unwrap();
+    discovery
+        .wait_for(Duration::from_secs(10), |s| s.len() == 4)
+        .await
+        .unwrap();
+    let fleet = Fleet::default();
+    let options = BalanceOptions::default()
+        .balancer(|| leasehold_tower::balance::ZoneAware::new(None, RoundRobin::new));
+    let service = Balanced::new(discovery, fleet.maker(), options);
+    for tag in 0..40 {
+        let zone = if tag % 2 == 0 { "east" } else { "west" };
+        let mut request = request(tag, false);
+        request
+            .extensions_mut()
+            .insert(leasehold_tower::CallerZone::new(zone));
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let calls = fleet.calls.lock().unwrap().clone();
+    for (id, tag) in &calls {
+        let tag: usize = tag.parse().unwrap();
+        let zone = if tag % 2 == 0 { "east" } else { "west" };
+        assert!(id.starts_with(zone), "request {tag} from {zone} went to {id}");
+    }
+    for id in ["east-0", "west-1", "east-2", "west-3"] {
+        assert_eq!(fleet.calls_to(id), 10, "{id}: each zone's turns are its own");
+    }
 }
 
 #[tokio::test]
@@ -169,7 +275,7 @@ async fn a_failed_safe_request_is_retried_on_another_instance() {
         fleet.set_broken(id, true);
     }
     let options = BalanceOptions::default()
-        .balancer(RoundRobin::new())
+        .balancer(RoundRobin::new)
         .outliers(OutlierPolicy::disabled())
         .retry(RetryPolicy::default().max_attempts(4).budget(1000.0, 1000));
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
@@ -208,7 +314,7 @@ async fn only_requests_marked_safe_are_retried() {
     let err = send(&service, 0, false).await.unwrap_err();
     assert!(matches!(err, Error::Endpoint { attempts: 1, .. }), "{err}");
     assert!(
-        err.to_string().contains("unsafe") && err.to_string().contains("connection refused"),
+        err.to_string().contains("unsafe") && err.to_string().contains("connection reset"),
         "{err}"
     );
     assert_eq!(fleet.total(), 1);
@@ -249,6 +355,12 @@ async fn the_deadline_bounds_all_attempts() {
     assert!(err.to_string().contains("slowpoke"), "{err}");
 }
 
+fn instance_of(discovery: &Discovery, id: &str) -> Arc<Instance> {
+    let snapshot = discovery.snapshot();
+    let found = snapshot.members().iter().find(|i| i.id().as_str() == id);
+    found.expect("the instance is discovered").clone()
+}
+
 async fn until(what: &str, mut ready: impl FnMut() -> bool) {
     leasehold_testkit::eventually(what, Duration::from_secs(10), || std::future::ready(ready())).await
 }
@@ -259,13 +371,13 @@ async fn a_failing_instance_is_ejected_then_reinstated() {
     let fleet = Fleet::default();
     fleet.set_broken("c", true);
     let options = BalanceOptions::default()
-        .balancer(RoundRobin::new())
+        .balancer(RoundRobin::new)
         // Long enough that the 40 calls below all fall inside the first ejection, however
         // slow the machine.
         .outliers(OutlierPolicy::default().base_ejection(Duration::from_secs(2)))
         .retry(RetryPolicy::default());
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
-    let c = leasehold::InstanceId::new("c").unwrap();
+    let c = instance_of(&setup.discovery, "c");
     for tag in 0..8 {
         send(&service, tag, true).await.expect("retried past c");
         if service.outliers().is_ejected(&c) {
@@ -322,7 +434,7 @@ async fn ejection_never_goes_below_the_minimum() {
 async fn endpoints_are_made_on_first_need_and_dropped_when_their_instance_leaves() {
     let mut setup = setup("cache", &["a", "b", "c"]).await;
     let fleet = Fleet::default();
-    let options = BalanceOptions::default().balancer(RoundRobin::new());
+    let options = BalanceOptions::default().balancer(RoundRobin::new);
     let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
     assert!(service.endpoints().is_empty(), "nothing is made before a call");
     send(&service, 0, true).await.unwrap();
@@ -358,7 +470,7 @@ async fn next(stream: &mut leasehold_tower::DiscoverStream<Endpoint>) -> String 
 
 #[tokio::test]
 async fn the_discover_stream_yields_inserts_and_removes() {
-    fn is_discover<D: tower::discover::Discover<Key = leasehold::InstanceId>>(d: D) -> D {
+    fn is_discover<D: tower::discover::Discover<Key = Arc<str>>>(d: D) -> D {
         d
     }
 
@@ -393,10 +505,10 @@ async fn an_instance_whose_client_cannot_be_made_is_passed_over_even_for_unsafe_
         if instance.id().as_str() == "bad" {
             return Err("no client for you".into());
         }
-        inner.make_endpoint(instance)
+        inner(instance)
     };
     let options = BalanceOptions::default()
-        .balancer(RoundRobin::new())
+        .balancer(RoundRobin::new)
         .outliers(OutlierPolicy::disabled());
     let service = Balanced::new(mixed.discovery.clone(), maker, options);
     for tag in 0..10 {
@@ -432,14 +544,14 @@ async fn out_of_range_retry_and_ejection_settings_never_panic() {
         .max_ejection(Duration::MAX);
     for retry in [retry, wild] {
         let options = BalanceOptions::default()
-            .balancer(RoundRobin::new())
+            .balancer(RoundRobin::new)
             .retry(retry)
             .outliers(outliers);
         let service = Balanced::new(setup.discovery.clone(), fleet.maker(), options);
         for tag in 0..8 {
             send(&service, tag, true).await.expect("retried past a");
         }
-        let a = leasehold::InstanceId::new("a").unwrap();
+        let a = instance_of(&setup.discovery, "a");
         assert!(service.outliers().is_ejected(&a), "a stays out");
     }
 }

@@ -12,14 +12,14 @@
 
 mod drained;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -54,17 +54,127 @@ impl ConnectionState {
     }
 }
 
+/// The instances of a service at one moment, in no particular order: a persistent
+/// vector that the next snapshot shares all but O(log n) of, so publishing a change and
+/// reading the new snapshot cost O(log n) whatever the size of the set.
+///
+/// Indexing is O(log n) (a few pointer hops), cloning O(1). Balancers index it as it is;
+/// [`Snapshot::members`] gives it.
+#[derive(Clone, Default)]
+pub struct Instances(imbl::Vector<Arc<Instance>>);
+
+impl Instances {
+    /// How many instances there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The instance at `index`, in O(log n).
+    pub fn get(&self, index: usize) -> Option<&Arc<Instance>> {
+        self.0.get(index)
+    }
+
+    /// Every instance, in slot order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Arc<Instance>> + '_ {
+        self.0.iter()
+    }
+
+    /// Whether `self` and `other` are the same set (not only equal ones): a cheap check
+    /// that a table built for one still fits the other.
+    pub fn ptr_eq(&self, other: &Instances) -> bool {
+        self.0.ptr_eq(&other.0)
+    }
+}
+
+impl std::ops::Index<usize> for Instances {
+    type Output = Arc<Instance>;
+    fn index(&self, index: usize) -> &Arc<Instance> {
+        &self.0[index]
+    }
+}
+
+impl FromIterator<Arc<Instance>> for Instances {
+    fn from_iter<T: IntoIterator<Item = Arc<Instance>>>(iter: T) -> Self {
+        Instances(iter.into_iter().collect())
+    }
+}
+
+impl fmt::Debug for Instances {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|i| i.key())).finish()
+    }
+}
+
 /// The instances of a service at one moment. Immutable: a new snapshot is published for
 /// every change, sharing structure with the last.
+///
+/// Each instance is identified by its registry [`key`](Instance::key). Readers that
+/// follow every change use [`members`](Snapshot::members), which costs nothing to get;
+/// [`instances`](Snapshot::instances) sorts a copy, for display and tests.
 pub struct Snapshot {
     service: ServiceName,
-    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
+    members: Instances,
     sorted: OnceLock<Arc<[Arc<Instance>]>>,
     revision: u64,
     version: u64,
+    origin: u64,
+    edits: Option<Arc<Edits>>,
     connection: ConnectionState,
     /// Drained ids, each with the instance to show for it.
     drained: imbl::OrdMap<InstanceId, Option<Arc<Instance>>>,
+}
+
+/// The changes that made one snapshot from the one before it, linked to the edits
+/// before those while the feed's [`History`] keeps them.
+struct Edits {
+    version: u64,
+    changes: Box<[Change]>,
+    before: ArcSwapOption<Edits>,
+}
+
+/// The recent edits, so a reader holding a table built for an older snapshot of the same
+/// cache can apply what changed instead of rebuilding.
+#[derive(Default)]
+struct History {
+    recent: VecDeque<Arc<Edits>>,
+}
+
+impl History {
+    /// How many publishes back a reader can catch up from.
+    const DEPTH: usize = 256;
+    /// Larger batches (a full listing) are not kept: a reader rebuilds, once.
+    const MAX_BATCH: usize = 1024;
+
+    fn record(&mut self, version: u64, changes: &[Change]) -> Option<Arc<Edits>> {
+        if changes.len() > Self::MAX_BATCH {
+            self.recent.clear();
+            return None;
+        }
+        let edits = Arc::new(Edits {
+            version,
+            changes: changes.into(),
+            before: ArcSwapOption::new(self.recent.back().cloned()),
+        });
+        self.recent.push_back(edits.clone());
+        if self.recent.len() > Self::DEPTH {
+            self.recent.pop_front();
+            if let Some(oldest) = self.recent.front() {
+                oldest.before.store(None);
+            }
+        }
+        Some(edits)
+    }
+}
+
+/// A number no other cache's snapshots carry.
+fn next_origin() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl fmt::Debug for Snapshot {
@@ -80,21 +190,30 @@ impl fmt::Debug for Snapshot {
 
 impl Snapshot {
     fn empty(service: ServiceName) -> Self {
+        Self::of(service, Instances::default())
+    }
+
+    /// A snapshot of `instances`, outside any cache: for balancing over a fixed list,
+    /// and for tests. It has no revision and no edits.
+    pub fn of(service: ServiceName, instances: Instances) -> Self {
         Snapshot {
             service,
-            entries: imbl::HashMap::new(),
+            members: instances,
             sorted: OnceLock::new(),
             revision: 0,
             version: 0,
-            connection: ConnectionState::Live,
+            origin: next_origin(),
+            edits: None,
             drained: imbl::OrdMap::new(),
+            connection: ConnectionState::Live,
         }
     }
 
-    /// The instances an operator drained (`Registry::drain`), sorted by id: out of
-    /// [`instances`](Snapshot::instances), listed here for dashboards. Each comes with
-    /// the instance its drain marker recorded, or the one still registered under it;
-    /// `None` when neither is known.
+    /// The instances an operator drained (`Registry::drain`), sorted by id: out of the
+    /// set ([`members`](Snapshot::members), [`instances`](Snapshot::instances)), listed
+    /// here for dashboards and the xDS server. Each comes with the instance its drain
+    /// marker recorded, or the one still registered under it; `None` when neither is
+    /// known.
     pub fn drained(&self) -> impl Iterator<Item = (&InstanceId, Option<&Arc<Instance>>)> + '_ {
         self.drained.iter().map(|(id, shown)| (id, shown.as_ref()))
     }
@@ -104,22 +223,68 @@ impl Snapshot {
         self.drained.contains_key(id)
     }
 
+    /// Identifies the cache this snapshot comes from: snapshots of one cache share it, and
+    /// no other cache's do. With [`version`](Snapshot::version) it names a state of the set.
+    pub fn origin(&self) -> u64 {
+        self.origin
+    }
+
+    /// The changes from this cache's snapshot at `version` to this one, oldest first,
+    /// if they are still held (about the last 256 publishes, except full listings of
+    /// more than 1,024 changes); `None` means: read [`members`](Snapshot::members) anew.
+    /// Lets a reader that keeps a table per set pay per change, not per instance.
+    /// Check [`origin`](Snapshot::origin) first: versions of other caches mean nothing
+    /// here.
+    pub fn changes_since(&self, version: u64) -> Option<Vec<Change>> {
+        if version == self.version {
+            return Some(Vec::new());
+        }
+        if version > self.version {
+            return None;
+        }
+        let mut chain: Vec<Arc<Edits>> = Vec::new();
+        let mut at = self.edits.clone()?;
+        loop {
+            let before = at.before.load_full();
+            let reached = at.version == version + 1;
+            chain.push(at);
+            if reached {
+                break;
+            }
+            at = before?;
+        }
+        Some(
+            chain
+                .iter()
+                .rev()
+                .flat_map(|edits| edits.changes.iter().cloned())
+                .collect(),
+        )
+    }
+
     /// The service.
     pub fn service(&self) -> &ServiceName {
         &self.service
     }
 
-    /// The instances, sorted by id. Built once per snapshot, on first use, so balancers
-    /// can index it.
+    /// The instances as the cache holds them, in no particular order: O(1) to get,
+    /// O(log n) to index, shared with the snapshots before and after. What a reader
+    /// that runs on every change (a balancer) should use.
+    pub fn members(&self) -> &Instances {
+        &self.members
+    }
+
+    /// The instances sorted by id (then key). Built once per snapshot, on first use, in
+    /// O(n log n): for listings and tests, not for readers that run on every change.
     pub fn instances(&self) -> &Arc<[Arc<Instance>]> {
         self.sorted.get_or_init(|| {
-            let mut all: Vec<Arc<Instance>> = self.entries.values().cloned().collect();
-            all.sort_by(|a, b| a.id().cmp(b.id()));
+            let mut all: Vec<Arc<Instance>> = self.members.iter().cloned().collect();
+            all.sort_by(|a, b| a.id().cmp(b.id()).then_with(|| a.key().cmp(b.key())));
             all.into()
         })
     }
 
-    /// The instance with this id, if present.
+    /// An instance with this id, if present (through [`instances`](Snapshot::instances)).
     pub fn get(&self, id: &InstanceId) -> Option<&Arc<Instance>> {
         let all = self.instances();
         all.binary_search_by(|i| i.id().cmp(id)).ok().map(|at| &all[at])
@@ -127,12 +292,12 @@ impl Snapshot {
 
     /// How many instances there are.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.members.len()
     }
 
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.members.is_empty()
     }
 
     /// The registry revision this snapshot reflects (0 where the backend has none).
@@ -152,6 +317,10 @@ impl Snapshot {
 }
 
 /// A change to the cached set, as sent to subscribers.
+///
+/// Changes are per registry key: `Added` and `Removed` name the instance at one key
+/// ([`Instance::key`]), so when two keys briefly hold one id (a restart with a stable
+/// id), the removal of the old key is not the removal of the live instance.
 #[derive(Clone, Debug)]
 pub enum Change {
     /// An instance appeared.
@@ -392,15 +561,14 @@ pub struct DiscoveryFeed {
     service: ServiceName,
     codec: Arc<dyn Codec>,
     options: WatchOptions,
-    entries: imbl::HashMap<Arc<str>, Arc<Instance>>,
-    pending: Vec<Change>,
+    set: SnapshotWriter,
     revision: u64,
-    version: u64,
     connection: ConnectionState,
     /// The size of the last set the guard accepted.
     healthy: usize,
-    /// Keys whose bad values were logged, so each is logged once.
-    logged: HashSet<String>,
+    /// Keys whose bad values were logged, so each is logged once; a key leaves it when
+    /// it decodes again or is deleted.
+    logged: HashSet<Box<str>>,
     /// Drain markers and the instances they keep out of the set.
     drain: drained::DrainMarkers,
     /// A marker came or went since the last publish.
@@ -411,7 +579,7 @@ impl fmt::Debug for DiscoveryFeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DiscoveryFeed")
             .field("service", &self.service)
-            .field("instances", &self.entries.len())
+            .field("instances", &self.set.len())
             .field("revision", &self.revision)
             .finish_non_exhaustive()
     }
@@ -442,14 +610,12 @@ impl DiscoveryFeed {
             service: service.clone(),
             codec,
             options,
-            entries: imbl::HashMap::new(),
-            pending: Vec::new(),
+            set: SnapshotWriter::new(service.clone()),
             revision: 0,
-            version: 0,
             connection: ConnectionState::Live,
             healthy: 0,
             logged: HashSet::new(),
-            drain: Default::default(),
+            drain: drained::DrainMarkers::default(),
             markers_changed: false,
         };
         (feed, Discovery { handle, service })
@@ -484,27 +650,23 @@ impl DiscoveryFeed {
         self.handle.strong_count() == 0
     }
 
-    /// The instance at `key`, and the key as the map holds it. The key shares the id's
-    /// string when they are equal (the native layout) and the instance shares the
-    /// service name, so a cache of N instances costs little more than N decoded values.
-    fn decode(&mut self, key: &str, value: &[u8]) -> Option<(Arc<str>, Arc<Instance>)> {
+    /// The instance at `key`, which knows its key and shares the service name, so a
+    /// cache of N instances costs little more than N decoded values.
+    fn decode(&mut self, key: &str, value: &[u8]) -> Option<Arc<Instance>> {
         match self.codec.decode(&self.service, key, value) {
             Ok(mut instance) => {
                 if !self.logged.is_empty() {
                     self.logged.remove(key);
                 }
                 instance.share_service(&self.service);
-                let key = match instance.id().as_str() == key {
-                    true => instance.id().shared().clone(),
-                    false => Arc::from(key),
-                };
-                Some((key, Arc::new(instance)))
+                instance.set_key(key);
+                Some(Arc::new(instance))
             }
             Err(e) => {
                 self.shared.skipped.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::DISCOVERY_SKIPPED, "service" => self.service.to_string())
                     .increment(1);
-                if self.logged.insert(key.to_owned()) {
+                if self.logged.insert(key.into()) {
                     tracing::warn!(service = %self.service, key, error = %e, "skipping a value that does not decode");
                 }
                 None
@@ -519,19 +681,16 @@ impl DiscoveryFeed {
             return self.put_marker(id, key, value);
         }
         match self.decode(key, value) {
-            Some((key, instance)) if self.drain.is_drained(instance.id()) => {
-                if let Some(old) = self.entries.remove(&key) {
-                    self.pending.push(Change::Removed(old));
-                }
-                self.drain.hold_out(key, instance);
+            Some(instance) if self.drain.is_drained(instance.id()) => {
+                self.set.remove(key);
+                self.drain.hold_out(instance.shared_key().clone(), instance);
                 self.markers_changed = true;
             }
-            Some((key, instance)) => match self.entries.insert(key, instance.clone()) {
-                None => self.pending.push(Change::Added(instance)),
-                Some(old) if old != instance => self.pending.push(Change::Updated { old, new: instance }),
-                Some(_) => {}
-            },
-            None => self.delete(key),
+            Some(instance) => self.set.insert(instance),
+            None => {
+                self.set.remove(key);
+                self.markers_changed |= self.drain.release(key);
+            }
         }
     }
 
@@ -540,12 +699,13 @@ impl DiscoveryFeed {
         if let Some(id) = self.codec.parse_drain_marker(key) {
             return self.delete_marker(&id);
         }
-        self.markers_changed |= self.drain.release(key);
-        if let Some(old) = self.entries.remove(key) {
-            self.pending.push(Change::Removed(old));
+        if !self.logged.is_empty() {
+            self.logged.remove(key);
         }
-        if self.healthy > self.entries.len() {
-            self.healthy = self.entries.len();
+        self.markers_changed |= self.drain.release(key);
+        self.set.remove(key);
+        if self.healthy > self.set.len() {
+            self.healthy = self.set.len();
         }
     }
 
@@ -561,16 +721,25 @@ impl DiscoveryFeed {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        let mut next = imbl::HashMap::new();
+        let mut next: HashMap<Arc<str>, Arc<Instance>> = HashMap::new();
+        let mut undecodable: HashSet<Box<str>> = HashSet::new();
         let mut markers = imbl::OrdMap::new();
         for (key, value) in listing {
-            let key = key.as_ref();
-            if let Some(id) = self.codec.parse_drain_marker(key) {
-                markers.insert(id, self.marker_value(key, value.as_ref()));
-            } else if let Some((key, instance)) = self.decode(key, value.as_ref()) {
-                next.insert(key, instance);
+            if let Some(id) = self.codec.parse_drain_marker(key.as_ref()) {
+                markers.insert(id, self.marker_value(key.as_ref(), value.as_ref()));
+                continue;
+            }
+            match self.decode(key.as_ref(), value.as_ref()) {
+                Some(instance) => {
+                    next.insert(instance.shared_key().clone(), instance);
+                }
+                None => {
+                    undecodable.insert(key.as_ref().into());
+                }
             }
         }
+        // Undecodable keys that the listing no longer has are forgotten.
+        self.logged.retain(|key| undecodable.contains(key));
         let next = self.drain.reset(markers, next);
         self.markers_changed = true;
         self.revision = revision;
@@ -580,61 +749,43 @@ impl DiscoveryFeed {
                 tracing::warn!(
                     service = %self.service,
                     listed = next.len(),
-                    held = self.entries.len(),
+                    held = self.set.len(),
                     floor,
                     "listing below the guard's floor; keeping the last healthy set"
                 );
-                for (key, instance) in next {
-                    match self.entries.insert(key, instance.clone()) {
-                        None => self.pending.push(Change::Added(instance)),
-                        Some(old) if old != instance => {
-                            self.pending.push(Change::Updated { old, new: instance })
-                        }
-                        Some(_) => {}
-                    }
+                for instance in next.into_values() {
+                    self.set.insert(instance);
                 }
                 self.publish();
                 return;
             }
         }
-        for (key, old) in self.entries.iter() {
-            if !next.contains_key(key) {
-                self.pending.push(Change::Removed(old.clone()));
-            }
+        let gone: Vec<Arc<str>> = self
+            .set
+            .keys()
+            .filter(|key| !next.contains_key(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.set.remove(&key);
         }
-        for (key, new) in next.iter() {
-            match self.entries.get(key) {
-                None => self.pending.push(Change::Added(new.clone())),
-                Some(old) if old != new => self.pending.push(Change::Updated {
-                    old: old.clone(),
-                    new: new.clone(),
-                }),
-                Some(_) => {}
-            }
+        for instance in next.into_values() {
+            self.set.insert(instance);
         }
-        self.entries = next;
-        self.healthy = self.entries.len();
+        self.healthy = self.set.len();
         self.publish();
     }
 
     /// Publishes the snapshot and the changes gathered since the last publish.
     pub fn publish(&mut self) {
-        self.healthy = self.healthy.max(self.entries.len());
-        let changed = !self.pending.is_empty()
+        self.healthy = self.healthy.max(self.set.len());
+        let changed = self.set.has_pending()
             || self.markers_changed
             || self.revision != self.shared.current.load().revision;
         if !changed {
             return;
         }
-        self.markers_changed = false;
         self.store_snapshot();
-        metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string())
-            .increment(self.pending.len() as u64);
-        for change in self.pending.drain(..) {
-            let _ = self.shared.changes.send(change);
-        }
-        // A listing of thousands leaves a large buffer behind; keep a modest one.
-        self.pending.shrink_to(64);
     }
 
     /// Marks the set stale: the registry cannot be reached. Kept and served meanwhile.
@@ -661,20 +812,154 @@ impl DiscoveryFeed {
         }
     }
 
+    /// Publishes the set with the changes gathered since the last snapshot: stored as
+    /// the snapshot's edits for readers that update tables, and sent to subscribers.
     fn store_snapshot(&mut self) {
-        self.version += 1;
-        self.shared.current.store(Arc::new(Snapshot {
-            service: self.service.clone(),
-            entries: self.entries.clone(),
-            sorted: OnceLock::new(),
-            revision: self.revision,
-            version: self.version,
-            connection: self.connection,
-            drained: self.drained_view(),
-        }));
-        self.shared.versions.send_replace(self.version);
+        let (mut snapshot, changes) = self.set.publish(self.revision, self.connection);
+        snapshot.drained = self.drained_view();
+        self.markers_changed = false;
+        let version = snapshot.version();
+        self.shared.current.store(Arc::new(snapshot));
+        metrics::counter!(crate::metrics::DISCOVERY_CHANGES, "service" => self.service.to_string())
+            .increment(changes.len() as u64);
         metrics::gauge!(crate::metrics::DISCOVERY_INSTANCES, "service" => self.service.to_string())
-            .set(self.entries.len() as f64);
+            .set(self.set.len() as f64);
+        for change in changes {
+            let _ = self.shared.changes.send(change);
+        }
+        self.shared.versions.send_replace(version);
+    }
+}
+
+/// A set of instances kept by hand, published as [`Snapshot`]s with their edits, as a
+/// discovery cache publishes them: what a [`DiscoveryFeed`] keeps its set in, and what a
+/// reader that derives sub-sets (a zone's instances) keeps them in, so readers of those
+/// pay per change too.
+///
+/// Instances are identified by their [`key`](Instance::key). Removing one moves the last
+/// slot into its place, so the set stays dense and indexable.
+pub struct SnapshotWriter {
+    service: ServiceName,
+    /// The set, shared with the published snapshots.
+    members: imbl::Vector<Arc<Instance>>,
+    /// Each key's slot in `members`. The writer's alone: readers never look up by key,
+    /// so a plain map (a third of a persistent one's memory) is enough.
+    slots: HashMap<Arc<str>, u32>,
+    pending: Vec<Change>,
+    history: History,
+    origin: u64,
+    version: u64,
+}
+
+impl fmt::Debug for SnapshotWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotWriter")
+            .field("service", &self.service)
+            .field("instances", &self.members.len())
+            .field("version", &self.version)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotWriter {
+    /// An empty set of `service`'s instances.
+    pub fn new(service: ServiceName) -> Self {
+        SnapshotWriter {
+            service,
+            members: imbl::Vector::new(),
+            slots: HashMap::new(),
+            pending: Vec::new(),
+            history: History::default(),
+            origin: next_origin(),
+            version: 0,
+        }
+    }
+
+    /// How many instances the set holds, published or not.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Whether an instance is held at `key`.
+    pub fn contains(&self, key: &str) -> bool {
+        self.slots.contains_key(key)
+    }
+
+    /// The keys held.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<str>> + '_ {
+        self.slots.keys()
+    }
+
+    /// The instances held, in slot order.
+    pub fn instances(&self) -> impl Iterator<Item = &Arc<Instance>> + '_ {
+        self.members.iter()
+    }
+
+    /// Whether changes wait to be published.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Puts `instance` at its key (as an addition, or an update of what the key held),
+    /// recorded for the next publish.
+    pub fn insert(&mut self, instance: Arc<Instance>) {
+        match self.slots.get(instance.key()) {
+            Some(&slot) => {
+                let old = self.members.set(slot as usize, instance.clone());
+                if old != instance {
+                    self.pending.push(Change::Updated { old, new: instance });
+                }
+            }
+            None => {
+                self.slots
+                    .insert(instance.shared_key().clone(), self.members.len() as u32);
+                self.members.push_back(instance.clone());
+                self.pending.push(Change::Added(instance));
+            }
+        }
+    }
+
+    /// Removes the instance at `key`, moving the last slot into its place; whether
+    /// there was one.
+    pub fn remove(&mut self, key: &str) -> bool {
+        let Some(slot) = self.slots.remove(key) else {
+            return false;
+        };
+        let last = self.members.pop_back().expect("a slot implies a member");
+        let old = if slot as usize == self.members.len() {
+            last
+        } else {
+            self.slots.insert(last.shared_key().clone(), slot);
+            self.members.set(slot as usize, last)
+        };
+        self.pending.push(Change::Removed(old));
+        true
+    }
+
+    /// The next snapshot, at `revision` and `connection`, and the changes that made it.
+    pub fn publish(&mut self, revision: u64, connection: ConnectionState) -> (Snapshot, Vec<Change>) {
+        self.version += 1;
+        let changes: Vec<Change> = self.pending.drain(..).collect();
+        // A listing of thousands leaves a large buffer behind; keep a modest one.
+        self.pending.shrink_to(64);
+        let edits = self.history.record(self.version, &changes);
+        let snapshot = Snapshot {
+            service: self.service.clone(),
+            members: Instances(self.members.clone()),
+            sorted: OnceLock::new(),
+            revision,
+            version: self.version,
+            origin: self.origin,
+            edits,
+            connection,
+            drained: imbl::OrdMap::new(),
+        };
+        (snapshot, changes)
     }
 }
 
@@ -772,6 +1057,117 @@ mod tests {
         assert!(
             discovery.snapshot().is_empty(),
             "a key that no longer decodes no longer holds an instance"
+        );
+    }
+
+    #[test]
+    fn undecodable_keys_are_forgotten_once_deleted_or_no_longer_listed() {
+        let (mut feed, _discovery) = feed(WatchOptions::default());
+        feed.put("junk-1", b"not json");
+        feed.put("junk-2", b"not json");
+        feed.publish();
+        assert_eq!(feed.logged.len(), 2);
+        feed.delete("junk-1");
+        feed.publish();
+        assert_eq!(feed.logged.len(), 1, "a deleted key is forgotten");
+        feed.reset([("junk-3", b"not json".to_vec()), ("a", value("a", 1))], 2);
+        let logged: Vec<&str> = feed.logged.iter().map(|k| &**k).collect();
+        assert_eq!(logged, ["junk-3"], "a key no longer listed is forgotten");
+    }
+
+    #[tokio::test]
+    async fn two_keys_with_one_id_are_two_instances_and_removing_the_old_keeps_the_new() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        feed.put("_c_old-0000000001", &value("stable", 1));
+        feed.publish();
+        let mut changes = discovery.changes();
+        feed.put("_c_new-0000000002", &value("stable", 1));
+        feed.delete("_c_old-0000000001");
+        feed.publish();
+        let snapshot = discovery.snapshot();
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot.members()[0].key(), "_c_new-0000000002");
+        assert_eq!(snapshot.members()[0].id().as_str(), "stable");
+        match changes.next().await {
+            Some(Change::Added(i)) => assert_eq!(i.key(), "_c_new-0000000002"),
+            other => panic!("{other:?}"),
+        }
+        match changes.next().await {
+            Some(Change::Removed(i)) => assert_eq!(i.key(), "_c_old-0000000001"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn members_stay_dense_through_deletes_in_any_order() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        let keys: Vec<String> = (0..200).map(|n| format!("k{n:03}")).collect();
+        feed.reset(keys.iter().map(|k| (k.clone(), value(k, 1))), 1);
+        for k in keys.iter().step_by(3) {
+            feed.delete(k);
+        }
+        feed.put("k001", &value("k001", 9));
+        feed.publish();
+        let snapshot = discovery.snapshot();
+        let mut held: Vec<&str> = snapshot.members().iter().map(|i| i.key()).collect();
+        held.sort();
+        let expected: Vec<&str> = keys
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 3 != 0)
+            .map(|(_, k)| k.as_str())
+            .collect();
+        assert_eq!(held, expected);
+        assert_eq!(
+            snapshot.get(&InstanceId::new("k001").unwrap()).unwrap().weight(),
+            9,
+            "a put to a held key updates its slot"
+        );
+    }
+
+    fn keys_of(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|change| match change {
+                Change::Added(i) => format!("+{}", i.key()),
+                Change::Removed(i) => format!("-{}", i.key()),
+                Change::Updated { new, .. } => format!("~{}", new.key()),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_reader_gets_the_changes_since_its_version_or_none_once_they_are_gone() {
+        let (mut feed, discovery) = feed(WatchOptions::default());
+        feed.reset([("a", value("a", 1))], 1);
+        let start = discovery.snapshot();
+        feed.put("b", &value("b", 1));
+        feed.publish();
+        feed.mark_stale();
+        feed.put("a", &value("a", 2));
+        feed.delete("b");
+        feed.publish();
+        let now = discovery.snapshot();
+        assert_eq!(now.origin(), start.origin());
+        assert_eq!(
+            keys_of(&now.changes_since(start.version()).unwrap()),
+            ["+b", "~a", "-b"]
+        );
+        assert!(now.changes_since(now.version()).unwrap().is_empty());
+        for n in 0..History::DEPTH + 1 {
+            feed.put("c", &value("c", n as u32 % 7 + 1));
+            feed.publish();
+        }
+        assert!(discovery.snapshot().changes_since(start.version()).is_none());
+        let listing: Vec<(String, Vec<u8>)> = (0..History::MAX_BATCH + 1)
+            .map(|n| (format!("k{n}"), value(&format!("k{n}"), 1)))
+            .collect();
+        let before = discovery.snapshot();
+        feed.reset(listing, 2);
+        assert!(
+            discovery.snapshot().changes_since(before.version()).is_none(),
+            "a large listing is read anew"
         );
     }
 

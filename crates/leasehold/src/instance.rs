@@ -316,7 +316,13 @@ pub type Metadata = BTreeMap<String, String>;
 /// Built with [`Instance::builder`], which validates every field; once built, an
 /// `Instance` is known to be valid. Serializes to the native JSON format:
 /// `{"service","id","addr","metadata","weight","zone","version"}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// A discovered instance also knows the registry key it was found under
+/// ([`key`](Instance::key)): that, not the id, is what identifies it in a discovery
+/// cache, since two keys can hold one id for a moment (a ZooKeeper client that restarts
+/// with a stable id). The key is not part of the value: it is neither serialized nor
+/// compared.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(try_from = "InstanceRepr", into = "InstanceRepr")]
 pub struct Instance {
     service: ServiceName,
@@ -334,6 +340,9 @@ struct Labels {
     metadata: Metadata,
     zone: Option<Box<str>>,
     version: Option<Box<str>>,
+    /// The registry key, relative to the service's prefix, when it is not the id (the
+    /// native layout's key is the id, so native instances pay nothing for it).
+    key: Option<Arc<str>>,
 }
 
 impl Labels {
@@ -341,6 +350,21 @@ impl Labels {
         (self != Labels::default()).then(|| Box::new(self))
     }
 }
+
+impl PartialEq for Instance {
+    /// Equal values: every field but the registry key.
+    fn eq(&self, other: &Self) -> bool {
+        self.service == other.service
+            && self.id == other.id
+            && self.addr == other.addr
+            && self.weight == other.weight
+            && self.metadata() == other.metadata()
+            && self.zone() == other.zone()
+            && self.version() == other.version()
+    }
+}
+
+impl Eq for Instance {}
 
 /// The metadata of an instance that has none.
 static NO_METADATA: Metadata = Metadata::new();
@@ -396,6 +420,36 @@ impl Instance {
     /// The version of the software the instance runs, if known.
     pub fn version(&self) -> Option<&str> {
         self.labels.as_ref()?.version.as_deref()
+    }
+
+    /// The registry key this instance was discovered under, relative to the service's
+    /// prefix (as [`Codec::instance_key`](crate::Codec::instance_key) makes it); the id
+    /// for an instance that was not discovered, or whose key is its id.
+    pub fn key(&self) -> &str {
+        match self.labels.as_ref().and_then(|l| l.key.as_deref()) {
+            Some(key) => key,
+            None => self.id.as_str(),
+        }
+    }
+
+    /// The key as a shared string, for maps keyed by it.
+    pub fn shared_key(&self) -> &Arc<str> {
+        match self.labels.as_ref().and_then(|l| l.key.as_ref()) {
+            Some(key) => key,
+            None => self.id.shared(),
+        }
+    }
+
+    /// Records the registry key the instance was found under; nothing is stored when it
+    /// is the id.
+    pub(crate) fn set_key(&mut self, key: &str) {
+        if key == self.id.as_str() {
+            if let Some(labels) = self.labels.take() {
+                self.labels = Labels { key: None, ..*labels }.boxed();
+            }
+            return;
+        }
+        self.labels.get_or_insert_with(Box::default).key = Some(Arc::from(key));
     }
 
     /// Makes this instance share `service`'s string, when it names the same service,
@@ -518,6 +572,7 @@ impl InstanceBuilder {
                 metadata: self.metadata,
                 zone: check_label("zone", self.zone)?,
                 version: check_label("version", self.version)?,
+                key: None,
             }
             .boxed(),
         })

@@ -68,7 +68,10 @@ mod url;
 
 pub use backoff::Backoff;
 pub use codec::{Codec, CodecError, KeyContext, NativeCodec, NodeNaming};
-pub use discovery::{Change, Changes, ConnectionState, Discovery, DiscoveryFeed, Snapshot, WatchOptions};
+pub use discovery::{
+    Change, Changes, ConnectionState, Discovery, DiscoveryFeed, Instances, Snapshot, SnapshotWriter,
+    WatchOptions,
+};
 pub use error::{BoxError, Error, Result};
 pub use instance::{
     Address, Instance, InstanceBuilder, InstanceId, InstanceUpdate, InvalidInput, Metadata, ServiceName,

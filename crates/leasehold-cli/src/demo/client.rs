@@ -140,7 +140,7 @@ impl Client {
         self.outliers.retain(&snapshot);
         let mut tried: Vec<InstanceId> = Vec::new();
         loop {
-            let allowed = |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected(i.id());
+            let allowed = |i: &Instance| !tried.contains(i.id()) && !self.outliers.is_ejected(i);
             let Some(instance) = self
                 .balancer
                 .pick(&snapshot, &PickContext::new().with_filter(&allowed))

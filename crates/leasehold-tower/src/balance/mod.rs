@@ -2,24 +2,27 @@
 //!
 //! A [`Balancer`] picks from the instances of a discovery [`Snapshot`]
 //! ([`Discovery::snapshot`](leasehold::Discovery::snapshot) is lock-free) and never locks
-//! on the way. Balancers that need a table per set (smooth weighted round robin's weights,
-//! the hash ring, the zones) build it once per published snapshot and keep it in an
-//! [`ArcSwap`](arc_swap::ArcSwap), so steady-state picks only read.
+//! on the way. Balancers that need a table per set (smooth weighted round robin's weight
+//! classes, the zones, the loads) keep it for the last snapshot they saw and bring it up
+//! to date with the snapshot's [edits](Snapshot::changes_since), so a change to a set of
+//! 100,000 instances costs a reader what one change costs, not a rebuild. One balancer
+//! belongs to one channel: its tables and counters are that channel's.
 //!
 //! Used without tower, a balancer is all a plain client needs:
 //!
 //! ```
 //! use std::sync::Arc;
-//! use leasehold::Instance;
+//! use leasehold::{Instance, ServiceName, Snapshot};
 //! use leasehold_tower::balance::{Balancer, PickContext, RoundRobin};
 //!
-//! let set: Arc<[Arc<Instance>]> = ["127.0.0.1:7001", "127.0.0.1:7002"]
+//! let set = ["127.0.0.1:7001", "127.0.0.1:7002"]
 //!     .iter()
 //!     .map(|addr| Arc::new(Instance::builder("echo", *addr).id(*addr).build().unwrap()))
 //!     .collect();
+//! let snapshot = Snapshot::of(ServiceName::new("echo").unwrap(), set);
 //! let balancer = RoundRobin::new();
-//! let first = balancer.pick_from(&set, &PickContext::new()).unwrap();
-//! let second = balancer.pick_from(&set, &PickContext::new()).unwrap();
+//! let first = balancer.pick(&snapshot, &PickContext::new()).unwrap();
+//! let second = balancer.pick(&snapshot, &PickContext::new()).unwrap();
 //! assert_ne!(first.addr(), second.addr());
 //! ```
 //!
@@ -28,11 +31,11 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use leasehold::{Instance, Snapshot};
+use leasehold::{Change, Instance, Instances, Snapshot};
 
 mod hash;
 mod p2c;
@@ -48,18 +51,16 @@ pub use round_robin::RoundRobin;
 pub use weighted::SmoothWeighted;
 pub use zone::ZoneAware;
 
-/// The instances a balancer picks from: a snapshot's [`instances`](Snapshot::instances),
-/// sorted by id. Balancers recognise a set they have seen by its pointer.
-pub type InstanceSet = Arc<[Arc<Instance>]>;
-
 /// What a balancer knows about one request: an optional key for consistent hashing, the
 /// caller's zone, and a filter of the instances it may not use (ejected ones, ones this
-/// request already failed on).
+/// request already failed on), with, when the caller knows it, the short list of the
+/// instances the filter refuses.
 #[derive(Clone, Copy, Default)]
 pub struct PickContext<'a> {
     key: Option<u64>,
     zone: Option<&'a str>,
     filter: Option<&'a dyn Fn(&Instance) -> bool>,
+    refused: Option<&'a [Arc<Instance>]>,
 }
 
 impl fmt::Debug for PickContext<'_> {
@@ -102,6 +103,18 @@ impl<'a> PickContext<'a> {
         self
     }
 
+    /// Tells the balancer which instances the filter refuses (it must refuse no other),
+    /// so it can count the allowed ones of a group without scanning the group.
+    pub fn with_refused(mut self, refused: &'a [Arc<Instance>]) -> Self {
+        self.refused = Some(refused);
+        self
+    }
+
+    /// The instances the filter refuses, if the caller listed them.
+    pub fn refused(&self) -> Option<&'a [Arc<Instance>]> {
+        self.refused
+    }
+
     /// The hashed request key, if any.
     pub fn key(&self) -> Option<u64> {
         self.key
@@ -141,19 +154,17 @@ pub enum Outcome {
 
 /// Picks the instance of a service that the next request goes to.
 ///
-/// Implementations must be cheap and lock-free on [`pick_from`](Balancer::pick_from):
-/// it runs once per request attempt on every caller's thread. Load-aware balancers learn
-/// from [`start`](Balancer::start) and [`finish`](Balancer::finish), which the
+/// Implementations must be cheap and lock-free on [`pick`](Balancer::pick) in steady
+/// state: it runs once per request attempt on every caller's thread. Load-aware balancers
+/// learn from [`start`](Balancer::start) and [`finish`](Balancer::finish), which the
 /// [`Balanced`](crate::Balanced) service calls around every attempt; a caller that picks
 /// by hand may call them too (or not: the others ignore them).
+///
+/// A balancer's state is for one stream of snapshots (one channel): give each channel
+/// its own, as [`BalanceOptions`](crate::BalanceOptions) does with a [`MakeBalancer`].
 pub trait Balancer: Send + Sync + fmt::Debug {
-    /// Picks one of `instances` that `ctx` allows; `None` if none is allowed.
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>>;
-
     /// Picks one of the snapshot's instances that `ctx` allows; `None` if none is.
-    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
-        self.pick_from(snapshot.instances(), ctx)
-    }
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>>;
 
     /// A request is being sent to `instance`.
     fn start(&self, _instance: &Instance) {}
@@ -163,9 +174,6 @@ pub trait Balancer: Send + Sync + fmt::Debug {
 }
 
 impl<B: Balancer + ?Sized> Balancer for Arc<B> {
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
-        (**self).pick_from(instances, ctx)
-    }
     fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
         (**self).pick(snapshot, ctx)
     }
@@ -174,6 +182,42 @@ impl<B: Balancer + ?Sized> Balancer for Arc<B> {
     }
     fn finish(&self, instance: &Instance, outcome: Outcome) {
         (**self).finish(instance, outcome)
+    }
+}
+
+impl<B: Balancer + ?Sized> Balancer for Box<B> {
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        (**self).pick(snapshot, ctx)
+    }
+    fn start(&self, instance: &Instance) {
+        (**self).start(instance)
+    }
+    fn finish(&self, instance: &Instance, outcome: Outcome) {
+        (**self).finish(instance, outcome)
+    }
+}
+
+/// Makes a new balancer, one per channel, so channels built from one options value never
+/// share counters or tables: a [`BalancerKind`], or a closure such as `RoundRobin::new`
+/// or `|| ZoneAware::new(Some("eu-1".into()), PeakEwma::new)`.
+pub trait MakeBalancer: Send + Sync {
+    /// A balancer with fresh state.
+    fn make_balancer(&self) -> Box<dyn Balancer>;
+}
+
+impl<F, B> MakeBalancer for F
+where
+    F: Fn() -> B + Send + Sync,
+    B: Balancer + 'static,
+{
+    fn make_balancer(&self) -> Box<dyn Balancer> {
+        Box::new(self())
+    }
+}
+
+impl MakeBalancer for BalancerKind {
+    fn make_balancer(&self) -> Box<dyn Balancer> {
+        self.build()
     }
 }
 
@@ -211,13 +255,13 @@ impl BalancerKind {
     }
 
     /// A new balancer of this kind with default settings.
-    pub fn build(self) -> Arc<dyn Balancer> {
+    pub fn build(self) -> Box<dyn Balancer> {
         match self {
-            BalancerKind::RoundRobin => Arc::new(RoundRobin::new()),
-            BalancerKind::Random => Arc::new(Random::new()),
-            BalancerKind::Weighted => Arc::new(SmoothWeighted::new()),
-            BalancerKind::P2c => Arc::new(PeakEwma::new()),
-            BalancerKind::Hash => Arc::new(ConsistentHash::new()),
+            BalancerKind::RoundRobin => Box::new(RoundRobin::new()),
+            BalancerKind::Random => Box::new(Random::new()),
+            BalancerKind::Weighted => Box::new(SmoothWeighted::new()),
+            BalancerKind::P2c => Box::new(PeakEwma::new()),
+            BalancerKind::Hash => Box::new(ConsistentHash::new()),
         }
     }
 }
@@ -244,63 +288,155 @@ impl FromStr for BalancerKind {
     }
 }
 
-/// A table derived from one instance set, rebuilt when the set changes.
+/// A table derived from a balancer's snapshots (weight classes, zones, loads), kept for
+/// the last snapshot seen and brought forward with its edits.
 ///
-/// Holds the set it was built from, so recognising it is a pointer comparison and the
-/// pointer cannot be reused while the table lives. Readers never lock; when two threads
-/// see a new set at once both build and the last store wins.
-pub(crate) struct PerSet<T> {
-    current: ArcSwapOption<(InstanceSet, T)>,
+/// Steady-state readers only load it. The first reader of a new snapshot of the same
+/// cache applies the changes since (O(changes · log n)) under a lock that only such
+/// updaters take; one that finds no edits (another cache, a full listing, too far
+/// behind) builds the table from the snapshot. A reader holding a snapshot older than
+/// the table's builds a throwaway table for it.
+pub(crate) struct Tables<T> {
+    current: ArcSwapOption<Table<T>>,
+    advancing: Mutex<()>,
 }
 
-impl<T> Default for PerSet<T> {
+pub(crate) struct Table<T> {
+    origin: u64,
+    version: u64,
+    pub(crate) value: T,
+}
+
+impl<T> Default for Tables<T> {
     fn default() -> Self {
-        PerSet {
+        Tables {
             current: ArcSwapOption::empty(),
+            advancing: Mutex::new(()),
         }
     }
 }
 
-impl<T> fmt::Debug for PerSet<T> {
+impl<T> fmt::Debug for Tables<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = self.current.load();
-        f.debug_struct("PerSet")
-            .field("instances", &set.as_deref().map(|entry| entry.0.len()))
+        let table = self.current.load();
+        f.debug_struct("Tables")
+            .field("version", &table.as_deref().map(|t| t.version))
             .finish()
     }
 }
 
-impl<T> PerSet<T> {
-    /// Runs `f` on the table for `set`, building it with `build` first if `set` is new.
+impl<T> Tables<T> {
+    /// Runs `f` on the table for `snapshot`: the current one if it is for this snapshot,
+    /// else the current one advanced by `apply` over the changes since, else a new one
+    /// from `build`.
     pub(crate) fn with<R>(
         &self,
-        set: &InstanceSet,
-        build: impl FnOnce(&InstanceSet) -> T,
+        snapshot: &Snapshot,
+        build: impl FnOnce(&Snapshot) -> T,
+        apply: impl FnOnce(&T, &[Change], &Snapshot) -> T,
         f: impl FnOnce(&T) -> R,
     ) -> R {
-        let guard = self.current.load();
-        if let Some(entry) = guard.as_deref() {
-            if Arc::ptr_eq(&entry.0, set) {
-                return f(&entry.1);
+        let fits = |t: &Table<T>| t.origin == snapshot.origin() && t.version == snapshot.version();
+        if let Some(table) = self.current.load().as_deref() {
+            if fits(table) {
+                return f(&table.value);
             }
         }
-        let entry = Arc::new((set.clone(), build(set)));
-        self.current.store(Some(entry.clone()));
-        f(&entry.1)
+        let _advancing = self.advancing.lock().unwrap_or_else(|e| e.into_inner());
+        let table = self.current.load_full();
+        let next = match table.as_deref() {
+            Some(t) if fits(t) => return f(&t.value),
+            Some(t) if t.origin == snapshot.origin() && t.version > snapshot.version() => {
+                return f(&build(snapshot));
+            }
+            Some(t) if t.origin == snapshot.origin() => match snapshot.changes_since(t.version) {
+                Some(changes) => apply(&t.value, &changes, snapshot),
+                None => build(snapshot),
+            },
+            _ => build(snapshot),
+        };
+        let next = Arc::new(Table {
+            origin: snapshot.origin(),
+            version: snapshot.version(),
+            value: next,
+        });
+        self.current.store(Some(next.clone()));
+        f(&next.value)
     }
 
-    /// The last table built, whatever its set.
-    pub(crate) fn last(&self) -> Option<Arc<(InstanceSet, T)>> {
+    /// The last table, whatever its snapshot.
+    pub(crate) fn last(&self) -> Option<Arc<Table<T>>> {
         self.current.load_full()
     }
 }
 
+/// Values kept in the slots of a snapshot's [`members`](Snapshot::members), moved as the
+/// cache moves its slots (a removal takes the last slot into its place), so that slot
+/// `i` of the table is always the value of member `i`.
+#[derive(Clone)]
+pub(crate) struct Aligned<V: Clone> {
+    values: imbl::Vector<(Arc<str>, V)>,
+    slots: imbl::HashMap<Arc<str>, u32>,
+}
+
+impl<V: Clone> Aligned<V> {
+    pub(crate) fn build(members: &Instances, mut value: impl FnMut(&Arc<Instance>) -> V) -> Self {
+        let mut aligned = Aligned {
+            values: imbl::Vector::new(),
+            slots: imbl::HashMap::new(),
+        };
+        for instance in members.iter() {
+            aligned.push(instance, value(instance));
+        }
+        aligned
+    }
+
+    fn push(&mut self, instance: &Arc<Instance>, value: V) {
+        let key = instance.shared_key().clone();
+        self.slots.insert(key.clone(), self.values.len() as u32);
+        self.values.push_back((key, value));
+    }
+
+    /// Applies one change: an added instance gets `value(instance)`, an updated one
+    /// keeps its value.
+    pub(crate) fn apply(&mut self, change: &Change, value: impl FnOnce(&Arc<Instance>) -> V) {
+        match change {
+            Change::Added(instance) if !self.slots.contains_key(instance.key()) => {
+                let v = value(instance);
+                self.push(instance, v);
+            }
+            Change::Removed(instance) => {
+                let Some(slot) = self.slots.remove(instance.key()) else {
+                    return;
+                };
+                let last = self.values.pop_back().expect("a slot implies a value");
+                if (slot as usize) < self.values.len() {
+                    self.slots.insert(last.0.clone(), slot);
+                    self.values.set(slot as usize, last);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The value of member `slot`.
+    pub(crate) fn at(&self, slot: usize) -> Option<&V> {
+        self.values.get(slot).map(|(_, v)| v)
+    }
+
+    /// The value of the instance at `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<&V> {
+        let slot = *self.slots.get(key)?;
+        self.at(slot as usize)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.values.len()
+    }
+}
+
 /// The first instance at or after `start` (wrapping) that `ctx` allows.
-pub(crate) fn first_allowed(
-    instances: &[Arc<Instance>],
-    start: usize,
-    ctx: &PickContext<'_>,
-) -> Option<usize> {
+pub(crate) fn first_allowed(instances: &Instances, start: usize, ctx: &PickContext<'_>) -> Option<usize> {
     let n = instances.len();
     if n == 0 {
         return None;
@@ -316,11 +452,12 @@ pub(crate) fn first_allowed(
 #[cfg(test)]
 pub(crate) mod test_support {
     use super::*;
+    use leasehold::ServiceName;
 
     /// `n` instances `i000`… at distinct addresses, zones `z0`, `z1`, … cycling through
-    /// `zones`, and weights from `weight`.
-    pub fn set(n: usize, zones: usize, weight: impl Fn(usize) -> u32) -> InstanceSet {
-        (0..n)
+    /// `zones`, and weights from `weight`, as a snapshot.
+    pub fn set(n: usize, zones: usize, weight: impl Fn(usize) -> u32) -> Snapshot {
+        of((0..n)
             .map(|i| {
                 let mut b = Instance::builder("svc", format!("10.0.{}.{}:80", i / 250, i % 250 + 1))
                     .id(format!("i{i:05}"))
@@ -330,19 +467,24 @@ pub(crate) mod test_support {
                 }
                 Arc::new(b.build().unwrap())
             })
-            .collect()
+            .collect())
+    }
+
+    /// A snapshot of `instances`.
+    pub fn of(instances: Vec<Arc<Instance>>) -> Snapshot {
+        Snapshot::of(ServiceName::new("svc").unwrap(), instances.into_iter().collect())
     }
 
     /// How many times each instance id was picked over `picks` picks.
     pub fn counts<'c>(
         balancer: &dyn Balancer,
-        set: &InstanceSet,
+        set: &Snapshot,
         picks: usize,
         ctx: impl Fn(usize) -> PickContext<'c>,
     ) -> std::collections::BTreeMap<String, usize> {
         let mut counts = std::collections::BTreeMap::new();
         for i in 0..picks {
-            let picked = balancer.pick_from(set, &ctx(i)).expect("a pick");
+            let picked = balancer.pick(set, &ctx(i)).expect("a pick");
             *counts.entry(picked.id().to_string()).or_default() += 1;
         }
         counts
@@ -364,17 +506,14 @@ mod tests {
 
     #[test]
     fn every_balancer_returns_none_on_an_empty_or_fully_filtered_set() {
-        let empty: InstanceSet = Arc::new([]);
+        let empty = test_support::of(Vec::new());
         let set = test_support::set(3, 0, |_| 1);
         let none = |_: &Instance| false;
         for kind in BalancerKind::ALL {
             let balancer = kind.build();
-            assert!(
-                balancer.pick_from(&empty, &PickContext::new()).is_none(),
-                "{kind}"
-            );
+            assert!(balancer.pick(&empty, &PickContext::new()).is_none(), "{kind}");
             let ctx = PickContext::new().with_key("k").with_filter(&none);
-            assert!(balancer.pick_from(&set, &ctx).is_none(), "{kind}");
+            assert!(balancer.pick(&set, &ctx).is_none(), "{kind}");
         }
     }
 
@@ -388,7 +527,7 @@ mod tests {
                 let key = format!("k{n}");
                 let ctx = PickContext::new().with_key(&key).with_filter(&only);
                 assert_eq!(
-                    balancer.pick_from(&set, &ctx).unwrap().id().as_str(),
+                    balancer.pick(&set, &ctx).unwrap().id().as_str(),
                     "i00003",
                     "{kind}"
                 );

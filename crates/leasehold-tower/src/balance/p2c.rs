@@ -1,15 +1,14 @@
 //! Power of two choices over peak-EWMA load.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use leasehold::{Instance, InstanceId};
+use leasehold::{Change, Instance, Snapshot};
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::{first_allowed, Balancer, InstanceSet, Outcome, PerSet, PickContext};
+use super::{first_allowed, Aligned, Balancer, Outcome, PickContext, Tables};
 
 /// Power of two choices over peak-EWMA latency and requests in flight, as in Finagle,
 /// linkerd and tower's `PeakEwma`: each pick draws two distinct instances at random and
@@ -20,7 +19,8 @@ use super::{first_allowed, Balancer, InstanceSet, Outcome, PerSet, PickContext};
 /// idle, over [`decay`](PeakEwma::decay), so a slow instance is avoided at once and tried
 /// again later. A failure counts as a sample of at least
 /// [`failure_penalty`](PeakEwma::failure_penalty). Load survives set changes: it is kept
-/// per instance id. It is learnt from [`start`](Balancer::start) and
+/// per instance (by registry key) while it stays in the set; each set change costs
+/// O(log n). It is learnt from [`start`](Balancer::start) and
 /// [`finish`](Balancer::finish); without them every cost is equal and the choice is random.
 #[derive(Debug)]
 pub struct PeakEwma {
@@ -28,14 +28,8 @@ pub struct PeakEwma {
     default_rtt: Duration,
     failure_penalty: Duration,
     epoch: Instant,
-    tables: PerSet<Loads>,
-}
-
-#[derive(Debug, Default)]
-struct Loads {
-    /// Aligned with the instance set.
-    by_index: Vec<Arc<Load>>,
-    by_id: HashMap<InstanceId, Arc<Load>>,
+    /// Each member's load, aligned with the snapshot's slots.
+    tables: Tables<Aligned<Arc<Load>>>,
 }
 
 #[derive(Debug)]
@@ -62,7 +56,7 @@ impl PeakEwma {
             default_rtt: Duration::from_millis(30),
             failure_penalty: Duration::from_secs(1),
             epoch: Instant::now(),
-            tables: PerSet::default(),
+            tables: Tables::default(),
         }
     }
 
@@ -98,30 +92,30 @@ impl PeakEwma {
         })
     }
 
-    fn build(&self, set: &InstanceSet) -> Loads {
+    fn build(&self, snapshot: &Snapshot) -> Aligned<Arc<Load>> {
         let previous = self.tables.last();
         let now = self.now_ns();
-        let by_index: Vec<Arc<Load>> = set
-            .iter()
-            .map(|instance| {
-                previous
-                    .as_ref()
-                    .and_then(|p| p.1.by_id.get(instance.id()).cloned())
-                    .unwrap_or_else(|| self.new_load(now))
-            })
-            .collect();
-        let by_id = set
-            .iter()
-            .map(|i| i.id().clone())
-            .zip(by_index.iter().cloned())
-            .collect();
-        Loads { by_index, by_id }
+        Aligned::build(snapshot.members(), |instance| {
+            previous
+                .as_ref()
+                .and_then(|p| p.value.get(instance.key()).cloned())
+                .unwrap_or_else(|| self.new_load(now))
+        })
+    }
+
+    fn apply(&self, loads: &Aligned<Arc<Load>>, changes: &[Change]) -> Aligned<Arc<Load>> {
+        let now = self.now_ns();
+        let mut next = loads.clone();
+        for change in changes {
+            next.apply(change, |_| self.new_load(now));
+        }
+        next
     }
 
     fn load_of(&self, instance: &Instance) -> Option<Arc<Load>> {
         self.tables
             .last()
-            .and_then(|t| t.1.by_id.get(instance.id()).cloned())
+            .and_then(|t| t.value.get(instance.key()).cloned())
     }
 
     /// `estimate × (in-flight + 1)`, the estimate decayed toward zero since its last
@@ -152,7 +146,8 @@ impl PeakEwma {
 }
 
 impl Balancer for PeakEwma {
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        let instances = snapshot.members();
         let n = instances.len();
         if n == 0 {
             return None;
@@ -173,15 +168,21 @@ impl Balancer for PeakEwma {
             return Some(instances[a].clone());
         }
         self.tables.with(
-            instances,
-            |set| self.build(set),
+            snapshot,
+            |snapshot| self.build(snapshot),
+            |loads, changes, snapshot| {
+                let next = self.apply(loads, changes);
+                // Aligned by construction; a mismatch would mean a bug, so start over.
+                if next.len() == snapshot.len() {
+                    next
+                } else {
+                    self.build(snapshot)
+                }
+            },
             |loads| {
                 let now = self.now_ns();
-                let (ca, cb) = (
-                    self.cost(&loads.by_index[a], now),
-                    self.cost(&loads.by_index[b], now),
-                );
-                Some(instances[if cb < ca { b } else { a }].clone())
+                let cost = |at: usize| loads.at(at).map_or(0.0, |load| self.cost(load, now));
+                Some(instances[if cost(b) < cost(a) { b } else { a }].clone())
             },
         )
     }
@@ -209,7 +210,7 @@ impl Balancer for PeakEwma {
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{counts, set};
+    use super::super::test_support::{counts, of, set};
     use super::*;
 
     #[test]
@@ -224,8 +225,8 @@ mod tests {
     fn a_slow_instance_gets_only_what_two_choices_cannot_avoid() {
         let set = set(4, 0, |_| 1);
         let balancer = PeakEwma::new();
-        balancer.pick_from(&set, &PickContext::new());
-        for instance in set.iter() {
+        balancer.pick(&set, &PickContext::new());
+        for instance in set.members().iter() {
             let rtt = if instance.id().as_str() == "i00000" {
                 500
             } else {
@@ -244,14 +245,14 @@ mod tests {
     fn requests_in_flight_raise_the_cost() {
         let set = set(2, 0, |_| 1);
         let balancer = PeakEwma::new();
-        balancer.pick_from(&set, &PickContext::new());
+        balancer.pick(&set, &PickContext::new());
         for _ in 0..3 {
-            balancer.start(&set[0]);
+            balancer.start(&set.members()[0]);
         }
         let seen = counts(&balancer, &set, 1_000, |_| PickContext::new());
         assert_eq!(seen.get("i00001"), Some(&1_000), "{seen:?}");
         for _ in 0..3 {
-            balancer.finish(&set[0], Outcome::Cancelled);
+            balancer.finish(&set.members()[0], Outcome::Cancelled);
         }
         let seen = counts(&balancer, &set, 10_000, |_| PickContext::new());
         assert!(seen.values().all(|&c| (4_000..=6_000).contains(&c)), "{seen:?}");
@@ -261,10 +262,10 @@ mod tests {
     fn load_survives_a_set_change() {
         let set4 = set(4, 0, |_| 1);
         let balancer = PeakEwma::new();
-        balancer.pick_from(&set4, &PickContext::new());
-        balancer.start(&set4[1]);
-        balancer.finish(&set4[1], Outcome::Failure(Duration::from_millis(1)));
-        let set2: InstanceSet = set4[..2].to_vec().into();
+        balancer.pick(&set4, &PickContext::new());
+        balancer.start(&set4.members()[1]);
+        balancer.finish(&set4.members()[1], Outcome::Failure(Duration::from_millis(1)));
+        let set2 = of(set4.members().iter().take(2).cloned().collect());
         let seen = counts(&balancer, &set2, 1_000, |_| PickContext::new());
         assert_eq!(seen.get("i00000"), Some(&1_000), "{seen:?}");
     }

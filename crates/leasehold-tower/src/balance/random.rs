@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use leasehold::Instance;
+use leasehold::{Instance, Snapshot};
 use rand::Rng;
 
-use super::{first_allowed, Balancer, InstanceSet, PickContext};
+use super::{first_allowed, Balancer, PickContext};
 
 /// Random: each pick draws an instance uniformly from a thread-local generator.
 ///
@@ -22,7 +22,8 @@ impl Random {
 }
 
 impl Balancer for Random {
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        let instances = snapshot.members();
         if instances.is_empty() {
             return None;
         }

@@ -3,11 +3,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use leasehold::Instance;
+use leasehold::{Instance, Snapshot};
 
-use super::{first_allowed, Balancer, InstanceSet, PickContext};
+use super::{first_allowed, Balancer, PickContext};
 
-/// Round robin: one shared atomic counter, each pick takes the next instance in id order.
+/// Round robin: one shared atomic counter, each pick takes the next instance in the
+/// snapshot's slot order.
 ///
 /// Every instance gets the same share whatever its weight. A filtered-out instance's turn
 /// goes to the next allowed one after it.
@@ -24,7 +25,8 @@ impl RoundRobin {
 }
 
 impl Balancer for RoundRobin {
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        let instances = snapshot.members();
         if instances.is_empty() {
             return None;
         }

@@ -1,118 +1,176 @@
 //! Smooth weighted round robin.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use leasehold::Instance;
+use leasehold::{Change, Instance, Snapshot};
+use rand::Rng;
 
-use super::{Balancer, InstanceSet, PerSet, PickContext};
+use super::{first_allowed, Balancer, PickContext, Tables};
 
 /// Smooth weighted round robin, nginx's algorithm: every instance has a current weight;
-/// each pick adds every allowed instance's weight to its current weight, takes the
-/// instance with the largest (the first in id order on a tie), and subtracts the total of
-/// the allowed weights from it.
+/// each pick adds every instance's weight to its current weight, takes the instance with
+/// the largest, and subtracts the total weight from it.
 ///
 /// Each instance gets a share proportional to its [`weight`](Instance::weight), spread
-/// evenly (weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`). A new set starts
-/// from zero, as nginx does on reload. Picks take no lock:
+/// evenly (weights 5, 1, 1 give `a a b a c a a`, not `a a a a a b c`). A changed set
+/// starts from zero, as nginx does on reload. Picks take no lock and cost O(number of
+/// distinct weights): instances of equal weight are always picked in turn (the one
+/// picked fewer times has the larger current weight), so after `t` picks an instance's
+/// current weight is `t·w − W·c`, `c` being its picks and `W` the total weight; it is
+/// enough to count the picks of each weight class and compare the classes'
+/// next-in-turn instances. The classes are kept per snapshot and updated per change in
+/// O(log n).
 ///
-/// - Unfiltered picks run in O(number of distinct weights). Instances of equal weight are
-///   always picked in turn (the one picked fewer times has the larger current weight), so
-///   after `t` picks an instance's current weight is `t·w − W·c`, `c` being its picks
-///   and `W` the total weight; it is enough to count the picks of each weight class and
-///   compare the classes' next-in-turn instances. Sequentially this is exactly nginx's
-///   sequence.
-/// - Filtered picks (while instances are ejected or a retry avoids some) run nginx's loop
-///   over per-instance atomic current weights: O(n).
+/// An instance the context refuses (ejected, or already tried by this request) loses
+/// its turn to the next in the sequence, so the others keep their relative shares; only
+/// when most of the set is refused does a pick fall back to the first allowed instance
+/// after a random one.
 ///
-/// Under concurrent picks every pick still counts once and subtracts once, so the shares
-/// hold over time, though two simultaneous picks may see the same state.
+/// Under concurrent picks every pick still counts once, so the shares hold over time,
+/// though two simultaneous picks may see the same state.
 #[derive(Debug, Default)]
 pub struct SmoothWeighted {
-    tables: PerSet<Weights>,
+    tables: Tables<Weights>,
 }
+
+/// Turns a refused instance may be skipped before a pick falls back.
+const SKIPS: usize = 16;
 
 #[derive(Debug)]
 struct Weights {
-    /// Per-instance current weights, for filtered picks.
-    current: Vec<AtomicI64>,
-    /// Instances grouped by weight, ordered by their first member's index.
+    /// Instances grouped by weight, heaviest first.
     classes: Vec<Class>,
+    /// Each instance's class weight and place in its class.
+    places: imbl::HashMap<Arc<str>, (u32, u32)>,
     /// The total weight `W`.
     total: i128,
-    /// Unfiltered picks made.
+    /// Picks made since this set was new.
     picks: AtomicU64,
 }
 
 #[derive(Debug)]
 struct Class {
-    weight: i128,
-    /// Indices into the set, ascending: the order of turns.
-    members: Vec<usize>,
+    weight: u32,
+    /// The order of turns.
+    members: imbl::Vector<Arc<Instance>>,
     /// Picks of this class made.
     picked: AtomicU64,
 }
 
-impl Weights {
-    fn new(set: &InstanceSet) -> Self {
-        let mut classes: Vec<Class> = Vec::new();
-        let mut by_weight: HashMap<u32, usize> = HashMap::new();
-        for (at, instance) in set.iter().enumerate() {
-            let class = *by_weight.entry(instance.weight()).or_insert_with(|| {
-                classes.push(Class {
-                    weight: i128::from(instance.weight()),
-                    members: Vec::new(),
-                    picked: AtomicU64::new(0),
-                });
-                classes.len() - 1
-            });
-            classes[class].members.push(at);
-        }
-        Weights {
-            current: set.iter().map(|_| AtomicI64::new(0)).collect(),
-            total: set.iter().map(|i| i128::from(i.weight())).sum(),
-            classes,
-            picks: AtomicU64::new(0),
+impl Class {
+    fn new(weight: u32) -> Self {
+        Class {
+            weight,
+            members: imbl::Vector::new(),
+            picked: AtomicU64::new(0),
         }
     }
+}
 
-    /// The `t`-th unfiltered pick: the class whose next-in-turn instance has the largest
-    /// current weight `t·w − W·c` (lowest index on a tie).
-    fn pick_unfiltered(&self) -> usize {
+impl Weights {
+    fn build(snapshot: &Snapshot) -> Self {
+        let mut weights = Weights {
+            classes: Vec::new(),
+            places: imbl::HashMap::new(),
+            total: 0,
+            picks: AtomicU64::new(0),
+        };
+        for instance in snapshot.members().iter() {
+            weights.add(instance);
+        }
+        weights
+    }
+
+    /// The same classes with the changes applied and the turns started over.
+    fn apply(&self, changes: &[Change]) -> Self {
+        let mut next = Weights {
+            classes: self
+                .classes
+                .iter()
+                .map(|c| Class {
+                    members: c.members.clone(),
+                    ..Class::new(c.weight)
+                })
+                .collect(),
+            places: self.places.clone(),
+            total: self.total,
+            picks: AtomicU64::new(0),
+        };
+        for change in changes {
+            match change {
+                Change::Added(instance) => next.add(instance),
+                Change::Removed(instance) => next.remove(instance),
+                Change::Updated { old, new } => {
+                    next.remove(old);
+                    next.add(new);
+                }
+                _ => {}
+            }
+        }
+        next
+    }
+
+    fn add(&mut self, instance: &Arc<Instance>) {
+        if self.places.contains_key(instance.key()) {
+            self.remove(instance);
+        }
+        let weight = instance.weight();
+        let at = match self.classes.iter().position(|c| c.weight <= weight) {
+            Some(at) if self.classes[at].weight == weight => at,
+            Some(at) => {
+                self.classes.insert(at, Class::new(weight));
+                at
+            }
+            None => {
+                self.classes.push(Class::new(weight));
+                self.classes.len() - 1
+            }
+        };
+        let class = &mut self.classes[at];
+        self.places.insert(
+            instance.shared_key().clone(),
+            (weight, class.members.len() as u32),
+        );
+        class.members.push_back(instance.clone());
+        self.total += i128::from(weight);
+    }
+
+    fn remove(&mut self, instance: &Instance) {
+        let Some((weight, place)) = self.places.remove(instance.key()) else {
+            return;
+        };
+        let Some(at) = self.classes.iter().position(|c| c.weight == weight) else {
+            return;
+        };
+        let class = &mut self.classes[at];
+        let last = class.members.pop_back().expect("a place implies a member");
+        if (place as usize) < class.members.len() {
+            self.places.insert(last.shared_key().clone(), (weight, place));
+            class.members.set(place as usize, last);
+        }
+        if class.members.is_empty() {
+            self.classes.remove(at);
+        }
+        self.total -= i128::from(weight);
+    }
+
+    /// The next pick of the sequence: the class whose next-in-turn instance has the
+    /// largest current weight `t·w − W·c` (the heavier class on a tie).
+    fn next(&self) -> Option<&Arc<Instance>> {
         let t = i128::from(self.picks.fetch_add(1, Ordering::Relaxed)) + 1;
-        let mut best: Option<(i128, usize, &Class)> = None;
+        let mut best: Option<(i128, &Class)> = None;
         for class in &self.classes {
             let k = class.picked.load(Ordering::Relaxed) as usize;
             let m = class.members.len();
-            let value = t * class.weight - self.total * (k / m) as i128;
-            let leader = class.members[k % m];
-            if best.is_none_or(|(top, at, _)| value > top || (value == top && leader < at)) {
-                best = Some((value, leader, class));
+            let value = t * i128::from(class.weight) - self.total * (k / m) as i128;
+            if best.is_none_or(|(top, _)| value > top) {
+                best = Some((value, class));
             }
         }
-        let (_, _, class) = best.expect("a non-empty set has a class");
+        let (_, class) = best?;
         let k = class.picked.fetch_add(1, Ordering::Relaxed) as usize;
-        class.members[k % class.members.len()]
-    }
-
-    fn pick_filtered(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<usize> {
-        let mut best: Option<(usize, i64)> = None;
-        let mut total = 0i64;
-        for (at, instance) in instances.iter().enumerate() {
-            if !ctx.allows(instance) {
-                continue;
-            }
-            let weight = i64::from(instance.weight());
-            total += weight;
-            let now = self.current[at].fetch_add(weight, Ordering::Relaxed) + weight;
-            if best.is_none_or(|(_, top)| now > top) {
-                best = Some((at, now));
-            }
-        }
-        let (at, _) = best?;
-        self.current[at].fetch_sub(total, Ordering::Relaxed);
-        Some(at)
+        class.members.get(k % class.members.len())
     }
 }
 
@@ -124,70 +182,87 @@ impl SmoothWeighted {
 }
 
 impl Balancer for SmoothWeighted {
-    fn pick_from(&self, instances: &InstanceSet, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
-        if instances.is_empty() {
+    fn pick(&self, snapshot: &Snapshot, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        if snapshot.is_empty() {
             return None;
         }
-        let at = self.tables.with(instances, Weights::new, |weights| {
-            if ctx.is_filtered() {
-                weights.pick_filtered(instances, ctx)
-            } else {
-                Some(weights.pick_unfiltered())
-            }
-        })?;
-        Some(instances[at].clone())
+        let picked = self.tables.with(
+            snapshot,
+            Weights::build,
+            |weights, changes, _| weights.apply(changes),
+            |weights| {
+                (0..SKIPS)
+                    .filter_map(|_| weights.next())
+                    .find(|instance| ctx.allows(instance))
+                    .cloned()
+            },
+        );
+        picked.or_else(|| {
+            let instances = snapshot.members();
+            let start = rand::rng().random_range(0..instances.len());
+            first_allowed(instances, start, ctx).map(|at| instances[at].clone())
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{counts, set};
+    use super::super::test_support::{counts, of, set};
     use super::*;
+    use leasehold::{ConnectionState, ServiceName, SnapshotWriter};
+
+    fn sequence(balancer: &SmoothWeighted, set: &Snapshot, picks: usize) -> Vec<String> {
+        (0..picks)
+            .map(|_| balancer.pick(set, &PickContext::new()).unwrap().id().to_string())
+            .collect()
+    }
 
     #[test]
     fn the_sequence_is_nginx_s() {
         let set = set(3, 0, |i| if i == 0 { 5 } else { 1 });
-        let balancer = SmoothWeighted::new();
-        let seq: String = (0..7)
-            .map(|_| {
-                let id = balancer
-                    .pick_from(&set, &PickContext::new())
-                    .unwrap()
-                    .id()
-                    .to_string();
-                ["a", "b", "c"][id[1..].parse::<usize>().unwrap()]
-            })
+        let seq: String = sequence(&SmoothWeighted::new(), &set, 7)
+            .iter()
+            .map(|id| ["a", "b", "c"][id[1..].parse::<usize>().unwrap()])
             .collect();
         assert_eq!(seq, "aabacaa");
     }
 
-    #[test]
-    fn the_class_shortcut_gives_exactly_nginx_s_sequence() {
-        let set = set(40, 0, |i| {
-            [3, 1, 4, 1, 5, 9, 2, 6][i % 8] * if i % 5 == 0 { 2 } else { 1 }
-        });
-        shortcut_matches_full_algorithm(&set, 5_000);
+    /// nginx's loop over every instance, for comparison.
+    fn nginx(weights: &[i64], picks: usize) -> Vec<usize> {
+        let total: i64 = weights.iter().sum();
+        let mut current = vec![0i64; weights.len()];
+        (0..picks)
+            .map(|_| {
+                for (c, w) in current.iter_mut().zip(weights) {
+                    *c += w;
+                }
+                let best = (0..weights.len()).rev().max_by_key(|&i| current[i]).unwrap();
+                current[best] -= total;
+                best
+            })
+            .collect()
     }
 
-    /// Unfiltered picks (the shortcut) and picks through an allow-all filter (nginx's
-    /// full loop) give the same sequence.
-    fn shortcut_matches_full_algorithm(set: &InstanceSet, picks: usize) {
-        let fast = SmoothWeighted::new();
-        let full = SmoothWeighted::new();
-        let anything = |_: &Instance| true;
-        for _ in 0..picks {
-            let a = fast.pick_from(set, &PickContext::new()).unwrap();
-            let b = full
-                .pick_from(set, &PickContext::new().with_filter(&anything))
-                .unwrap();
-            assert_eq!(a.id(), b.id());
+    #[test]
+    fn shares_and_spread_match_nginx_s_over_any_window() {
+        let weights: Vec<u32> = (0..40)
+            .map(|i| [3, 1, 4, 1, 5, 9, 2, 6][i % 8] * if i % 5 == 0 { 2 } else { 1 })
+            .collect();
+        let set = set(40, 0, |i| weights[i]);
+        let total: usize = weights.iter().map(|&w| w as usize).sum();
+        let ours = sequence(&SmoothWeighted::new(), &set, total * 3);
+        let theirs = nginx(
+            &weights.iter().map(|&w| i64::from(w)).collect::<Vec<_>>(),
+            total * 3,
+        );
+        for window in [total / 2, total, total * 3] {
+            for i in 0..40 {
+                let id = format!("i{i:05}");
+                let a = ours[..window].iter().filter(|p| **p == id).count();
+                let b = theirs[..window].iter().filter(|&&p| p == i).count();
+                assert!(a.abs_diff(b) <= 2, "instance {i} over {window}: {a} vs nginx {b}");
+            }
         }
-    }
-
-    #[test]
-    fn equal_weights_give_round_robin_order_as_the_full_algorithm_does() {
-        let set = set(5, 0, |_| 3);
-        shortcut_matches_full_algorithm(&set, 23);
     }
 
     #[test]
@@ -229,5 +304,43 @@ mod tests {
             PickContext::new().with_filter(&not_last)
         });
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), [500, 500]);
+    }
+
+    #[test]
+    fn with_most_refused_a_pick_still_finds_the_allowed_one() {
+        let set = set(100, 0, |i| if i == 0 { 1 } else { 50 });
+        let only_light = |i: &Instance| i.id().as_str() == "i00000";
+        let counts = counts(&SmoothWeighted::new(), &set, 100, |_| {
+            PickContext::new().with_filter(&only_light)
+        });
+        assert_eq!(counts["i00000"], 100);
+    }
+
+    #[test]
+    fn classes_follow_changes_as_a_rebuild_would() {
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let base = set(30, 0, |i| i as u32 % 4 + 1);
+        for instance in base.members().iter() {
+            writer.insert(instance.clone());
+        }
+        let (first, _) = writer.publish(1, ConnectionState::Live);
+        let incremental = SmoothWeighted::new();
+        incremental.pick(&first, &PickContext::new());
+        for instance in base.members().iter().step_by(4) {
+            writer.remove(instance.key());
+        }
+        let heavier = Instance::builder("svc", "10.9.9.9:80")
+            .id("heavy")
+            .weight(9)
+            .build()
+            .unwrap();
+        writer.insert(Arc::new(heavier));
+        let (second, _) = writer.publish(2, ConnectionState::Live);
+        assert!(second.changes_since(first.version()).is_some());
+        let total: usize = second.members().iter().map(|i| i.weight() as usize).sum();
+        let a = counts(&incremental, &second, total * 4, |_| PickContext::new());
+        let fresh = of(second.members().iter().cloned().collect());
+        let b = counts(&SmoothWeighted::new(), &fresh, total * 4, |_| PickContext::new());
+        assert_eq!(a, b);
     }
 }

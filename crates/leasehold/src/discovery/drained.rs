@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{Change, DiscoveryFeed};
+use super::DiscoveryFeed;
 use crate::{Instance, InstanceId};
 
 /// The drained ids of a service and the instances kept out of the set because of them.
@@ -38,8 +38,8 @@ impl DrainMarkers {
     pub(super) fn reset(
         &mut self,
         markers: imbl::OrdMap<InstanceId, Option<Arc<Instance>>>,
-        listed: imbl::HashMap<Arc<str>, Arc<Instance>>,
-    ) -> imbl::HashMap<Arc<str>, Arc<Instance>> {
+        listed: HashMap<Arc<str>, Arc<Instance>>,
+    ) -> HashMap<Arc<str>, Arc<Instance>> {
         self.markers = markers;
         self.held_out.clear();
         let mut set = listed;
@@ -70,16 +70,11 @@ impl DiscoveryFeed {
         let shown = self.marker_value(key, value);
         let fresh = self.drain.markers.insert(id.clone(), shown).is_none();
         if fresh {
-            let leaving: Vec<Arc<str>> = self
-                .entries
-                .iter()
-                .filter(|(_, i)| i.id() == &id)
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in leaving {
-                let instance = self.entries.remove(&key).expect("listed above");
-                self.pending.push(Change::Removed(instance.clone()));
-                self.drain.hold_out(key, instance);
+            let leaving: Vec<Arc<Instance>> =
+                self.set.instances().filter(|i| i.id() == &id).cloned().collect();
+            for instance in leaving {
+                self.set.remove(instance.key());
+                self.drain.hold_out(instance.shared_key().clone(), instance);
             }
         }
         self.markers_changed = true;
@@ -99,8 +94,7 @@ impl DiscoveryFeed {
             .collect();
         for key in back {
             let instance = self.drain.held_out.remove(&key).expect("listed above");
-            self.entries.insert(key, instance.clone());
-            self.pending.push(Change::Added(instance));
+            self.set.insert(instance);
         }
         self.markers_changed = true;
     }
@@ -121,7 +115,7 @@ impl DiscoveryFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Codec, NativeCodec, ServiceName, WatchOptions};
+    use crate::{Change, Codec, NativeCodec, ServiceName, WatchOptions};
 
     fn value(id: &str) -> Vec<u8> {
         let instance = Instance::builder("echo", "127.0.0.1:1").id(id).build().unwrap();
