@@ -436,6 +436,12 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     async fn event(&mut self, generation: u64, event: LeaseEvent) {
+        // A drain marker is about the instance, not the lease: it counts whichever
+        // lease reported it, also while no lease is held (a drained registration alone
+        // in its group holds none, and its undrain must still reach it).
+        if let LeaseEvent::Drain { service, id, drained } = event {
+            return self.drain(&service, &id, drained).await;
+        }
         if generation != self.generation || self.lease.is_none() {
             return;
         }
