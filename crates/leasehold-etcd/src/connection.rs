@@ -186,9 +186,8 @@ impl Connection {
             .expect("open connected a member")
     }
 
-    /// The member requests go to now, and its client (connected now if it never was).
-    async fn chosen_client(&self) -> (usize, Result<Client, Failure>) {
-        let index = self.chosen.load(Ordering::Relaxed);
+    /// The client of member `index` (connected now if it never was).
+    async fn client_at(&self, index: usize) -> Result<Client, Failure> {
         let member = &self.members[index];
         let connecting = member.client.get_or_try_init(|| async {
             let connect = Client::connect([member.endpoint.as_str()], Some(self.connect_options.clone()));
@@ -198,7 +197,7 @@ impl Connection {
                 Err(_) => Err(Failure::TimedOut),
             }
         });
-        (index, connecting.await.cloned())
+        connecting.await.cloned()
     }
 
     /// Leaves member `index` for the next one that has not failed lately, unless
@@ -266,25 +265,26 @@ impl Connection {
             }
             let try_deadline = deadline.min(tokio::time::Instant::now() + per_try);
             let last = tried >= retries || try_deadline >= deadline;
+            let index = self.chosen();
             let answer = tokio::time::timeout_at(try_deadline, async {
-                match self.chosen_client().await {
-                    (index, Ok(client)) => (index, request(client).await.map_err(Failure::Etcd)),
-                    (index, Err(failure)) => (index, Err(failure)),
+                match self.client_at(index).await {
+                    Ok(client) => request(client).await.map_err(Failure::Etcd),
+                    Err(failure) => Err(failure),
                 }
             })
             .await;
             match answer {
-                Ok((_, Ok(answer))) => return Ok(answer),
-                Ok((index, Err(failure))) if failure.is_unanswered() => {
+                Ok(Ok(answer)) => return Ok(answer),
+                Ok(Err(failure)) if failure.is_unanswered() => {
                     self.avoid(index);
                     if last {
                         return Err(failure);
                     }
                     tracing::debug!(error = ?failure, "etcd: request failed in transport; sending it to another member");
                 }
-                Ok((_, Err(failure))) => return Err(failure),
+                Ok(Err(failure)) => return Err(failure),
                 Err(_) => {
-                    self.avoid(self.chosen());
+                    self.avoid(index);
                     if last {
                         return Err(Failure::TimedOut);
                     }

@@ -113,11 +113,20 @@ pub(crate) async fn put(
     let mut items = Vec::with_capacity(writes.len());
     for (at, (write, key)) in writes.iter().zip(&keys).enumerate() {
         let instance = write.instance;
-        let prefix = match prefixes.get(instance.service()) {
-            Some(prefix) => prefix,
-            None => {
-                let prefix = own.watch_service(instance.service()).await.map_err(LeaseError::Failed)?;
-                prefixes.entry(instance.service().clone()).or_insert(prefix)
+        if !prefixes.contains_key(instance.service()) {
+            // A service whose prefix we may not read (a role scoped to another service)
+            // fails its own registrations only.
+            let watched = match own.watch_service(instance.service()).await {
+                Err(e) if e.is_unavailable() || e.is_closed() => return Err(LeaseError::Failed(e)),
+                watched => watched,
+            };
+            prefixes.insert(instance.service().clone(), watched);
+        }
+        let prefix = match &prefixes[instance.service()] {
+            Ok(prefix) => prefix,
+            Err(e) => {
+                outcomes[at] = Some(Err(named(conn, instance, &keys[at], copy(conn, e))));
+                continue;
             }
         };
         own.own(prefix, instance.service(), instance.id(), events);
@@ -344,7 +353,6 @@ fn copy(conn: &Connection, error: &Error) -> Error {
 
 /// The error of one write etcd refused alone, naming it.
 fn refused(conn: &Connection, item: &Item<'_>, failure: Failure) -> Error {
-    let what = format!("registration {}/{} at {}", item.instance.service(), item.instance.id(), item.key);
     if failure.is_too_large() {
         return InvalidInput {
             field: "instance",
@@ -353,7 +361,13 @@ fn refused(conn: &Connection, item: &Item<'_>, failure: Failure) -> Error {
         }
         .into();
     }
-    match conn.error(failure) {
+    named(conn, item.instance, &item.key, conn.error(failure))
+}
+
+/// `error`, saying which registration it is about.
+fn named(conn: &Connection, instance: &Instance, key: &str, error: Error) -> Error {
+    let what = format!("registration {}/{} at {key}", instance.service(), instance.id());
+    match error {
         Error::PermissionDenied { endpoints, reason } => Error::PermissionDenied {
             endpoints,
             reason: format!("{what}: {reason}"),
