@@ -28,11 +28,18 @@ fn instances() -> Vec<Instance> {
 
 async fn leasehold_side() -> f64 {
     let etcd = EtcdCluster::start_single().await.unwrap();
-    let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap()).await.unwrap();
+    let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap())
+        .await
+        .unwrap();
     let mut held = Vec::with_capacity(INSTANCES);
     let started = Instant::now();
     for instance in instances() {
-        held.push(registry.register(instance, RegisterOptions::ttl(TTL)).await.unwrap());
+        held.push(
+            registry
+                .register(instance, RegisterOptions::ttl(TTL))
+                .await
+                .unwrap(),
+        );
     }
     let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
     registry.shutdown().await;
@@ -73,7 +80,13 @@ fn main() {
         plain.push(runtime.block_on(plain_side()));
     }
     let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
-    println!("  leasehold: {:>7.0} registrations/s (runs: {ours:.0?})", best(&ours));
+    println!(
+        "  leasehold: {:>7.0} registrations/s (runs: {ours:.0?})",
+        best(&ours)
+    );
     println!("etcd-client: {:>7.0} puts/s (runs: {plain:.0?})", best(&plain));
-    println!("      ratio: {:.2}x (leasehold / baseline, best runs)", best(&ours) / best(&plain));
+    println!(
+        "      ratio: {:.2}x (leasehold / baseline, best runs)",
+        best(&ours) / best(&plain)
+    );
 }

@@ -66,7 +66,9 @@ impl Failure {
                 status.message().contains("requested lease not found")
             }
             // What etcd-client makes of a keepalive stream's first answer with TTL 0.
-            Failure::Etcd(etcd_client::Error::LeaseKeepAliveError(message)) => message.contains("lease not found"),
+            Failure::Etcd(etcd_client::Error::LeaseKeepAliveError(message)) => {
+                message.contains("lease not found")
+            }
             _ => false,
         }
     }
@@ -79,6 +81,12 @@ impl Failure {
             Failure::Etcd(e) => is_transport(e),
             Failure::Crashed => false,
         }
+    }
+
+    /// etcd refused the request for the user's role (its credentials were accepted).
+    pub(crate) fn is_permission_denied(&self) -> bool {
+        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(status))
+            if status.message().contains("permission denied"))
     }
 
     /// etcd refused the request for its size (`--max-request-bytes`, or the gRPC
@@ -132,10 +140,10 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects, and checks with one status request that a member answers (and accepts
-    /// our credentials), within the connect and request timeouts. The status request
-    /// needs no permission on any key, so a user whose role covers only its own
-    /// service's prefix can connect.
+    /// Connects, and checks with one count-only range of the root that the cluster
+    /// answers with a quorum (and accepts our credentials), within the connect and
+    /// request timeouts. A role that may not read the whole root passes: a user whose
+    /// role covers only its own service's prefix can connect.
     pub(crate) async fn open(options: &EtcdOptions) -> Result<Arc<Connection>> {
         let endpoints = options.endpoints_label();
         if options.endpoints.is_empty() {
@@ -165,10 +173,23 @@ impl Connection {
             ranges: AtomicU64::new(0),
             crashed: AtomicBool::new(false),
         });
-        connection
-            .call(|mut client| async move { client.status().await })
-            .await?;
-        Ok(connection)
+        // A linearizable read, so a member without a quorum does not pass.
+        let root = connection.layout.root_prefix();
+        let probe = GetOptions::new().with_prefix().with_count_only();
+        connection.ranges.fetch_add(1, Ordering::Relaxed);
+        let probed = connection
+            .attempt(|mut client| {
+                let (root, probe) = (root.clone(), probe.clone());
+                async move { client.get(root, Some(probe)).await }
+            })
+            .await;
+        match probed {
+            Ok(_) => Ok(connection),
+            // Authenticated, and answered by a cluster with a quorum: the user's role
+            // covers only part of the root (its own service's prefix), which is enough.
+            Err(failure) if failure.is_permission_denied() => Ok(connection),
+            Err(failure) => Err(connection.error(failure)),
+        }
     }
 
     /// The endpoints as shown in errors.

@@ -48,11 +48,14 @@ impl Drop for EtcdLease {
             return;
         };
         let (id, conn, own, backoff) = (self.id, self.conn.clone(), self.own.clone(), self.backoff);
-        own.abandon(id);
         // Past twice the TTL (and a leader change's extension) nobody can be keeping
         // it alive: it is gone whether or not the revoke got through.
         let give_up = Instant::now() + self.ttl * 2 + Duration::from_secs(10);
+        let settle = self.ttl / 2;
         runtime.spawn(async move {
+            // The registrar writes the registrations under a new lease at once; revoking
+            // the old one before that would take them out of the registry meanwhile.
+            own.wait_settled(settle).await;
             let mut delays = backoff.delays();
             loop {
                 match conn
@@ -92,6 +95,7 @@ impl LeaseBackend for EtcdBackend {
             ));
         }
         let id = granted.id();
+        self.own.granted(id);
         tracing::debug!(lease = %format_args!("{id:x}"), ttl = seconds, "etcd lease granted");
         let conn = self.conn.clone();
         let task = tokio::spawn({
@@ -233,4 +237,3 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
         tracing::debug!(lease = %format!("{id:x}"), %reason, "keepalive stream lost; opening another");
     }
 }
-

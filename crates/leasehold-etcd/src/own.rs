@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use leasehold::registrar::LeaseEvents;
 use leasehold::{Backoff, InstanceId, Result, ServiceName};
 use tokio::task::JoinHandle;
@@ -64,8 +66,9 @@ struct State {
     drained: HashSet<(String, InstanceId)>,
     /// The registrations this client wrote, by service prefix and id.
     owners: HashMap<(String, InstanceId), Owner>,
-    /// Leases given up but not yet known to be gone: keys under them are still ours.
-    abandoned: HashSet<i64>,
+    /// This client's leases, live or given up, until known to be gone: a key under one
+    /// of them is ours to write over.
+    leases: HashSet<i64>,
 }
 
 /// The own keys of one [`EtcdRegistry`](crate::EtcdRegistry) and their watches.
@@ -78,6 +81,9 @@ pub(crate) struct OwnKeys {
     starting: tokio::sync::Mutex<()>,
     /// Watch events received, for tests that check a change elsewhere costs nothing.
     events_seen: AtomicU64,
+    /// Signalled after a batch is written: a given-up lease is revoked once its
+    /// registrations are written under the next one, so they never vanish in between.
+    settled: tokio::sync::Notify,
 }
 
 impl Drop for OwnKeys {
@@ -96,6 +102,7 @@ impl OwnKeys {
             state: Mutex::default(),
             starting: tokio::sync::Mutex::new(()),
             events_seen: AtomicU64::new(0),
+            settled: tokio::sync::Notify::new(),
         })
     }
 
@@ -158,7 +165,9 @@ impl OwnKeys {
         let ids = answer
             .kvs()
             .iter()
-            .filter_map(|kv| codec.parse_drain_marker(std::str::from_utf8(kv.key()).ok()?.strip_prefix(prefix)?))
+            .filter_map(|kv| {
+                codec.parse_drain_marker(std::str::from_utf8(kv.key()).ok()?.strip_prefix(prefix)?)
+            })
             .collect();
         Ok((ids, answer.header().map_or(0, |h| h.revision())))
     }
@@ -210,20 +219,31 @@ impl OwnKeys {
         self.state.lock().unwrap().keys.remove(key);
     }
 
-    /// `lease` was given up without a revoke: keys still under it are this client's.
-    pub(crate) fn abandon(&self, lease: i64) {
-        self.state.lock().unwrap().abandoned.insert(lease);
+    /// A batch was written.
+    pub(crate) fn settled(&self) {
+        self.settled.notify_waiters();
     }
 
-    /// Whether `lease` is one this client gave up and that may still hold keys.
-    pub(crate) fn is_abandoned(&self, lease: i64) -> bool {
-        self.state.lock().unwrap().abandoned.contains(&lease)
+    /// Returns once a batch is written after this call, or after `at_most`.
+    pub(crate) async fn wait_settled(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.settled.notified()).await;
+    }
+
+    /// `lease` was granted to this client: keys under it are this client's until it is
+    /// gone, also after it is given up.
+    pub(crate) fn granted(&self, lease: i64) {
+        self.state.lock().unwrap().leases.insert(lease);
+    }
+
+    /// Whether `lease` is one of this client's that may still hold keys.
+    pub(crate) fn is_ours(&self, lease: i64) -> bool {
+        self.state.lock().unwrap().leases.contains(&lease)
     }
 
     /// `lease` is gone (revoked, expired): its keys went with it.
     pub(crate) fn gone(&self, lease: i64) {
         let mut state = self.state.lock().unwrap();
-        state.abandoned.remove(&lease);
+        state.leases.remove(&lease);
         state.keys.retain(|_, held| match held {
             Held::Ours { lease: l, .. } | Held::Disowned { lease: l } => *l != lease,
         });
@@ -244,7 +264,14 @@ impl OwnKeys {
         }
         let held = self.state.lock().unwrap().keys.get(key).cloned();
         match (held, event_type) {
-            (Some(Held::Ours { lease, revision, events }), kind) if kv.mod_revision() > revision => {
+            (
+                Some(Held::Ours {
+                    lease,
+                    revision,
+                    events,
+                }),
+                kind,
+            ) if kv.mod_revision() > revision => {
                 if kind == EventType::Delete || kv.lease() != lease {
                     tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
                     events.key_deleted(key);
@@ -269,7 +296,9 @@ impl OwnKeys {
         };
         if changed {
             if let Some(owner) = state.owners.get(&entry) {
-                owner.events.drain_changed(owner.service.clone(), entry.1, drained);
+                owner
+                    .events
+                    .drain_changed(owner.service.clone(), entry.1, drained);
             }
         }
     }
@@ -338,7 +367,9 @@ impl OwnKeys {
                 .await?;
             revision = revision.min(answer.header().map_or(revision, |h| h.revision()));
             for ((key, held), response) in chunk.iter().zip(answer.op_responses()) {
-                let TxnOpResponse::Get(found) = response else { continue };
+                let TxnOpResponse::Get(found) = response else {
+                    continue;
+                };
                 let found = found.kvs().first();
                 match held {
                     Held::Ours { lease, events, .. } => {

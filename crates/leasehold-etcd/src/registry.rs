@@ -19,10 +19,17 @@ use crate::{watch, EtcdOptions};
 
 /// A client of an etcd v3 cluster, implementing [`Registry`].
 ///
-/// One etcd client per `EtcdRegistry`, shared by everything it does; one lease per TTL
-/// shared by all its registrations, kept alive at TTL/3 and replaced (every registration
-/// written again) when lost; one range per [`watch`](Registry::watch) and one more per
-/// re-list (compaction, wiped store), with events applied incrementally in between.
+/// One etcd client per member, shared by everything it does, with requests going to
+/// one member at a time; one lease per TTL shared by all its registrations, kept alive
+/// at TTL/3 and replaced (every registration written again) when lost; one watch per
+/// service it registered, for its own keys and drain markers; one range per
+/// [`watch`](Registry::watch) and one more per re-list (compaction, wiped store), with
+/// events applied incrementally in between.
+///
+/// [`drain`](Registry::drain) and [`undrain`](Registry::undrain) write and delete the
+/// native format's marker `{root}/{service}/~drained-{id}` (no lease: it outlives the
+/// instance; its value is the instance as registered when drained, or empty); other
+/// formats refuse with [`Error::Unsupported`](leasehold::Error::Unsupported).
 pub struct EtcdRegistry {
     conn: Arc<Connection>,
     own: Arc<OwnKeys>,
@@ -98,10 +105,13 @@ impl EtcdRegistry {
     /// after the id). Formats without markers refuse.
     fn marker(&self, service: &ServiceName, id: &InstanceId) -> Result<(String, String)> {
         let layout = &self.conn.layout;
-        let marker = layout.codec.drain_marker(id).ok_or_else(|| leasehold::Error::Unsupported {
-            what: "operator drain".into(),
-            by: format!("by the {} format", layout.codec.name()),
-        })?;
+        let marker = layout
+            .codec
+            .drain_marker(id)
+            .ok_or_else(|| leasehold::Error::Unsupported {
+                what: "operator drain".into(),
+                by: format!("by the {} format", layout.codec.name()),
+            })?;
         let prefix = layout.service_prefix(service);
         Ok((format!("{prefix}{marker}"), format!("{prefix}{id}")))
     }
@@ -122,9 +132,6 @@ impl Registry for EtcdRegistry {
         if self.conn.is_crashed() {
             return Err(leasehold::Error::Closed);
         }
-        // Refused here, alone: a value that fails to encode inside a batched write would
-        // fail every registration written with it.
-        self.conn.layout.codec.encode(&instance)?;
         self.registrar.register(instance, options).await
     }
 
@@ -195,14 +202,10 @@ impl Registry for EtcdRegistry {
             async move { client.txn(txn).await }
         });
         // The marker holds the instance as it is registered now, for an operator to read.
-        let value = found
-            .await?
-            .op_responses()
-            .into_iter()
-            .find_map(|r| match r {
-                TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
-                _ => None,
-            });
+        let value = found.await?.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
         let registered = value.is_some();
         let value = value.unwrap_or_default();
         self.conn

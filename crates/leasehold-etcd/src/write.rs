@@ -1,14 +1,15 @@
 //! Writes under a lease: batched into transactions bounded in operations and bytes,
 //! each write conditional on the lease its key is under, each with its own outcome.
 //!
-//! Every put is a nested transaction `if lease(key) == expected then put else get`,
+//! Every put is a transaction `if lease(key) == expected then put else get` (nested in
+//! one transaction per batch when there are several),
 //! where `expected` is our lease for a key we hold under it and 0 (no lease, or no key)
 //! otherwise. So a copy of a write that lands late (sent to a frozen member, resent
 //! elsewhere, applied when the member resumes) cannot bind a key to a lease that was
 //! given up, and a key another live client holds is never overwritten: its owner's
 //! lease is reported back as [`Error::Conflict`]. A key found under one of our own
-//! leases (this one, or one given up and not yet gone) is written again, comparing
-//! that lease.
+//! leases (this one, another TTL's, or one given up and not yet gone) is written
+//! again, comparing that lease.
 //!
 //! A transaction etcd refuses as a whole (too large for the cluster's limit, a key the
 //! user may not write) changes nothing; it is split in two until the write at fault is
@@ -60,22 +61,28 @@ struct Item<'a> {
 impl Item<'_> {
     /// Bytes it adds to a transaction: the key in the compare, the put and the get.
     fn size(&self) -> usize {
-        3 * self.key.len() + self.value.len() + self.stale.iter().map(String::len).sum::<usize>() + WRITE_OVERHEAD
+        3 * self.key.len()
+            + self.value.len()
+            + self.stale.iter().map(String::len).sum::<usize>()
+            + WRITE_OVERHEAD
     }
 
-    fn op(&self, lease: i64) -> TxnOp {
-        let mut ops: Vec<TxnOp> = self.stale.iter().map(|k| TxnOp::delete(k.as_str(), None)).collect();
+    /// `if lease(key) == expect then put (and delete stale keys) else get`.
+    fn txn(&self, lease: i64) -> Txn {
+        let mut ops: Vec<TxnOp> = self
+            .stale
+            .iter()
+            .map(|k| TxnOp::delete(k.as_str(), None))
+            .collect();
         ops.push(TxnOp::put(
             self.key.as_str(),
             self.value.clone(),
             Some(PutOptions::new().with_lease(lease)),
         ));
-        TxnOp::txn(
-            Txn::new()
-                .when([Compare::lease(self.key.as_str(), CompareOp::Equal, self.expect)])
-                .and_then(ops)
-                .or_else([TxnOp::get(self.key.as_str(), None)]),
-        )
+        Txn::new()
+            .when([Compare::lease(self.key.as_str(), CompareOp::Equal, self.expect)])
+            .and_then(ops)
+            .or_else([TxnOp::get(self.key.as_str(), None)])
     }
 }
 
@@ -156,7 +163,11 @@ pub(crate) async fn put(
         let item = Item {
             at,
             instance,
-            expect: if write.current == Some(key.as_str()) { lease } else { 0 },
+            expect: if write.current == Some(key.as_str()) {
+                lease
+            } else {
+                0
+            },
             key: key.clone(),
             value,
             stale,
@@ -179,6 +190,7 @@ pub(crate) async fn put(
     for stale in items.iter().flat_map(|item| &item.stale) {
         own.forget(stale);
     }
+    let mut unanswered = Vec::new();
     for round in 1..=ROUNDS {
         if items.is_empty() {
             break;
@@ -191,14 +203,15 @@ pub(crate) async fn put(
                     Ok(item.key.clone())
                 }
                 Verdict::Failed { error, unknown } => {
-                    if unknown {
+                    if unknown && item.expect == 0 {
                         own.disown(&item.key, lease);
+                        unanswered.push(item.key.clone());
                     }
                     Err(error)
                 }
                 Verdict::Found(found) => {
                     let holder = found.as_ref().map_or(0, KeyValue::lease);
-                    if holder == 0 || holder == lease || own.is_abandoned(holder) {
+                    if holder == 0 || holder == lease || own.is_ours(holder) {
                         if round < ROUNDS {
                             item.expect = holder;
                             again.push(item);
@@ -220,6 +233,16 @@ pub(crate) async fn put(
             outcomes[item.at] = Some(outcome);
         }
         items = again;
+    }
+    if !unanswered.is_empty() {
+        // Their callers are told they failed: remove what may have landed. A copy that
+        // lands later still is deleted by the own-key watch.
+        if let Err(e) = remove(conn, lease, &unanswered).await {
+            tracing::debug!(error = %e, keys = unanswered.len(), "etcd: could not yet remove writes that got no answer");
+        }
+    }
+    if outcomes.iter().any(|o| matches!(o, Some(Ok(_)))) {
+        own.settled();
     }
     Ok(keys
         .iter()
@@ -266,7 +289,16 @@ async fn transact<'a>(
         while running.len() < TXN_CONCURRENCY {
             let Some(chunk) = queue.pop_front() else { break };
             running.push(async move {
-                let txn = Txn::new().and_then(chunk.iter().map(|item| item.op(lease)).collect::<Vec<_>>());
+                // One write is its own transaction; several are nested in one.
+                let txn = match chunk.as_slice() {
+                    [item] => item.txn(lease),
+                    _ => Txn::new().and_then(
+                        chunk
+                            .iter()
+                            .map(|item| TxnOp::txn(item.txn(lease)))
+                            .collect::<Vec<_>>(),
+                    ),
+                };
                 let sent = conn
                     .attempt(|mut client| {
                         let txn = txn.clone();
@@ -281,7 +313,9 @@ async fn transact<'a>(
         };
         match sent {
             Ok(answer) => done.extend(verdicts(chunk, &answer)),
-            Err(failure) if failure.is_lease_not_found() => return Err(LeaseError::Lost(conn.error(failure))),
+            Err(failure) if failure.is_lease_not_found() => {
+                return Err(LeaseError::Lost(conn.error(failure)))
+            }
             Err(failure) if failure.is_unanswered() || matches!(failure, Failure::Crashed) => {
                 let error = conn.error(failure);
                 done.extend(chunk.into_iter().map(|item| {
@@ -298,7 +332,13 @@ async fn transact<'a>(
             Err(failure) => {
                 let item = chunk.pop().expect("one write");
                 let error = refused(conn, &item, failure);
-                done.push((item, Verdict::Failed { error, unknown: false }));
+                done.push((
+                    item,
+                    Verdict::Failed {
+                        error,
+                        unknown: false,
+                    },
+                ));
             }
         }
     }
@@ -306,21 +346,27 @@ async fn transact<'a>(
 }
 
 /// Each write's verdict from a transaction's answer.
-fn verdicts<'a>(chunk: Vec<Item<'a>>, answer: &TxnResponse) -> Vec<(Item<'a>, Verdict)> {
+fn verdicts<'a>(mut chunk: Vec<Item<'a>>, answer: &TxnResponse) -> Vec<(Item<'a>, Verdict)> {
     let revision = answer.header().map_or(0, |h| h.revision());
+    let verdict = |txn: &TxnResponse| {
+        if txn.succeeded() {
+            return Verdict::Written(revision);
+        }
+        Verdict::Found(txn.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(got) => got.kvs().first().cloned(),
+            _ => None,
+        }))
+    };
+    if chunk.len() == 1 {
+        let item = chunk.pop().expect("one write");
+        return vec![(item, verdict(answer))];
+    }
     chunk
         .into_iter()
         .zip(answer.op_responses())
-        .map(|(item, response)| {
-            let verdict = match response {
-                TxnOpResponse::Txn(nested) if nested.succeeded() => Verdict::Written(revision),
-                TxnOpResponse::Txn(nested) => Verdict::Found(nested.op_responses().into_iter().find_map(|r| match r {
-                    TxnOpResponse::Get(got) => got.kvs().first().cloned(),
-                    _ => None,
-                })),
-                _ => Verdict::Found(None),
-            };
-            (item, verdict)
+        .map(|(item, response)| match response {
+            TxnOpResponse::Txn(nested) => (item, verdict(&nested)),
+            _ => (item, Verdict::Found(None)),
         })
         .collect()
 }
@@ -378,10 +424,20 @@ fn named(conn: &Connection, instance: &Instance, key: &str, error: Error) -> Err
 
 /// Deletes `keys` where they are still under `lease`, in transactions of
 /// [`WRITES_PER_TXN`]: a key another client took over is left to it.
-pub(crate) async fn delete(conn: &Connection, own: &OwnKeys, lease: i64, keys: &[String]) -> Result<(), LeaseError> {
+pub(crate) async fn delete(
+    conn: &Connection,
+    own: &OwnKeys,
+    lease: i64,
+    keys: &[String],
+) -> Result<(), LeaseError> {
     for key in keys {
         own.forget(key);
     }
+    remove(conn, lease, keys).await.map_err(LeaseError::Failed)
+}
+
+/// Deletes `keys` where they are still under `lease`.
+async fn remove(conn: &Connection, lease: i64, keys: &[String]) -> Result<(), Error> {
     for chunk in keys.chunks(WRITES_PER_TXN) {
         let ops: Vec<TxnOp> = chunk
             .iter()
@@ -399,7 +455,7 @@ pub(crate) async fn delete(conn: &Connection, own: &OwnKeys, lease: i64, keys: &
             async move { client.txn(txn).await }
         })
         .await
-        .map_err(|f| LeaseError::Failed(conn.error(f)))?;
+        .map_err(|f| conn.error(f))?;
     }
     Ok(())
 }

@@ -21,7 +21,10 @@ fn big(id: &str, bytes: usize) -> Instance {
 async fn count(etcd: &EtcdCluster) -> usize {
     let answer = raw(etcd)
         .await
-        .get(format!("{ROOT}/echo/"), Some(GetOptions::new().with_prefix().with_keys_only()))
+        .get(
+            format!("{ROOT}/echo/"),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
         .await
         .unwrap();
     answer.kvs().len()
@@ -71,7 +74,11 @@ async fn one_oversized_registration_fails_alone() {
     let error = failed[0].to_string();
     assert!(error.contains("huge"), "the error names it: {error}");
     assert!(failed[0].is_invalid_input(), "{error}");
-    assert_eq!(count(&etcd).await, 200, "every other one is registered, the huge one left nothing");
+    assert_eq!(
+        count(&etcd).await,
+        200,
+        "every other one is registered, the huge one left nothing"
+    );
     assert!(!exists(&etcd, &key("huge")).await);
     drop(results);
     eventually("all deregistered", || async { count(&etcd).await == 0 }).await;

@@ -22,7 +22,12 @@ async fn second_client_with_the_same_id_is_refused() {
         let etcd_endpoints = etcd.endpoints();
         async move {
             let mut raw = etcd_client::Client::connect(etcd_endpoints, None).await.unwrap();
-            raw.get(key("a"), None).await.unwrap().kvs().first().map(|kv| kv.lease())
+            raw.get(key("a"), None)
+                .await
+                .unwrap()
+                .kvs()
+                .first()
+                .map(|kv| kv.lease())
         }
     };
     let owner = lease(&etcd).await;
@@ -32,7 +37,10 @@ async fn second_client_with_the_same_id_is_refused() {
         .await
         .unwrap_err();
     assert!(refused.is_conflict(), "{refused}");
-    assert!(matches!(&refused, Error::Conflict { service, id, key: k } if service == "echo" && id == "a" && *k == key("a")), "{refused}");
+    assert!(
+        matches!(&refused, Error::Conflict { service, id, key: k } if service == "echo" && id == "a" && *k == key("a")),
+        "{refused}"
+    );
     assert_eq!(lease(&etcd).await, owner, "the first client's key is untouched");
     assert_eq!(registration.state(), RegistrationState::Registered);
 
@@ -56,7 +64,11 @@ async fn overwritten_registration_shows_conflict_and_comes_back() {
     let mut other = raw(&etcd).await;
     let lease = other.lease_grant(60, None).await.unwrap().id();
     other
-        .put(key("a"), "someone else", Some(PutOptions::new().with_lease(lease)))
+        .put(
+            key("a"),
+            "someone else",
+            Some(PutOptions::new().with_lease(lease)),
+        )
         .await
         .unwrap();
     assert!(
@@ -65,7 +77,11 @@ async fn overwritten_registration_shows_conflict_and_comes_back() {
         registration.state()
     );
     let value = other.get(key("a"), None).await.unwrap();
-    assert_eq!(value.kvs()[0].value(), b"someone else", "the owner does not fight the other client");
+    assert_eq!(
+        value.kvs()[0].value(),
+        b"someone else",
+        "the owner does not fight the other client"
+    );
 
     other.lease_revoke(lease).await.unwrap();
     assert!(

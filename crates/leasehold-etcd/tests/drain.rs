@@ -27,21 +27,37 @@ async fn drain_takes_the_instance_out_until_undrained() {
         .unwrap();
     let id = leasehold::InstanceId::new("a").unwrap();
     assert!(operator.drain(&echo(), &id).await.unwrap(), "a is registered");
-    let value = etcd.get(marker("a")).await.unwrap().expect("the marker is written");
-    assert!(String::from_utf8_lossy(&value).contains("\"id\":\"a\""), "the marker holds the instance");
+    let value = etcd
+        .get(marker("a"))
+        .await
+        .unwrap()
+        .expect("the marker is written");
+    assert!(
+        String::from_utf8_lossy(&value).contains("\"id\":\"a\""),
+        "the marker holds the instance"
+    );
     assert!(
         registration.wait_for(RegistrationState::Drained, WAIT).await,
         "the owner sees the drain, is {:?}",
         registration.state()
     );
-    eventually("the drained instance's key deleted", || async { !exists(&etcd, &key("a")).await }).await;
+    eventually("the drained instance's key deleted", || async {
+        !exists(&etcd, &key("a")).await
+    })
+    .await;
     // It stays out: the owner does not write it back while drained, across a TTL.
     tokio::time::sleep(TTL + std::time::Duration::from_secs(1)).await;
     assert!(!exists(&etcd, &key("a")).await);
     assert!(exists(&etcd, &key("b")).await, "the other instance is untouched");
 
-    assert!(operator.undrain(&echo(), &id).await.unwrap(), "there was a marker");
-    assert!(!operator.undrain(&echo(), &id).await.unwrap(), "and now there is none");
+    assert!(
+        operator.undrain(&echo(), &id).await.unwrap(),
+        "there was a marker"
+    );
+    assert!(
+        !operator.undrain(&echo(), &id).await.unwrap(),
+        "and now there is none"
+    );
     assert!(
         registration.wait_for(RegistrationState::Registered, WAIT).await,
         "written back once undrained, is {:?}",
@@ -55,7 +71,10 @@ async fn registration_of_a_drained_id_starts_drained() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let operator = connect(&etcd).await;
     let id = leasehold::InstanceId::new("a").unwrap();
-    assert!(!operator.drain(&echo(), &id).await.unwrap(), "nothing registered yet");
+    assert!(
+        !operator.drain(&echo(), &id).await.unwrap(),
+        "nothing registered yet"
+    );
     let owner = connect(&etcd).await;
     let registration = owner
         .register(instance("a"), RegisterOptions::ttl(TTL))
@@ -83,7 +102,13 @@ async fn formats_without_markers_refuse_drain() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect_url(&format!("{}?format=go-kit", etcd.url("/services"))).await;
     let service = ServiceName::new("echo").unwrap();
-    let refused = registry.drain(&service, &leasehold::InstanceId::new("a").unwrap()).await.unwrap_err();
+    let refused = registry
+        .drain(&service, &leasehold::InstanceId::new("a").unwrap())
+        .await
+        .unwrap_err();
     assert!(refused.is_unsupported(), "{refused}");
-    assert!(refused.to_string().contains("go-kit"), "names the format: {refused}");
+    assert!(
+        refused.to_string().contains("go-kit"),
+        "names the format: {refused}"
+    );
 }

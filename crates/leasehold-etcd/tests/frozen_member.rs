@@ -18,7 +18,10 @@ const REGISTRATIONS: usize = 12;
 /// Counts the keys under the service's prefix through member `index` (one request,
 /// bounded), or `None` when that member does not answer.
 async fn count_via(client: &mut etcd_client::Client) -> Option<usize> {
-    let get = client.get(format!("{ROOT}/echo/"), Some(GetOptions::new().with_prefix().with_keys_only()));
+    let get = client.get(
+        format!("{ROOT}/echo/"),
+        Some(GetOptions::new().with_prefix().with_keys_only()),
+    );
     match tokio::time::timeout(Duration::from_millis(500), get).await {
         Ok(Ok(answer)) => Some(answer.kvs().len()),
         _ => None,
@@ -59,7 +62,10 @@ async fn frozen_member_never_costs_a_registration() {
                     }
                     if let Some(count) = count_via(client).await {
                         if count < REGISTRATIONS {
-                            eprintln!("{:?}: {count} of {REGISTRATIONS} registrations listed (via member {index})", started.elapsed());
+                            eprintln!(
+                                "{:?}: {count} of {REGISTRATIONS} registrations listed (via member {index})",
+                                started.elapsed()
+                            );
                         }
                         worst = worst.min(count);
                         polls += 1;
@@ -82,13 +88,20 @@ async fn frozen_member_never_costs_a_registration() {
         etcd.resume(victim).unwrap();
         frozen.store(usize::MAX, Ordering::SeqCst);
         tokio::time::sleep(Duration::from_secs(1)).await;
-        eprintln!("{:?} round {round}: froze member {victim} (leader {leader}) for {:?}", began.elapsed(), TTL + Duration::from_secs(2));
+        eprintln!(
+            "{:?} round {round}: froze member {victim} (leader {leader}) for {:?}",
+            began.elapsed(),
+            TTL + Duration::from_secs(2)
+        );
     }
     stop.store(true, Ordering::SeqCst);
     let (worst, polls) = poll.await.unwrap();
     eprintln!("{polls} polls; fewest registrations seen: {worst} of {REGISTRATIONS}");
     assert!(polls > 100, "the poller ran");
-    assert_eq!(worst, REGISTRATIONS, "no registration ever missing while quorum held");
+    assert_eq!(
+        worst, REGISTRATIONS,
+        "no registration ever missing while quorum held"
+    );
     for registration in &registrations {
         assert_eq!(registration.state(), RegistrationState::Registered);
     }

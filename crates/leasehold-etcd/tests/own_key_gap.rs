@@ -32,11 +32,16 @@ async fn delete_during_a_gap_then_compaction_is_repaired() {
     for n in 0..5 {
         etcd.put(format!("/elsewhere/{n}"), "x").await.unwrap();
     }
-    etcd.compact(etcd.current_revision().await.unwrap()).await.unwrap();
+    etcd.compact(etcd.current_revision().await.unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.restore();
 
     let ka = key("a");
-    eventually("the key deleted during the gap written again", || exists(&etcd, &ka)).await;
+    eventually("the key deleted during the gap written again", || {
+        exists(&etcd, &ka)
+    })
+    .await;
     assert!(exists(&etcd, &key("b")).await);
 }

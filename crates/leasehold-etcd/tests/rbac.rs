@@ -34,20 +34,32 @@ async fn user_limited_to_its_service_prefix() {
     // Outside its prefix: refused alone, naming the registration.
     let (elsewhere, c) = tokio::join!(
         registry.register(
-            Instance::builder("other", "127.0.0.1:7002").id("x").build().unwrap(),
+            Instance::builder("other", "127.0.0.1:7002")
+                .id("x")
+                .build()
+                .unwrap(),
             RegisterOptions::ttl(TTL),
         ),
         registry.register(instance("c"), RegisterOptions::ttl(TTL)),
     );
     let refused = elsewhere.unwrap_err();
     assert!(refused.is_permission_denied(), "{refused}");
-    assert!(refused.to_string().contains("other/x"), "names the registration: {refused}");
+    assert!(
+        refused.to_string().contains("other/x"),
+        "names the registration: {refused}"
+    );
     let c = c.unwrap();
     discovery.wait_for(WAIT, |s| s.len() == 3).await.expect("c seen");
 
-    assert!(registry.deregister(&echo(), &leasehold::InstanceId::new("b").unwrap()).await.unwrap());
+    assert!(registry
+        .deregister(&echo(), &leasehold::InstanceId::new("b").unwrap())
+        .await
+        .unwrap());
     drop(b);
     registration.deregister().await.unwrap();
     c.deregister().await.unwrap();
-    discovery.wait_for(WAIT, |s| s.is_empty()).await.expect("all gone");
+    discovery
+        .wait_for(WAIT, |s| s.is_empty())
+        .await
+        .expect("all gone");
 }

@@ -20,7 +20,12 @@ async fn deletes_elsewhere_cost_registering_clients_nothing() {
             .id("a")
             .build()
             .unwrap();
-        registrations.push(client.register(instance, RegisterOptions::ttl(TTL)).await.unwrap());
+        registrations.push(
+            client
+                .register(instance, RegisterOptions::ttl(TTL))
+                .await
+                .unwrap(),
+        );
         clients.push(client);
     }
     let mut other = raw(&etcd).await;
