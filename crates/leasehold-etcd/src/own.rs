@@ -271,11 +271,9 @@ impl OwnKeys {
                     events,
                 }),
                 kind,
-            ) if kv.mod_revision() > revision => {
-                if kind == EventType::Delete || kv.lease() != lease {
-                    tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
-                    events.key_deleted(key);
-                }
+            ) if kv.mod_revision() > revision && (kind == EventType::Delete || kv.lease() != lease) => {
+                tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
+                events.key_deleted(key);
             }
             (Some(Held::Disowned { lease }), EventType::Put) if kv.lease() == lease => {
                 self.delete_disowned(key, kv.mod_revision());
@@ -449,6 +447,7 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
         Err(Failure::Crashed) => return End::Closed,
         Err(failure) => return End::Gap(conn.error(failure).to_string()),
     };
+    let member = conn.chosen();
     let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
     let mut heard = Instant::now();
     loop {
@@ -459,7 +458,7 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
                     return End::Closed;
                 }
                 if heard.elapsed() > SILENCE {
-                    conn.avoid(conn.chosen());
+                    conn.avoid(member);
                     return End::Gap(format!("no answer for {:?}", heard.elapsed()));
                 }
                 if let Err(e) = stream.request_progress().await {
