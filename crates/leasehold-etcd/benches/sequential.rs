@@ -14,6 +14,8 @@ use leasehold_testkit::EtcdCluster;
 const INSTANCES: usize = 2_000;
 const ROOT: &str = "/bench";
 const TTL: Duration = Duration::from_secs(60);
+/// Rounds per side, alternated; the medians are compared.
+const ROUNDS: usize = 5;
 
 fn instances() -> Vec<Instance> {
     (0..INSTANCES)
@@ -72,21 +74,22 @@ fn main() {
         .build()
         .unwrap();
     println!("registering {INSTANCES} instances one at a time, each awaited");
-    // Alternate sides so a change in the machine's load hits both.
+    // Alternate sides so a change in the machine's load hits both; compare medians.
     let mut ours = Vec::new();
     let mut plain = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..ROUNDS {
         ours.push(runtime.block_on(leasehold_side()));
         plain.push(runtime.block_on(plain_side()));
     }
-    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+    println!("  leasehold: {:>7.0} registrations/s (median; runs: {})", median(&mut ours), runs(&ours));
+    println!("etcd-client: {:>7.0} puts/s (median; runs: {})", median(&mut plain), runs(&plain));
     println!(
-        "  leasehold: {:>7.0} registrations/s (runs: {ours:.0?})",
-        best(&ours)
-    );
-    println!("etcd-client: {:>7.0} puts/s (runs: {plain:.0?})", best(&plain));
-    println!(
-        "      ratio: {:.2}x (leasehold / baseline, best runs)",
-        best(&ours) / best(&plain)
+        "      ratio: {:.2}x (leasehold / baseline, medians)",
+        median(&mut ours) / median(&mut plain)
     );
 }
