@@ -86,8 +86,16 @@ fn main() {
         v[v.len() / 2]
     };
     let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
-    println!("  leasehold: {:>7.0} registrations/s (median; runs: {})", median(&mut ours), runs(&ours));
-    println!("etcd-client: {:>7.0} puts/s (median; runs: {})", median(&mut plain), runs(&plain));
+    println!(
+        "  leasehold: {:>7.0} registrations/s (median; runs: {})",
+        median(&mut ours),
+        runs(&ours)
+    );
+    println!(
+        "etcd-client: {:>7.0} puts/s (median; runs: {})",
+        median(&mut plain),
+        runs(&plain)
+    );
     println!(
         "      ratio: {:.2}x (leasehold / baseline, medians)",
         median(&mut ours) / median(&mut plain)

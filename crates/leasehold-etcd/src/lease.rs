@@ -190,6 +190,7 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
         // Opening the stream was one keepalive, answered.
         answered = Instant::now();
         let member = conn.chosen();
+        tracing::debug!(lease = %format!("{id:x}"), member, "keepalive stream open");
         let mut tick = tokio::time::interval_at(Instant::now() + period / 4, period / 4);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut last_sent = Instant::now();
