@@ -41,6 +41,12 @@ async fn frozen_member_never_costs_a_registration() {
                 .unwrap(),
         );
     }
+    // Known gap, not covered here: a lease granted milliseconds before its leader
+    // freezes has expired ~4 s into the freeze in 3 runs of 19 on a loaded machine
+    // (etcd 3.4 answered its keepalives through another member all along); see the
+    // etcd helper's report of issue #9. Every freeze below starts a second after the
+    // grant.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     // One poller per member; each poll asks the members not frozen.
     let mut pollers = Vec::new();
     for endpoint in etcd.endpoints() {
