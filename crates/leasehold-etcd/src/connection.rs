@@ -1,13 +1,15 @@
-//! The one etcd client an [`EtcdRegistry`](crate::EtcdRegistry) shares between its
-//! registrar, watchers and admin calls, with bounded requests and typed errors.
+//! The etcd clients an [`EtcdRegistry`](crate::EtcdRegistry) shares between its
+//! registrar, watchers and admin calls: one per member, requests sent to one chosen
+//! member at a time, bounded, with typed errors.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions, GetResponse};
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse};
 use leasehold::{Codec, Error, Instance, KeyContext, Result, ServiceName};
+use tokio::sync::OnceCell;
 
 use crate::EtcdOptions;
 
@@ -59,15 +61,69 @@ pub(crate) enum Failure {
 impl Failure {
     /// etcd answered that the lease does not exist (expired, revoked, store wiped).
     pub(crate) fn is_lease_not_found(&self) -> bool {
+        match self {
+            Failure::Etcd(etcd_client::Error::GRpcStatus(status)) => {
+                status.message().contains("requested lease not found")
+            }
+            // What etcd-client makes of a keepalive stream's first answer with TTL 0.
+            Failure::Etcd(etcd_client::Error::LeaseKeepAliveError(message)) => {
+                message.contains("lease not found")
+            }
+            _ => false,
+        }
+    }
+
+    /// The request may or may not have been applied: it got no answer, or its
+    /// connection failed on the way.
+    pub(crate) fn is_unanswered(&self) -> bool {
+        match self {
+            Failure::TimedOut => true,
+            Failure::Etcd(e) => is_transport(e),
+            Failure::Crashed => false,
+        }
+    }
+
+    /// etcd refused the request for the user's role (its credentials were accepted).
+    pub(crate) fn is_permission_denied(&self) -> bool {
         matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(status))
-            if status.message().contains("requested lease not found"))
+            if status.message().contains("permission denied"))
+    }
+
+    /// etcd refused the request for its size (`--max-request-bytes`, or the gRPC
+    /// message limit derived from it).
+    pub(crate) fn is_too_large(&self) -> bool {
+        matches!(self, Failure::Etcd(etcd_client::Error::GRpcStatus(status))
+            if status.message().contains("request is too large")
+                || status.code() == tonic::Code::ResourceExhausted)
     }
 }
 
-/// The shared client and what every request needs.
+/// One member's client, connected on first use: a member that is down when the
+/// registry connects is tried again when it is next chosen.
+struct Member {
+    endpoint: String,
+    client: OnceCell<Client>,
+    /// When a request to it last went unanswered (milliseconds since `Connection::born`,
+    /// 0 for never): members that failed lately are chosen last.
+    failed_at: AtomicU64,
+}
+
+/// One etcd client per member and the choice of the member requests go to, with
+/// bounded requests and typed errors.
+///
+/// etcd-client balances one channel over every endpoint and keeps sending to a frozen
+/// member until the HTTP/2 ping times out; a lease kept alive through it would expire.
+/// Here every request goes to one chosen member, and a member that leaves a request or a
+/// keepalive unanswered is left at once for the next one ([`Connection::avoid`]).
 pub(crate) struct Connection {
-    pub(crate) client: Client,
+    members: Vec<Member>,
+    chosen: AtomicUsize,
+    born: std::time::Instant,
+    connect_options: ConnectOptions,
+    connect_bound: Duration,
     pub(crate) layout: Layout,
+    /// The most bytes one request may carry (etcd's `--max-request-bytes`).
+    pub(crate) max_request_bytes: usize,
     endpoints: String,
     request_timeout: Duration,
     ranges: AtomicU64,
@@ -85,38 +141,55 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects, and checks with one count-only range of the root that the cluster
-    /// answers (and accepts our credentials), within the connect and request timeouts.
+    /// answers with a quorum (and accepts our credentials), within the connect and
+    /// request timeouts. A role that may not read the whole root passes: a user whose
+    /// role covers only its own service's prefix can connect.
     pub(crate) async fn open(options: &EtcdOptions) -> Result<Arc<Connection>> {
         let endpoints = options.endpoints_label();
-        let connect_options = options.connect_options()?;
-        let bound = options.connect_timeout + options.request_timeout;
-        let connecting = Client::connect(options.endpoints.clone(), Some(connect_options));
-        let client = match tokio::time::timeout(bound, connecting).await {
-            Ok(Ok(client)) => client,
-            Ok(Err(e)) => return Err(map_error(&endpoints, bound, Failure::Etcd(e))),
-            Err(_) => {
-                return Err(Error::Timeout {
-                    endpoints,
-                    timeout: bound,
-                })
-            }
-        };
+        if options.endpoints.is_empty() {
+            return Err(Error::invalid_url(endpoints, "no etcd endpoint given"));
+        }
         let connection = Arc::new(Connection {
-            client,
+            members: options
+                .endpoints
+                .iter()
+                .map(|endpoint| Member {
+                    endpoint: endpoint.clone(),
+                    client: OnceCell::new(),
+                    failed_at: AtomicU64::new(0),
+                })
+                .collect(),
+            chosen: AtomicUsize::new(0),
+            born: std::time::Instant::now(),
+            connect_options: options.connect_options()?,
+            connect_bound: options.connect_timeout + options.request_timeout,
             layout: Layout {
                 root: options.root.clone(),
                 codec: options.codec.clone(),
             },
+            max_request_bytes: options.max_request_bytes,
             endpoints,
             request_timeout: options.request_timeout,
             ranges: AtomicU64::new(0),
             crashed: AtomicBool::new(false),
         });
+        // A linearizable read, so a member without a quorum does not pass.
+        let root = connection.layout.root_prefix();
         let probe = GetOptions::new().with_prefix().with_count_only();
-        connection
-            .range(connection.layout.root_prefix(), Some(probe))
-            .await?;
-        Ok(connection)
+        connection.ranges.fetch_add(1, Ordering::Relaxed);
+        let probed = connection
+            .attempt(|mut client| {
+                let (root, probe) = (root.clone(), probe.clone());
+                async move { client.get(root, Some(probe)).await }
+            })
+            .await;
+        match probed {
+            Ok(_) => Ok(connection),
+            // Authenticated, and answered by a cluster with a quorum: the user's role
+            // covers only part of the root (its own service's prefix), which is enough.
+            Err(failure) if failure.is_permission_denied() => Ok(connection),
+            Err(failure) => Err(connection.error(failure)),
+        }
     }
 
     /// The endpoints as shown in errors.
@@ -124,15 +197,66 @@ impl Connection {
         &self.endpoints
     }
 
-    /// Runs one request on the shared client, bounded by the request timeout (which
-    /// also bounds waiting for a reachable member: etcd-client's balancer waits forever
-    /// for one).
+    /// A client of a member that has answered, for callers that want one.
+    pub(crate) fn any_client(&self) -> &Client {
+        let chosen = self.chosen.load(Ordering::Relaxed);
+        self.members[chosen]
+            .client
+            .get()
+            .or_else(|| self.members.iter().find_map(|m| m.client.get()))
+            .expect("open connected a member")
+    }
+
+    /// The client of member `index` (connected now if it never was).
+    async fn client_at(&self, index: usize) -> Result<Client, Failure> {
+        let member = &self.members[index];
+        let connecting = member.client.get_or_try_init(|| async {
+            let connect = Client::connect([member.endpoint.as_str()], Some(self.connect_options.clone()));
+            match tokio::time::timeout(self.connect_bound, connect).await {
+                Ok(Ok(client)) => Ok(client),
+                Ok(Err(e)) => Err(Failure::Etcd(e)),
+                Err(_) => Err(Failure::TimedOut),
+            }
+        });
+        connecting.await.cloned()
+    }
+
+    /// Leaves member `index` for the next one that has not failed lately, unless
+    /// requests already went elsewhere: it left a request or a keepalive unanswered.
+    pub(crate) fn avoid(&self, index: usize) {
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        self.members[index].failed_at.store(now, Ordering::Relaxed);
+        let count = self.members.len();
+        if count == 1 {
+            return;
+        }
+        let next = (1..count)
+            .map(|step| (index + step) % count)
+            .min_by_key(|&i| self.members[i].failed_at.load(Ordering::Relaxed))
+            .expect("more than one member");
+        if self
+            .chosen
+            .compare_exchange(index, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            tracing::info!(left = %self.members[index].endpoint, chosen = %self.members[next].endpoint, "etcd: member unresponsive; using another");
+        }
+    }
+
+    /// The index of the member requests go to now.
+    pub(crate) fn chosen(&self) -> usize {
+        self.chosen.load(Ordering::Relaxed)
+    }
+
+    /// Runs one request on the chosen member, bounded by the request timeout.
     ///
-    /// A request that failed in transport (a connection to a dead member the balancer
-    /// still picked), or that got no answer within half the timeout (a frozen member,
-    /// whose connection looks healthy until the HTTP/2 ping times out), is sent again so
-    /// the balancer can pick another member. Every request leasehold makes is idempotent
-    /// or harmless to repeat (a repeated lease grant leaves a lease that expires).
+    /// A request that failed in transport, or that got no answer within half the
+    /// timeout (a frozen member, whose connection looks healthy until the HTTP/2 ping
+    /// times out), is sent again to another member. That is safe because every write
+    /// leasehold makes is conditional on what it expects to find (a write under a lease
+    /// compares the key's lease), so a copy that lands late, after the first one or
+    /// after the lease was given up, changes nothing or fails; the rest are reads,
+    /// grants (a spare lease expires) and revokes.
     pub(crate) async fn attempt<T, F, Fut>(&self, request: F) -> Result<T, Failure>
     where
         F: FnMut(Client) -> Fut,
@@ -154,23 +278,39 @@ impl Connection {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        const RETRIES: usize = 2;
+        let retries = self.members.len().max(2);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         for tried in 0.. {
             if self.is_crashed() {
                 return Err(Failure::Crashed);
             }
             let try_deadline = deadline.min(tokio::time::Instant::now() + per_try);
-            match tokio::time::timeout_at(try_deadline, request(self.client.clone())).await {
+            let last = tried >= retries || try_deadline >= deadline;
+            let index = self.chosen();
+            let answer = tokio::time::timeout_at(try_deadline, async {
+                match self.client_at(index).await {
+                    Ok(client) => request(client).await.map_err(Failure::Etcd),
+                    Err(failure) => Err(failure),
+                }
+            })
+            .await;
+            match answer {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(e)) if tried < RETRIES && is_transport(&e) => {
-                    tracing::debug!(error = %e, "etcd: request failed in transport; sending it again");
+                Ok(Err(failure)) if failure.is_unanswered() => {
+                    self.avoid(index);
+                    if last {
+                        return Err(failure);
+                    }
+                    tracing::debug!(error = ?failure, "etcd: request failed in transport; sending it to another member");
                 }
-                Ok(Err(e)) => return Err(Failure::Etcd(e)),
-                Err(_) if tried < RETRIES && try_deadline < deadline => {
-                    tracing::debug!(after = ?per_try, "etcd: no answer; sending the request again");
+                Ok(Err(failure)) => return Err(failure),
+                Err(_) => {
+                    self.avoid(index);
+                    if last {
+                        return Err(Failure::TimedOut);
+                    }
+                    tracing::debug!(after = ?per_try, "etcd: no answer; sending the request to another member");
                 }
-                Err(_) => return Err(Failure::TimedOut),
             }
         }
         unreachable!("the loop returns")

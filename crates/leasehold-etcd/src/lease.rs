@@ -1,78 +1,80 @@
-//! The lease side: etcd leases kept alive at TTL/3, keys written under them in batched
-//! transactions, and the events the shared [`Registrar`](leasehold::registrar::Registrar)
-//! recovers from.
+//! The lease side: etcd leases kept alive at TTL/3 on a member that answers, keys
+//! written under them through [`write`](crate::write), and the events the shared
+//! [`Registrar`](leasehold::registrar::Registrar) recovers from.
 
-use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions};
-use futures::{StreamExt, TryStreamExt};
 use leasehold::registrar::{LeaseBackend, LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Backoff, Error, Result};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::connection::{Connection, Failure, MAX_MESSAGE};
-
-/// etcd refuses a transaction of more than `--max-txn-ops` operations (128 by default).
-const MAX_TXN_OPS: usize = 128;
-
-/// How many transactions of one batch are in flight at once.
-const TXN_CONCURRENCY: usize = 4;
+use crate::connection::{Connection, Failure};
+use crate::own::OwnKeys;
+use crate::write;
 
 /// The [`LeaseBackend`] of [`EtcdRegistry`](crate::EtcdRegistry).
 #[derive(Debug)]
 pub(crate) struct EtcdBackend {
     pub(crate) conn: Arc<Connection>,
     pub(crate) backoff: Backoff,
+    pub(crate) own: Arc<OwnKeys>,
 }
 
-/// A granted etcd lease. Dropping it stops its keepalive task (its keys then expire
-/// after the TTL); revoking removes them at once.
+/// A granted etcd lease. Dropping it stops its keepalive task and gives it up: it is
+/// revoked as soon as a member can be reached, so a write under it that lands late
+/// fails, and keys still under it go at once rather than after the TTL.
 pub(crate) struct EtcdLease {
     id: i64,
+    ttl: Duration,
+    events: LeaseEvents,
     task: JoinHandle<()>,
+    conn: Arc<Connection>,
+    own: Arc<OwnKeys>,
+    backoff: Backoff,
+    revoked: AtomicBool,
 }
 
 impl Drop for EtcdLease {
     fn drop(&mut self) {
         self.task.abort();
-    }
-}
-
-impl EtcdBackend {
-    fn lease_error(&self, failure: Failure) -> LeaseError {
-        if failure.is_lease_not_found() {
-            LeaseError::Lost(self.conn.error(failure))
-        } else {
-            LeaseError::Failed(self.conn.error(failure))
+        if self.revoked.load(Ordering::SeqCst) || self.conn.is_crashed() {
+            return;
         }
-    }
-
-    /// Runs `ops` as transactions of at most [`MAX_TXN_OPS`] operations, a few at a time.
-    async fn transact(&self, ops: Vec<TxnOp>) -> Result<(), LeaseError> {
-        let mut chunks = Vec::with_capacity(ops.len().div_ceil(MAX_TXN_OPS));
-        let mut ops = ops.into_iter().peekable();
-        while ops.peek().is_some() {
-            chunks.push(ops.by_ref().take(MAX_TXN_OPS).collect::<Vec<_>>());
-        }
-        futures::stream::iter(chunks)
-            .map(|chunk| async move {
-                let txn = Txn::new().and_then(chunk);
-                self.conn
-                    .attempt(|mut client| {
-                        let txn = txn.clone();
-                        async move { client.txn(txn).await }
-                    })
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (id, conn, own, backoff) = (self.id, self.conn.clone(), self.own.clone(), self.backoff);
+        // Past twice the TTL (and a leader change's extension) nobody can be keeping
+        // it alive: it is gone whether or not the revoke got through.
+        let give_up = Instant::now() + self.ttl * 2 + Duration::from_secs(10);
+        let settle = self.ttl / 2;
+        runtime.spawn(async move {
+            // The registrar writes the registrations under a new lease at once; revoking
+            // the old one before that would take them out of the registry meanwhile.
+            own.wait_settled(settle).await;
+            let mut delays = backoff.delays();
+            loop {
+                match conn
+                    .attempt(|mut client| async move { client.lease_revoke(id).await })
                     .await
-                    .map(drop)
-                    .map_err(|f| self.lease_error(f))
-            })
-            .buffer_unordered(TXN_CONCURRENCY)
-            .try_collect::<()>()
-            .await
+                {
+                    Ok(_) => break,
+                    Err(failure) if failure.is_lease_not_found() => break,
+                    Err(Failure::Crashed) => return,
+                    Err(failure) if Instant::now() >= give_up => {
+                        tracing::debug!(lease = %format!("{id:x}"), error = %conn.error(failure), "etcd: could not revoke a given-up lease; it has expired by now");
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await,
+                }
+            }
+            tracing::debug!(lease = %format!("{id:x}"), "etcd: given-up lease is gone");
+            own.gone(id);
+        });
     }
 }
 
@@ -93,72 +95,52 @@ impl LeaseBackend for EtcdBackend {
             ));
         }
         let id = granted.id();
-        let revision = granted.header().map_or(0, |h| h.revision());
+        self.own.granted(id);
         tracing::debug!(lease = %format_args!("{id:x}"), ttl = seconds, "etcd lease granted");
         let conn = self.conn.clone();
-        let backoff = self.backoff;
-        let task = tokio::spawn(async move {
-            tokio::select! {
-                () = keep_alive(&conn, id, ttl, &events) => {}
-                () = watch_deletes(&conn, id, revision, &events, backoff) => {}
-            }
+        let task = tokio::spawn({
+            let events = events.clone();
+            async move { keep_alive(&conn, id, ttl, &events).await }
         });
-        Ok(EtcdLease { id, task })
+        Ok(EtcdLease {
+            id,
+            ttl,
+            events,
+            task,
+            conn: self.conn.clone(),
+            own: self.own.clone(),
+            backoff: self.backoff,
+            revoked: AtomicBool::new(false),
+        })
     }
 
     async fn put(&self, lease: &EtcdLease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
-        let layout = &self.conn.layout;
-        let keys: Vec<String> = writes
-            .iter()
-            .map(|write| layout.instance_key(write.instance, lease.id))
-            .collect();
-        // etcd refuses a transaction that names a key twice. Keys named after the lease
-        // (go-zero) can be shared by two registrations: the last one written wins, as it
-        // would one write at a time.
-        let mut values = HashMap::with_capacity(writes.len());
-        for (write, key) in writes.iter().zip(&keys) {
-            values.insert(
-                key.as_str(),
-                layout.codec.encode(write.instance).map_err(Error::from)?,
-            );
-        }
-        let putting: HashSet<&str> = values.keys().copied().collect();
-        let options = PutOptions::new().with_lease(lease.id);
-        let mut deleting = HashSet::new();
-        let mut ops = Vec::with_capacity(writes.len());
-        for (write, key) in writes.iter().zip(&keys) {
-            // Formats whose keys name the lease (go-zero) leave the old key behind; its
-            // delete goes next to the put, in the same transaction.
-            for stale in [write.current, write.previous].into_iter().flatten() {
-                if !putting.contains(stale) && deleting.insert(stale) {
-                    ops.push(TxnOp::delete(stale, None));
-                }
-            }
-            if let Some(value) = values.remove(key.as_str()) {
-                ops.push(TxnOp::put(key.as_str(), value, Some(options.clone())));
-            }
-        }
-        self.transact(ops).await?;
-        Ok(keys.into_iter().map(Ok).collect())
+        write::put(&self.conn, &self.own, lease.id, &lease.events, writes).await
     }
 
-    async fn delete(&self, _lease: &EtcdLease, keys: &[String]) -> Result<(), LeaseError> {
-        let ops = keys.iter().map(|key| TxnOp::delete(key.as_str(), None)).collect();
-        self.transact(ops).await
+    async fn delete(&self, lease: &EtcdLease, keys: &[String]) -> Result<(), LeaseError> {
+        write::delete(&self.conn, &self.own, lease.id, keys).await
     }
 
     async fn revoke(&self, lease: EtcdLease) -> Result<()> {
         lease.task.abort();
+        lease.revoked.store(true, Ordering::SeqCst);
         let id = lease.id;
-        match self
+        let revoked = match self
             .conn
             .attempt(|mut client| async move { client.lease_revoke(id).await })
             .await
         {
             Ok(_) => Ok(()),
             Err(failure) if failure.is_lease_not_found() => Ok(()),
-            Err(failure) => Err(self.conn.error(failure)),
-        }
+            Err(failure) => {
+                // Given up instead: revoked in the background when a member answers.
+                lease.revoked.store(false, Ordering::SeqCst);
+                return Err(self.conn.error(failure));
+            }
+        };
+        self.own.gone(id);
+        revoked
     }
 }
 
@@ -166,11 +148,12 @@ impl LeaseBackend for EtcdBackend {
 ///
 /// Only etcd decides that a lease is gone: an answer with TTL ≤ 0 (what etcd sends for a
 /// lease it no longer has, after an expiry, a revoke or a wipe) reports it lost at once.
-/// A stream that ends, fails, or goes silent for two periods (a member that died or
-/// froze) is opened again, each try cut off after one period so the balancer moves on
-/// to a live member, and the lease carries on with no rewrite. Only when no answer has
-/// come for a whole TTL, so the lease has expired whatever etcd says later, is it
-/// reported lost without one. Then returns, since the registrar grants a new lease.
+/// A stream that ends, fails, or leaves one request unanswered for a whole period (a
+/// member that died, froze or lost its leader) is opened again on another member
+/// ([`Connection::avoid`]), well before the TTL runs out, and the lease carries on with
+/// no rewrite. Only when no answer has come for a whole TTL, so the lease has expired
+/// whatever etcd says later, is it reported lost without one. Then returns, since the
+/// registrar grants a new lease.
 async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEvents) {
     let period = (ttl / 3).max(Duration::from_millis(100));
     let mut answered = Instant::now();
@@ -204,11 +187,14 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
                 continue;
             }
         };
-        // The first request goes out at once, so a reopened stream confirms the lease
-        // (or learns it is gone) within one round trip.
-        let mut tick = tokio::time::interval(period);
+        // Opening the stream was one keepalive, answered.
+        answered = Instant::now();
+        let member = conn.chosen();
+        tracing::debug!(lease = %format!("{id:x}"), member, "keepalive stream open");
+        let mut tick = tokio::time::interval_at(Instant::now() + period / 4, period / 4);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut sent = Instant::now();
+        let mut last_sent = Instant::now();
+        let mut unanswered: Option<Instant> = None;
         let reason = loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -219,20 +205,28 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
                         events.lost(format!("lease {id:x}: no keepalive answer for {:?}", answered.elapsed()));
                         return;
                     }
-                    if answered < sent && sent.elapsed() > period * 2 {
-                        break format!("no answer for {:?}", sent.elapsed());
-                    }
-                    if let Err(e) = keeper.keep_alive().await {
-                        break format!("stream closed: {e}");
-                    }
-                    if answered >= sent {
-                        sent = Instant::now();
+                    match unanswered {
+                        Some(at) if at.elapsed() >= period / 2 => {
+                            conn.avoid(member);
+                            break format!("no answer for {:?}", at.elapsed());
+                        }
+                        Some(_) => {}
+                        None if last_sent.elapsed() + period / 8 >= period => {
+                            if let Err(e) = keeper.keep_alive().await {
+                                break format!("stream closed: {e}");
+                            }
+                            last_sent = Instant::now();
+                            unanswered = Some(last_sent);
+                        }
+                        None => {}
                     }
                 }
                 answer = answers.message() => match answer {
                     Ok(Some(answer)) if answer.ttl() > 0 => {
                         answered = Instant::now();
-                        metrics::histogram!(leasehold::metrics::KEEPALIVE_RTT, "backend" => "etcd").record(answered.duration_since(sent));
+                        if let Some(sent) = unanswered.take() {
+                            metrics::histogram!(leasehold::metrics::KEEPALIVE_RTT, "backend" => "etcd").record(answered.duration_since(sent));
+                        }
                     }
                     Ok(Some(_)) => {
                         events.lost(format!("lease {id:x} expired (keepalive answered TTL 0)"));
@@ -244,68 +238,5 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
             }
         };
         tracing::debug!(lease = %format!("{id:x}"), %reason, "keepalive stream lost; opening another");
-    }
-}
-
-/// Watches every key under the root for deletes of keys held by lease `id`, from just
-/// after the grant, and reports them; the registrar writes them again unless it deleted
-/// them itself. Resumes after the last seen revision when the stream breaks.
-async fn watch_deletes(conn: &Connection, id: i64, granted_at: i64, events: &LeaseEvents, backoff: Backoff) {
-    let prefix = conn.layout.root_prefix();
-    let mut next = granted_at + 1;
-    let mut delays = backoff.delays();
-    loop {
-        if conn.is_crashed() || events.is_closed() {
-            return;
-        }
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_prev_key()
-            .with_start_revision(next)
-            .with_filters([WatchFilterType::NoPut]);
-        let watching = conn
-            .attempt(|client| {
-                let (prefix, options) = (prefix.clone(), options.clone());
-                async move {
-                    // One revision's deletes anywhere under the root come in one answer.
-                    client
-                        .watch_client()
-                        .max_decoding_message_size(MAX_MESSAGE)
-                        .watch(prefix, Some(options))
-                        .await
-                }
-            })
-            .await;
-        match watching {
-            Ok(mut stream) => loop {
-                match stream.message().await {
-                    Ok(Some(answer)) => {
-                        if answer.compact_revision() > 0 {
-                            next = answer.compact_revision();
-                            break;
-                        }
-                        if answer.canceled() {
-                            break;
-                        }
-                        delays = backoff.delays();
-                        for event in answer.events() {
-                            let Some(kv) = event.kv() else { continue };
-                            next = next.max(kv.mod_revision() + 1);
-                            let ours = event.prev_kv().is_some_and(|prev| prev.lease() == id);
-                            if event.event_type() == EventType::Delete && ours {
-                                events.key_deleted(String::from_utf8_lossy(kv.key()));
-                            }
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "etcd: watch of own keys broke; resuming");
-                        break;
-                    }
-                }
-            },
-            Err(failure) => tracing::debug!(error = %conn.error(failure), "etcd: cannot watch own keys yet"),
-        }
-        tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
     }
 }

@@ -7,17 +7,23 @@
 //!   registrations, kept alive at TTL/3 with every answer drained. A lost lease (an
 //!   answer with TTL ≤ 0, a lease not found, a keepalive stream that ends) is noticed
 //!   within one keepalive period; the shared [`Registrar`](leasehold::registrar::Registrar)
-//!   grants a new one and writes every registration again, in transactions of up to 128
-//!   puts, retrying with backoff for as long as the handle lives. A key deleted by
-//!   someone else is written again.
+//!   grants a new one and writes every registration again, in transactions bounded in
+//!   operations and bytes, retrying with backoff for as long as the handle lives. Every
+//!   write is conditional on the lease its key is under, so a late copy cannot bind a
+//!   key to a lease given up, and a key another live client holds is refused
+//!   ([`Error::Conflict`](leasehold::Error::Conflict)). Own keys are watched per
+//!   service prefix: one deleted, expired or taken over is written again; an operator's
+//!   drain marker keeps it out ([`Registry::drain`](leasehold::Registry::drain)).
 //! - **discovery**: one range of the service's prefix, then a watch from the next
-//!   revision (with `prev_kv`, progress notifications and `require_leader`), applied
+//!   revision (with progress notifications and `require_leader`), applied
 //!   incrementally; a broken stream resumes after the last applied revision, a compacted
 //!   one (or a wiped store) is listed again and the exact difference emitted. Events are
 //!   never applied twice.
-//! - **connections**: one client per registry, balanced over every endpoint, with HTTP/2
-//!   keep-alive pings so a frozen member is left within seconds, and every request
-//!   bounded by a timeout so an unreachable cluster is an error naming its endpoints.
+//! - **connections**: one client per member; requests and keepalives go to one chosen
+//!   member, and one that leaves a keepalive unanswered for half a period (or a request
+//!   for half the request timeout) is left for another, so a frozen member never costs
+//!   a lease; every request is bounded by a timeout so an unreachable cluster is an
+//!   error naming its endpoints.
 //!
 //! Options come from an `etcd://` URL or from [`EtcdOptions`]: user and password (never
 //! shown in `Debug`, `Display`, logs or errors), TLS files, timeouts, root and format.
@@ -55,8 +61,10 @@
 mod connection;
 mod lease;
 mod options;
+mod own;
 mod registry;
 mod watch;
+mod write;
 
-pub use options::{EtcdOptions, DEFAULT_ROOT};
+pub use options::{EtcdOptions, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_ROOT};
 pub use registry::EtcdRegistry;

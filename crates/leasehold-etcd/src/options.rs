@@ -23,7 +23,14 @@ const KNOWN_PARAMS: &[&str] = &[
     "connect_timeout",
     "request_timeout",
     "format",
+    "max_request_bytes",
 ];
+
+/// The smallest request limit accepted: room for one key, its value and a transaction.
+const MIN_REQUEST_BYTES: usize = 4096;
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 /// Everything [`EtcdRegistry`](crate::EtcdRegistry) needs to connect: endpoints,
 /// credentials, TLS files, timeouts, key layout and format.
@@ -56,6 +63,7 @@ pub struct EtcdOptions {
     keep_alive: (Duration, Duration),
     pub(crate) codec: Arc<dyn Codec>,
     pub(crate) backoff: Backoff,
+    pub(crate) max_request_bytes: usize,
 }
 
 impl fmt::Debug for EtcdOptions {
@@ -70,6 +78,7 @@ impl fmt::Debug for EtcdOptions {
             .field("request_timeout", &self.request_timeout)
             .field("keep_alive", &self.keep_alive)
             .field("format", &self.codec.name())
+            .field("max_request_bytes", &self.max_request_bytes)
             .finish()
     }
 }
@@ -88,6 +97,7 @@ impl EtcdOptions {
             keep_alive: (Duration::from_secs(6), Duration::from_secs(2)),
             codec: Arc::new(NativeCodec),
             backoff: Backoff::default(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 
@@ -95,7 +105,8 @@ impl EtcdOptions {
     ///
     /// Parameters: `user`, `password` (also accepted from the URL's userinfo), `ca`,
     /// `cert`, `key` (PEM file paths; any of them turns TLS on), `connect_timeout` and
-    /// `request_timeout` (such as `5s` or `500ms`), `format` (any of
+    /// `request_timeout` (such as `5s` or `500ms`), `max_request_bytes` (the cluster's
+    /// `--max-request-bytes`, default 1.5 MiB, in bytes), `format` (any of
     /// [`leasehold::formats`] that etcd carries; native by default, and a format's own
     /// root when the URL has no path). Anything else is refused by name, so a typo is an
     /// error rather than silently ignored.
@@ -122,6 +133,17 @@ impl EtcdOptions {
         }
         if let Some(timeout) = url.duration_param("request_timeout")? {
             options.request_timeout = timeout;
+        }
+        if let Some(bytes) = url.param("max_request_bytes") {
+            options.max_request_bytes = bytes
+                .parse()
+                .ok()
+                .filter(|&b: &usize| b >= MIN_REQUEST_BYTES)
+                .ok_or_else(|| {
+                    fail(format!(
+                        "max_request_bytes={bytes:?} is not a number of bytes of at least {MIN_REQUEST_BYTES}"
+                    ))
+                })?;
         }
         Ok(options)
     }
@@ -176,6 +198,14 @@ impl EtcdOptions {
     /// The format keys and values are written and read in (default native).
     pub fn codec(mut self, codec: Arc<dyn Codec>) -> Self {
         self.codec = codec;
+        self
+    }
+
+    /// The most bytes one request to the cluster may carry: its `--max-request-bytes`
+    /// (default [`DEFAULT_MAX_REQUEST_BYTES`]). Batched writes are split to fit; one
+    /// registration larger than this fails alone. At least 4 KiB.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.max_request_bytes = bytes.max(MIN_REQUEST_BYTES);
         self
     }
 
@@ -246,6 +276,9 @@ mod tests {
         let defaults = parse("etcd://h:1").unwrap();
         assert_eq!(defaults.root, DEFAULT_ROOT);
         assert_eq!(defaults.codec.name(), "native");
+        assert_eq!(defaults.max_request_bytes, DEFAULT_MAX_REQUEST_BYTES);
+        let small = parse("etcd://h:1?max_request_bytes=65536").unwrap();
+        assert_eq!(small.max_request_bytes, 65536);
         let go_zero = parse("etcd://h:1?format=go-zero").unwrap();
         assert_eq!((go_zero.codec.name(), go_zero.root.as_str()), ("go-zero", ""));
         let params = parse("etcd://h:1?user=a&password=b").unwrap();
@@ -263,6 +296,7 @@ mod tests {
             ("etcd://h:1?connect_timeout=soon", "connect_timeout=\"soon\""),
             ("etcd://u@h:1", "without a password"),
             ("etcd://h:1?cert=a.pem", "together"),
+            ("etcd://h:1?max_request_bytes=1MiB", "max_request_bytes=\"1MiB\""),
         ];
         for (url, expected) in cases {
             let err = parse(url).unwrap_err().to_string();

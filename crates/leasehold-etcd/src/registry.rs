@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use etcd_client::{GetOptions, Txn, TxnOp};
+use etcd_client::{GetOptions, Txn, TxnOp, TxnOpResponse};
 use leasehold::codec::decode_listing;
 use leasehold::registrar::Registrar;
 use leasehold::{
@@ -14,16 +14,25 @@ use leasehold::{
 
 use crate::connection::Connection;
 use crate::lease::EtcdBackend;
+use crate::own::OwnKeys;
 use crate::{watch, EtcdOptions};
 
 /// A client of an etcd v3 cluster, implementing [`Registry`].
 ///
-/// One etcd client per `EtcdRegistry`, shared by everything it does; one lease per TTL
-/// shared by all its registrations, kept alive at TTL/3 and replaced (every registration
-/// written again) when lost; one range per [`watch`](Registry::watch) and one more per
-/// re-list (compaction, wiped store), with events applied incrementally in between.
+/// One etcd client per member, shared by everything it does, with requests going to
+/// one member at a time; one lease per TTL shared by all its registrations, kept alive
+/// at TTL/3 and replaced (every registration written again) when lost; one watch per
+/// service it registered, for its own keys and drain markers; one range per
+/// [`watch`](Registry::watch) and one more per re-list (compaction, wiped store), with
+/// events applied incrementally in between.
+///
+/// [`drain`](Registry::drain) and [`undrain`](Registry::undrain) write and delete the
+/// native format's marker `{root}/{service}/~drained-{id}` (no lease: it outlives the
+/// instance; its value is the instance as registered when drained, or empty); other
+/// formats refuse with [`Error::Unsupported`](leasehold::Error::Unsupported).
 pub struct EtcdRegistry {
     conn: Arc<Connection>,
+    own: Arc<OwnKeys>,
     registrar: Registrar<EtcdBackend>,
     options: EtcdOptions,
 }
@@ -47,13 +56,16 @@ impl EtcdRegistry {
     /// Connects with `options`; fails as [`connect`](Self::connect) does.
     pub async fn with_options(options: EtcdOptions) -> Result<EtcdRegistry> {
         let conn = Connection::open(&options).await?;
+        let own = OwnKeys::new(conn.clone(), options.backoff);
         let backend = Arc::new(EtcdBackend {
             conn: conn.clone(),
             backoff: options.backoff,
+            own: own.clone(),
         });
         Ok(EtcdRegistry {
             registrar: Registrar::new(backend, options.backoff),
             conn,
+            own,
             options,
         })
     }
@@ -63,9 +75,9 @@ impl EtcdRegistry {
         &self.options
     }
 
-    /// The underlying etcd client, for requests leasehold does not make.
+    /// An etcd client of a member that answered, for requests leasehold does not make.
     pub fn client(&self) -> &etcd_client::Client {
-        &self.conn.client
+        self.conn.any_client()
     }
 
     /// How many range (`Get`) requests this client has sent, including the connect
@@ -75,11 +87,33 @@ impl EtcdRegistry {
         self.conn.range_count()
     }
 
+    /// How many events the watches of this client's own keys have received. For
+    /// measuring that a change outside the services it registered costs it nothing.
+    #[doc(hidden)]
+    pub fn own_key_events(&self) -> u64 {
+        self.own.events_seen()
+    }
+
     /// Simulates this client's process dying: keepalives stop, nothing is deregistered
     /// or revoked, so its instances vanish only when their lease's TTL runs out. Every
     /// later request of this client fails with [`Error::Closed`](leasehold::Error::Closed).
     pub fn crash(&self) {
         self.conn.crash();
+    }
+
+    /// The full keys of `id`'s drain marker and of its instance (native keys are named
+    /// after the id). Formats without markers refuse.
+    fn marker(&self, service: &ServiceName, id: &InstanceId) -> Result<(String, String)> {
+        let layout = &self.conn.layout;
+        let marker = layout
+            .codec
+            .drain_marker(id)
+            .ok_or_else(|| leasehold::Error::Unsupported {
+                what: "operator drain".into(),
+                by: format!("by the {} format", layout.codec.name()),
+            })?;
+        let prefix = layout.service_prefix(service);
+        Ok((format!("{prefix}{marker}"), format!("{prefix}{id}")))
     }
 
     async fn instances_with_keys(&self, service: &ServiceName) -> Result<Vec<(String, Instance)>> {
@@ -98,9 +132,6 @@ impl Registry for EtcdRegistry {
         if self.conn.is_crashed() {
             return Err(leasehold::Error::Closed);
         }
-        // Refused here, alone: a value that fails to encode inside a batched write would
-        // fail every registration written with it.
-        self.conn.layout.codec.encode(&instance)?;
         self.registrar.register(instance, options).await
     }
 
@@ -161,6 +192,41 @@ impl Registry for EtcdRegistry {
             })
             .await?;
         Ok(true)
+    }
+
+    async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let (marker, key) = self.marker(service, id)?;
+        let txn = Txn::new().and_then([TxnOp::get(key.as_str(), None)]);
+        let found = self.conn.call(|mut client| {
+            let txn = txn.clone();
+            async move { client.txn(txn).await }
+        });
+        // The marker holds the instance as it is registered now, for an operator to read.
+        let value = found.await?.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
+            _ => None,
+        });
+        let registered = value.is_some();
+        let value = value.unwrap_or_default();
+        self.conn
+            .call(|mut client| {
+                let (marker, value) = (marker.clone(), value.clone());
+                async move { client.put(marker, value, None).await }
+            })
+            .await?;
+        Ok(registered)
+    }
+
+    async fn undrain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
+        let (marker, _) = self.marker(service, id)?;
+        let deleted = self
+            .conn
+            .call(|mut client| {
+                let marker = marker.clone();
+                async move { client.delete(marker, None).await }
+            })
+            .await?;
+        Ok(deleted.deleted() > 0)
     }
 
     async fn shutdown(&self) {

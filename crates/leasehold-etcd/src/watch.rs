@@ -137,7 +137,6 @@ async fn watch(
 ) -> End {
     let options = WatchOptions::new()
         .with_prefix()
-        .with_prev_key()
         .with_progress_notify()
         .with_start_revision(at.revision + 1);
     let opened = conn

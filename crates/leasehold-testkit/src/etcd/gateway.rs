@@ -136,6 +136,61 @@ pub(crate) async fn replace_member(addr: &str, peer_url: &str) -> Result<()> {
     Ok(())
 }
 
+/// Adds `user` with `password` and a role of the same name that may read and write
+/// the keys from `key` up to `range_end` (exclusive).
+pub(crate) async fn add_user(
+    addr: &str,
+    user: &str,
+    password: &str,
+    key: &[u8],
+    range_end: &[u8],
+) -> Result<()> {
+    http::post_json(addr, "/v3/auth/role/add", &json!({ "name": user })).await?;
+    let perm = json!({
+        "permType": "READWRITE",
+        "key": BASE64.encode(key),
+        "range_end": BASE64.encode(range_end),
+    });
+    http::post_json(
+        addr,
+        "/v3/auth/role/grant",
+        &json!({ "name": user, "perm": perm }),
+    )
+    .await?;
+    http::post_json(
+        addr,
+        "/v3/auth/user/add",
+        &json!({ "name": user, "password": password }),
+    )
+    .await?;
+    http::post_json(
+        addr,
+        "/v3/auth/user/grant",
+        &json!({ "user": user, "role": user }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Turns authentication on, with a `root` user of `password` holding the root role.
+pub(crate) async fn enable_auth(addr: &str, password: &str) -> Result<()> {
+    http::post_json(
+        addr,
+        "/v3/auth/user/add",
+        &json!({ "name": "root", "password": password }),
+    )
+    .await?;
+    http::post_json(addr, "/v3/auth/role/add", &json!({ "name": "root" })).await?;
+    http::post_json(
+        addr,
+        "/v3/auth/user/grant",
+        &json!({ "user": "root", "role": "root" }),
+    )
+    .await?;
+    http::post_json(addr, "/v3/auth/enable", &json!({})).await?;
+    Ok(())
+}
+
 fn header_revision(addr: &str, path: &str, answer: &Value) -> Result<i64> {
     answer
         .pointer("/header/revision")

@@ -409,6 +409,32 @@ impl EtcdCluster {
         .await
     }
 
+    /// Adds an etcd user `user` with `password` whose role (named after it) may read and
+    /// write only the keys under `prefix`, as an operator scopes one service's
+    /// credentials. Call before [`enable_auth`](Self::enable_auth).
+    pub async fn add_user_with_prefix(&self, user: &str, password: &str, prefix: &str) -> Result<()> {
+        let mut range_end = prefix.as_bytes().to_vec();
+        if let Some(last) = range_end.last_mut() {
+            *last += 1;
+        }
+        let range_end = &range_end;
+        self.on_any_member("POST /v3/auth/user/add", |addr| async move {
+            gateway::add_user(&addr, user, password, prefix.as_bytes(), range_end).await
+        })
+        .await
+    }
+
+    /// Turns etcd's authentication on, with a `root` user of `root_password`. From then
+    /// on every client must authenticate, and this cluster's own calls through the JSON
+    /// gateway ([`put`](Self::put), [`get`](Self::get), [`compact`](Self::compact),
+    /// [`current_revision`](Self::current_revision)) are refused; faults still work.
+    pub async fn enable_auth(&self, root_password: &str) -> Result<()> {
+        self.on_any_member("POST /v3/auth/enable", |addr| async move {
+            gateway::enable_auth(&addr, root_password).await
+        })
+        .await
+    }
+
     /// Runs `call` against the running, unpaused members in order until one succeeds.
     async fn on_any_member<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
     where

@@ -385,7 +385,11 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     pub(super) async fn event(&mut self, generation: u64, event: LeaseEvent) {
-        if generation != self.generation || self.lease.is_none() {
+        // A drain marker is about the instance, not the lease: it counts whichever lease
+        // reported it, also while no lease is held (a drained registration alone in its
+        // group may hold none, and its undrain must still reach it).
+        let about_markers = matches!(event, LeaseEvent::Drain { .. } | LeaseEvent::DrainedSet { .. });
+        if !about_markers && (generation != self.generation || self.lease.is_none()) {
             return;
         }
         match event {

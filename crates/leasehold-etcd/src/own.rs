@@ -1,0 +1,491 @@
+//! Own keys: what this client wrote under its leases, and the watches that tell the
+//! registrar when one of them is no longer ours.
+//!
+//! Only the prefixes of services this client registered are watched (one watch per
+//! service, from just before its first write, puts and deletes, without previous
+//! values), so a change anywhere else costs this client nothing and a user whose role
+//! covers only its service's prefix can register. A key of ours that is deleted,
+//! expires or is put under another lease is reported
+//! ([`LeaseEvents::key_deleted`]); the registrar writes it again. Drain markers under
+//! the same prefixes are reported for the ids this client registered
+//! ([`LeaseEvents::drain_changed`]). After any gap in a watch (a broken stream, a
+//! compacted revision) the own keys of that service and its markers are read once, in
+//! batched transactions of gets, before the watch resumes after that read.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
+use leasehold::registrar::LeaseEvents;
+use leasehold::{Backoff, InstanceId, Result, ServiceName};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::connection::{Connection, Failure, MAX_MESSAGE};
+
+/// How often an own-key watch asks for a progress answer, as proof its member lives.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// A watch with no answer for this long is on a frozen or cut-off member.
+const SILENCE: Duration = Duration::from_secs(5);
+
+/// The most gets in one transaction of an after-gap check.
+const GETS_PER_TXN: usize = 120;
+
+/// What this client knows about one key it wrote.
+#[derive(Clone, Debug)]
+enum Held {
+    /// Written under `lease` at `revision`; a later change by anyone else is reported.
+    Ours {
+        lease: i64,
+        revision: i64,
+        events: LeaseEvents,
+    },
+    /// A write under `lease` whose outcome is unknown and whose caller was told it
+    /// failed: if it shows up under that lease, it is deleted.
+    Disowned { lease: i64 },
+}
+
+/// The owner of a registration, for routing drain markers.
+#[derive(Clone, Debug)]
+struct Owner {
+    service: ServiceName,
+    events: LeaseEvents,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, Held>,
+    /// Watched service prefixes and their watch tasks.
+    watches: HashMap<String, JoinHandle<()>>,
+    /// Drain markers seen, by service prefix and id.
+    drained: HashSet<(String, InstanceId)>,
+    /// The registrations this client wrote, by service prefix and id.
+    owners: HashMap<(String, InstanceId), Owner>,
+    /// This client's leases, live or given up, until known to be gone: a key under one
+    /// of them is ours to write over.
+    leases: HashSet<i64>,
+}
+
+/// The own keys of one [`EtcdRegistry`](crate::EtcdRegistry) and their watches.
+#[derive(Debug)]
+pub(crate) struct OwnKeys {
+    conn: Arc<Connection>,
+    backoff: Backoff,
+    state: Mutex<State>,
+    /// Serializes starting watches, so a service is watched once.
+    starting: tokio::sync::Mutex<()>,
+    /// Watch events received, for tests that check a change elsewhere costs nothing.
+    events_seen: AtomicU64,
+    /// Signalled after a batch is written: a given-up lease is revoked once its
+    /// registrations are written under the next one, so they never vanish in between.
+    settled: tokio::sync::Notify,
+}
+
+impl Drop for OwnKeys {
+    fn drop(&mut self) {
+        for (_, task) in self.state.get_mut().unwrap().watches.drain() {
+            task.abort();
+        }
+    }
+}
+
+impl OwnKeys {
+    pub(crate) fn new(conn: Arc<Connection>, backoff: Backoff) -> Arc<OwnKeys> {
+        Arc::new(OwnKeys {
+            conn,
+            backoff,
+            state: Mutex::default(),
+            starting: tokio::sync::Mutex::new(()),
+            events_seen: AtomicU64::new(0),
+            settled: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub(crate) fn events_seen(&self) -> u64 {
+        self.events_seen.load(Ordering::Relaxed)
+    }
+
+    /// The drain-marker prefix under a service prefix, if the format has markers.
+    fn marker_prefix(&self) -> Option<String> {
+        let sample = InstanceId::new("x").ok()?;
+        let marker = self.conn.layout.codec.drain_marker(&sample)?;
+        marker.strip_suffix('x').map(str::to_owned)
+    }
+
+    /// Starts watching `service`'s prefix unless it is watched already: reads its drain
+    /// markers (or, for formats without, only the revision) and watches from the
+    /// revision after that read, so nothing written after it is missed.
+    pub(crate) async fn watch_service(self: &Arc<Self>, service: &ServiceName) -> Result<String> {
+        let prefix = self.conn.layout.service_prefix(service);
+        if self.state.lock().unwrap().watches.contains_key(&prefix) {
+            return Ok(prefix);
+        }
+        let _starting = self.starting.lock().await;
+        if self.state.lock().unwrap().watches.contains_key(&prefix) {
+            return Ok(prefix);
+        }
+        let (markers, revision) = self.read_markers(&prefix).await?;
+        let task = tokio::spawn(follow(
+            Arc::downgrade(self),
+            self.conn.clone(),
+            prefix.clone(),
+            revision + 1,
+            self.backoff,
+        ));
+        let mut state = self.state.lock().unwrap();
+        for id in markers {
+            state.drained.insert((prefix.clone(), id));
+        }
+        state.watches.insert(prefix.clone(), task);
+        Ok(prefix)
+    }
+
+    /// The drain markers of a service prefix and the revision they were read at.
+    async fn read_markers(&self, prefix: &str) -> Result<(Vec<InstanceId>, i64)> {
+        let Some(marker_prefix) = self.marker_prefix() else {
+            let answer = self
+                .conn
+                .range(prefix, Some(GetOptions::new().with_prefix().with_count_only()))
+                .await?;
+            return Ok((Vec::new(), answer.header().map_or(0, |h| h.revision())));
+        };
+        let answer = self
+            .conn
+            .range(
+                format!("{prefix}{marker_prefix}"),
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
+            .await?;
+        let codec = &self.conn.layout.codec;
+        let ids = answer
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                codec.parse_drain_marker(std::str::from_utf8(kv.key()).ok()?.strip_prefix(prefix)?)
+            })
+            .collect();
+        Ok((ids, answer.header().map_or(0, |h| h.revision())))
+    }
+
+    /// Whether an operator's marker drains `id` of the service at `prefix`.
+    pub(crate) fn is_drained(&self, prefix: &str, id: &InstanceId) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .drained
+            .contains(&(prefix.to_owned(), id.clone()))
+    }
+
+    /// The registration `id` of `service` is written (or kept out, drained) by the
+    /// group behind `events`.
+    pub(crate) fn own(&self, prefix: &str, service: &ServiceName, id: &InstanceId, events: &LeaseEvents) {
+        self.state.lock().unwrap().owners.insert(
+            (prefix.to_owned(), id.clone()),
+            Owner {
+                service: service.clone(),
+                events: events.clone(),
+            },
+        );
+    }
+
+    /// `key` was written under `lease` at `revision`.
+    pub(crate) fn written(&self, key: &str, lease: i64, revision: i64, events: &LeaseEvents) {
+        self.state.lock().unwrap().keys.insert(
+            key.to_owned(),
+            Held::Ours {
+                lease,
+                revision,
+                events: events.clone(),
+            },
+        );
+    }
+
+    /// A write of `key` under `lease` may have landed, but its caller was told it failed.
+    pub(crate) fn disown(&self, key: &str, lease: i64) {
+        self.state
+            .lock()
+            .unwrap()
+            .keys
+            .insert(key.to_owned(), Held::Disowned { lease });
+    }
+
+    /// `key` is being deleted by this client: its delete is not reported.
+    pub(crate) fn forget(&self, key: &str) {
+        self.state.lock().unwrap().keys.remove(key);
+    }
+
+    /// A batch was written.
+    pub(crate) fn settled(&self) {
+        self.settled.notify_waiters();
+    }
+
+    /// Returns once a batch is written after this call, or after `at_most`.
+    pub(crate) async fn wait_settled(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.settled.notified()).await;
+    }
+
+    /// `lease` was granted to this client: keys under it are this client's until it is
+    /// gone, also after it is given up.
+    pub(crate) fn granted(&self, lease: i64) {
+        self.state.lock().unwrap().leases.insert(lease);
+    }
+
+    /// Whether `lease` is one of this client's that may still hold keys.
+    pub(crate) fn is_ours(&self, lease: i64) -> bool {
+        self.state.lock().unwrap().leases.contains(&lease)
+    }
+
+    /// `lease` is gone (revoked, expired): its keys went with it.
+    pub(crate) fn gone(&self, lease: i64) {
+        let mut state = self.state.lock().unwrap();
+        state.leases.remove(&lease);
+        state.keys.retain(|_, held| match held {
+            Held::Ours { lease: l, .. } | Held::Disowned { lease: l } => *l != lease,
+        });
+    }
+
+    /// One event of a watched prefix.
+    fn on_event(&self, prefix: &str, event_type: EventType, kv: &KeyValue) {
+        self.events_seen.fetch_add(1, Ordering::Relaxed);
+        let Ok(key) = std::str::from_utf8(kv.key()) else {
+            return;
+        };
+        let Some(relative) = key.strip_prefix(prefix) else {
+            return;
+        };
+        if let Some(id) = self.conn.layout.codec.parse_drain_marker(relative) {
+            self.marker(prefix, id, event_type == EventType::Put);
+            return;
+        }
+        let held = self.state.lock().unwrap().keys.get(key).cloned();
+        match (held, event_type) {
+            (
+                Some(Held::Ours {
+                    lease,
+                    revision,
+                    events,
+                }),
+                kind,
+            ) if kv.mod_revision() > revision && (kind == EventType::Delete || kv.lease() != lease) => {
+                tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
+                events.key_deleted(key);
+            }
+            (Some(Held::Disowned { lease }), EventType::Put) if kv.lease() == lease => {
+                self.delete_disowned(key, kv.mod_revision());
+            }
+            (Some(Held::Disowned { .. }), EventType::Delete) => self.forget(key),
+            _ => {}
+        }
+    }
+
+    /// A drain marker of `id` appeared or went; its owner, if any, is told.
+    fn marker(&self, prefix: &str, id: InstanceId, drained: bool) {
+        let mut state = self.state.lock().unwrap();
+        let entry = (prefix.to_owned(), id);
+        let changed = if drained {
+            state.drained.insert(entry.clone())
+        } else {
+            state.drained.remove(&entry)
+        };
+        if changed {
+            if let Some(owner) = state.owners.get(&entry) {
+                owner
+                    .events
+                    .drain_changed(owner.service.clone(), entry.1, drained);
+            }
+        }
+    }
+
+    /// Deletes a disowned key if it is still the version that showed up.
+    fn delete_disowned(&self, key: &str, revision: i64) {
+        let conn = self.conn.clone();
+        let key = key.to_owned();
+        tokio::spawn(async move {
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
+                .and_then([TxnOp::delete(key.as_str(), None)]);
+            let deleted = conn
+                .attempt(|mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await;
+            if let Err(failure) = deleted {
+                tracing::warn!(%key, error = %conn.error(failure), "etcd: a write reported failed landed late and could not be deleted");
+            }
+        });
+    }
+
+    /// After a gap in the watch of `prefix`: reads its own keys and drain markers and
+    /// reports what changed. Returns the revision the watch resumes after.
+    async fn check(&self, prefix: &str) -> Result<i64> {
+        let keys: Vec<(String, Held)> = self
+            .state
+            .lock()
+            .unwrap()
+            .keys
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, held)| (key.clone(), held.clone()))
+            .collect();
+        let (markers, mut revision) = self.read_markers(prefix).await?;
+        let seen: HashSet<InstanceId> = markers.into_iter().collect();
+        let known: Vec<InstanceId> = self
+            .state
+            .lock()
+            .unwrap()
+            .drained
+            .iter()
+            .filter(|(p, id)| p == prefix && !seen.contains(id))
+            .map(|(_, id)| id.clone())
+            .collect();
+        for id in known {
+            self.marker(prefix, id, false);
+        }
+        for id in seen {
+            self.marker(prefix, id, true);
+        }
+        for chunk in keys.chunks(GETS_PER_TXN) {
+            let ops: Vec<TxnOp> = chunk
+                .iter()
+                .map(|(key, _)| TxnOp::get(key.as_str(), Some(GetOptions::new().with_keys_only())))
+                .collect();
+            let txn = Txn::new().and_then(ops);
+            let answer = self
+                .conn
+                .call(|mut client| {
+                    let txn = txn.clone();
+                    async move { client.txn(txn).await }
+                })
+                .await?;
+            revision = revision.min(answer.header().map_or(revision, |h| h.revision()));
+            for ((key, held), response) in chunk.iter().zip(answer.op_responses()) {
+                let TxnOpResponse::Get(found) = response else {
+                    continue;
+                };
+                let found = found.kvs().first();
+                match held {
+                    Held::Ours { lease, events, .. } => {
+                        if found.is_none_or(|kv| kv.lease() != *lease) {
+                            tracing::info!(%key, "etcd: own key missing or not ours after a watch gap");
+                            events.key_deleted(key.as_str());
+                        }
+                    }
+                    Held::Disowned { lease } => match found {
+                        Some(kv) if kv.lease() == *lease => self.delete_disowned(key, kv.mod_revision()),
+                        Some(_) => {}
+                        None => self.forget(key),
+                    },
+                }
+            }
+        }
+        Ok(revision)
+    }
+}
+
+/// Why one own-key watch stream stopped.
+enum End {
+    /// The stream broke, went silent or was compacted: check, then watch again.
+    Gap(String),
+    /// The registry client is gone.
+    Closed,
+}
+
+/// The watch task of one service prefix: runs until the registry client goes.
+async fn follow(own: Weak<OwnKeys>, conn: Arc<Connection>, prefix: String, mut next: i64, backoff: Backoff) {
+    let mut delays = backoff.delays();
+    loop {
+        match watch(&own, &conn, &prefix, &mut next).await {
+            End::Closed => return,
+            End::Gap(reason) => {
+                tracing::debug!(%prefix, %reason, "etcd: own-key watch interrupted; checking own keys");
+            }
+        }
+        loop {
+            tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
+            if conn.is_crashed() {
+                return;
+            }
+            let Some(keys) = own.upgrade() else { return };
+            match keys.check(&prefix).await {
+                Ok(revision) => {
+                    next = revision + 1;
+                    delays = backoff.delays();
+                    break;
+                }
+                Err(e) => tracing::debug!(%prefix, error = %e, "etcd: cannot check own keys yet"),
+            }
+        }
+    }
+}
+
+/// One watch stream of `prefix` from `next`, applied until it ends.
+async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut i64) -> End {
+    let options = WatchOptions::new()
+        .with_prefix()
+        .with_progress_notify()
+        .with_start_revision(*next);
+    let opened = conn
+        .attempt(|client| {
+            let options = options.clone();
+            async move {
+                client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(prefix, Some(options))
+                    .await
+            }
+        })
+        .await;
+    let mut stream = match opened {
+        Ok(stream) => stream,
+        Err(Failure::Crashed) => return End::Closed,
+        Err(failure) => return End::Gap(conn.error(failure).to_string()),
+    };
+    let member = conn.chosen();
+    let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
+    let mut heard = Instant::now();
+    loop {
+        let message = tokio::select! {
+            message = stream.message() => message,
+            _ = heartbeat.tick() => {
+                if own.strong_count() == 0 || conn.is_crashed() {
+                    return End::Closed;
+                }
+                if heard.elapsed() > SILENCE {
+                    conn.avoid(member);
+                    return End::Gap(format!("no answer for {:?}", heard.elapsed()));
+                }
+                if let Err(e) = stream.request_progress().await {
+                    return End::Gap(format!("stream closed: {e}"));
+                }
+                continue;
+            }
+        };
+        let answer = match message {
+            Ok(Some(answer)) => answer,
+            Ok(None) => return End::Gap("stream ended".into()),
+            Err(e) => return End::Gap(e.to_string()),
+        };
+        heard = Instant::now();
+        if answer.compact_revision() > 0 {
+            return End::Gap(format!("revision {next} is compacted"));
+        }
+        if answer.canceled() {
+            return End::Gap(format!("canceled: {}", answer.cancel_reason()));
+        }
+        let Some(keys) = own.upgrade() else {
+            return End::Closed;
+        };
+        for event in answer.events() {
+            let Some(kv) = event.kv() else { continue };
+            *next = (*next).max(kv.mod_revision() + 1);
+            keys.on_event(prefix, event.event_type(), kv);
+        }
+    }
+}
