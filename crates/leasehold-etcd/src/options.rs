@@ -23,6 +23,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "connect_timeout",
     "request_timeout",
     "format",
+    "scheme",
 ];
 
 /// Everything [`EtcdRegistry`](crate::EtcdRegistry) needs to connect: endpoints,
