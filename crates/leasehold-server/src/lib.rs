@@ -268,15 +268,18 @@ impl Serve {
         let serving = server(listener, Drain(drained));
         let mut task = AbortOnDrop(tokio::spawn(async move { serving.await.map_err(Into::into) }));
 
+        tokio::pin!(shutdown);
         let registration = tokio::select! {
             registered = self.registry.register(instance.clone(), self.register) => {
                 registered.map_err(ServeError::Register)?
             }
             ended = &mut task.0 => return Err(ended_early(ended)),
         };
+        // A shutdown signalled while the registry was answering is seen below, after
+        // the registration exists: a register cancelled half-way could leave the
+        // instance listed until its lease expires.
         info!(service = %instance.service(), id = %instance.id(), addr = %instance.addr(), %local, "serving and registered");
 
-        tokio::pin!(shutdown);
         let ended = tokio::select! {
             () = &mut shutdown => None,
             ended = &mut task.0 => Some(ended),
