@@ -346,6 +346,7 @@ impl Connection {
         .await
     }
 
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn range_count(&self) -> u64 {
         self.ranges.load(Ordering::Relaxed)
     }
@@ -358,6 +359,7 @@ impl Connection {
         self.crashed.load(Ordering::SeqCst)
     }
 
+    #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]
     pub(crate) fn crash(&self) {
         self.crashed.store(true, Ordering::SeqCst);
     }

@@ -24,6 +24,7 @@ const KNOWN_PARAMS: &[&str] = &[
     "request_timeout",
     "format",
     "max_request_bytes",
+    "scheme",
 ];
 
 /// The smallest request limit accepted: room for one key, its value and a transaction.

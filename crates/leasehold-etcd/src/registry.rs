@@ -83,6 +83,9 @@ impl EtcdRegistry {
     /// How many range (`Get`) requests this client has sent, including the connect
     /// probe: one per `watch`, one per re-list, one per `list`, `list_services` and
     /// `deregister`. For measuring that watchers never re-read a prefix per event.
+    ///
+    /// A test hook (feature `test-hooks`, not for applications).
+    #[cfg(feature = "test-hooks")]
     pub fn range_requests(&self) -> u64 {
         self.conn.range_count()
     }
@@ -97,6 +100,9 @@ impl EtcdRegistry {
     /// Simulates this client's process dying: keepalives stop, nothing is deregistered
     /// or revoked, so its instances vanish only when their lease's TTL runs out. Every
     /// later request of this client fails with [`Error::Closed`](leasehold::Error::Closed).
+    ///
+    /// A test hook (feature `test-hooks`, not for applications).
+    #[cfg(feature = "test-hooks")]
     pub fn crash(&self) {
         self.conn.crash();
     }

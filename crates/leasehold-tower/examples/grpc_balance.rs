@@ -26,10 +26,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
-/// The generated Greeter client and server.
-pub mod greeter {
-    tonic::include_proto!("greeter");
-}
+/// The generated Greeter client and server (compiled in the unpublished
+/// `leasehold-greeter` crate, so users of leasehold-tower need no protoc).
+pub use leasehold_greeter as greeter;
 
 use greeter::greeter_client::GreeterClient;
 use greeter::greeter_server::{Greeter, GreeterServer};

@@ -45,6 +45,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! The runnable example
+//! [`grpc_balance`](https://github.com/leasehold-rs/leasehold/blob/main/crates/leasehold-tower/examples/grpc_balance.rs)
+//! balances gRPC calls over three discovered servers while one dies; the servers' side
+//! (register once bound, deregister and drain on shutdown) is `leasehold-server`'s.
+//!
 //! Without tower, a balancer alone serves a plain client:
 //!
 //! ```no_run

@@ -20,9 +20,7 @@ use leasehold_tower::{
 use tower::util::BoxCloneService;
 use tower::ServiceExt;
 
-pub mod greeter {
-    tonic::include_proto!("greeter");
-}
+use leasehold_greeter as greeter;
 
 type Endpoint = BoxCloneService<http::Request<RequestBody>, http::Response<RequestBody>, BoxError>;
 

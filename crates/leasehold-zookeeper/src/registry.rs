@@ -91,6 +91,9 @@ impl ZkRegistry {
     /// Simulates this client's process dying: its registration sessions stop pinging but
     /// are not closed, so their nodes vanish only when the session timeout runs out.
     /// Every later request of this client fails.
+    ///
+    /// A test hook (feature `test-hooks`, not for applications).
+    #[cfg(feature = "test-hooks")]
     pub fn crash(&self) {
         self.leases.crashed.store(true, Ordering::SeqCst);
         for session in self.leases.live.lock().unwrap().drain(..) {

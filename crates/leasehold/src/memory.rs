@@ -676,7 +676,7 @@ impl MemoryRegistry {
         if url.scheme != "memory" {
             return Err(Error::invalid_url(url.to_string(), "not a memory:// URL"));
         }
-        url.deny_unknown_params(&["format"])?;
+        url.deny_unknown_params(&["format", "scheme"])?;
         let (codec, root) = crate::formats::layout_from_url(url, RegistryKind::Memory, DEFAULT_ROOT)?;
         let name = url.endpoints.join(",");
         Ok(Self::with_options(

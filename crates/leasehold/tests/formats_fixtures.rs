@@ -378,7 +378,7 @@ fn kratos_picks_the_endpoint_by_scheme() {
     .build()
     .unwrap();
     assert_eq!(found, expected);
-    let http = KratosCodec::new().scheme("http");
+    let http = KratosCodec::with_scheme("http").unwrap();
     assert_eq!(
         http.decode(&hello, "k", kratos.as_bytes())
             .unwrap()
@@ -442,6 +442,109 @@ fn kratos_picks_the_endpoint_by_scheme() {
         br#"{"id":"k","name":"helloworld","metadata":{"version":1},"endpoints":[]}"#,
         "no grpc://",
     );
+}
+
+#[test]
+fn kratos_reads_and_writes_every_scheme_its_servers_register() {
+    let hello = service("helloworld");
+    // A Kratos app with a TLS gRPC server and a TLS HTTP server (`grpcs`, `https`), one
+    // with plain servers, and one from before Kratos 2.2 that marked TLS with `isSecure`.
+    let secure = concat!(
+        r#"{"id":"k1","name":"helloworld","version":"v1.0.0","metadata":null,"#,
+        r#""endpoints":["grpcs://10.0.0.5:9443","https://10.0.0.5:8443"]}"#
+    );
+    let plain = concat!(
+        r#"{"id":"k2","name":"helloworld","version":"v1.0.0","metadata":null,"#,
+        r#""endpoints":["grpc://10.0.0.6:9000","http://10.0.0.6:8000"]}"#
+    );
+    let legacy = concat!(
+        r#"{"id":"k3","name":"helloworld","version":"","metadata":null,"#,
+        r#""endpoints":["grpc://10.0.0.7:9000?isSecure=true","http://10.0.0.7:8000?isSecure=false"]}"#
+    );
+    let cases = [
+        ("grpc", [None, Some("10.0.0.6:9000"), None]),
+        ("grpcs", [Some("10.0.0.5:9443"), None, Some("10.0.0.7:9000")]),
+        ("http", [None, Some("10.0.0.6:8000"), Some("10.0.0.7:8000")]),
+        ("https", [Some("10.0.0.5:8443"), None, None]),
+    ];
+    for (scheme, expected) in cases {
+        let codec = KratosCodec::with_scheme(scheme).unwrap();
+        for (value, expected) in [secure, plain, legacy].into_iter().zip(expected) {
+            match expected {
+                Some(addr) => {
+                    let found = codec.decode(&hello, "k", value.as_bytes()).unwrap();
+                    assert_eq!(found.addr().as_str(), addr, "{scheme} in {value}");
+                }
+                // Skipped by discovery and counted, with the reason and the way out.
+                None => refused(
+                    &codec,
+                    &hello,
+                    "k",
+                    value.as_bytes(),
+                    &format!("no {scheme}:// endpoint among [\""),
+                ),
+            }
+        }
+        // Written as Kratos writes it, and read back.
+        let ours = instance("helloworld", "10.0.0.8:7000", "e1").build().unwrap();
+        let value = codec.encode(&ours).unwrap();
+        assert_eq!(
+            String::from_utf8(value.clone()).unwrap(),
+            format!(
+                r#"{{"id":"e1","name":"helloworld","version":"","metadata":null,"endpoints":["{scheme}://10.0.0.8:7000"]}}"#
+            )
+        );
+        assert_eq!(codec.decode(&hello, "e1", &value).unwrap(), ours);
+        let uri = instance("helloworld", &format!("{scheme}://10.0.0.8:7000"), "e2")
+            .build()
+            .unwrap();
+        let back = codec.decode(&hello, "e2", &codec.encode(&uri).unwrap()).unwrap();
+        assert_eq!(back.addr().as_str(), "10.0.0.8:7000");
+    }
+
+    // An address of another scheme is refused on write (it could not be read back).
+    let http = instance("helloworld", "http://10.0.0.8:8000", "e3")
+        .build()
+        .unwrap();
+    let err = KratosCodec::new().encode(&http).unwrap_err().to_string();
+    assert!(err.contains("choose its scheme with ?scheme=http"), "{err}");
+    assert!(refused_scheme("tcp").contains("grpc, grpcs, http, https"));
+    assert_eq!(
+        KratosCodec::with_scheme("HTTPS").unwrap().endpoint_scheme(),
+        "https"
+    );
+}
+
+fn refused_scheme(scheme: &str) -> String {
+    KratosCodec::with_scheme(scheme).unwrap_err().to_string()
+}
+
+#[test]
+fn kratos_scheme_comes_from_the_registry_url() {
+    let layout = |url: &str| {
+        leasehold::formats::layout_from_url(&url.parse().unwrap(), RegistryKind::Etcd, "/leasehold/services")
+    };
+    let ours = instance("helloworld", "10.0.0.8:8000", "e1").build().unwrap();
+    let (codec, root) = layout("etcd://127.0.0.1:2379?format=kratos&scheme=http").unwrap();
+    assert_eq!(root, "/microservices");
+    assert!(String::from_utf8(codec.encode(&ours).unwrap())
+        .unwrap()
+        .contains(r#""endpoints":["http://10.0.0.8:8000"]"#));
+    let (codec, _) = layout("etcd://127.0.0.1:2379?format=kratos").unwrap();
+    assert!(String::from_utf8(codec.encode(&ours).unwrap())
+        .unwrap()
+        .contains(r#""endpoints":["grpc://10.0.0.8:8000"]"#));
+    let err = layout("etcd://127.0.0.1:2379?format=kratos&scheme=tcp")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("format kratos has no scheme \"tcp\"; grpc, grpcs, http, https"),
+        "{err}"
+    );
+    let err = layout("etcd://127.0.0.1:2379?format=go-kit&scheme=http")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("only format kratos takes a scheme"), "{err}");
 }
 
 #[test]

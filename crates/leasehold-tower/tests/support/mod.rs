@@ -12,9 +12,7 @@ use leasehold::{Discovery, Instance, RegisterOptions, Registration, Registry, Se
 use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 
-pub mod greeter {
-    tonic::include_proto!("greeter");
-}
+pub use leasehold_greeter as greeter;
 
 use greeter::greeter_server::{Greeter, GreeterServer};
 use greeter::{HelloReply, HelloRequest};

@@ -58,7 +58,7 @@ pub use etcd_naming::EtcdNamingCodec;
 pub use go_kit::GoKitCodec;
 pub use go_kit_zk::GoKitZkCodec;
 pub use go_zero::{GoZeroCodec, GoZeroKey};
-pub use kratos::KratosCodec;
+pub use kratos::{KratosCodec, KRATOS_SCHEMES};
 
 use crate::codec::{Codec, CodecError, NativeCodec};
 use crate::instance::MAX_NAME_LEN;
@@ -142,6 +142,19 @@ pub enum FormatError {
         registry: &'static str,
         /// Where the format can be used.
         only: &'static str,
+    },
+    /// A format's option (a registry URL parameter such as Kratos' `scheme`) has a value
+    /// the format does not know, or is given to a format that has no such option.
+    #[error("format {format} has no {option} {value:?}; {known}")]
+    UnknownOption {
+        /// The format's name.
+        format: &'static str,
+        /// The option's name.
+        option: &'static str,
+        /// The value as given.
+        value: String,
+        /// What the format takes instead.
+        known: String,
     },
 }
 
@@ -245,7 +258,8 @@ impl FromStr for Format {
 }
 
 /// The codec and root a registry URL asks for, the one way every backend reads them:
-/// `?format=` (native when absent) and the URL's path, else the format's own
+/// `?format=` (native when absent; with `kratos`, `&scheme=` chooses the endpoints
+/// followed, see [`KratosCodec`]) and the URL's path, else the format's own
 /// [default root](Format::default_root), else `backend_root`.
 ///
 /// ```
@@ -262,9 +276,21 @@ pub fn layout_from_url(
 ) -> crate::Result<(Arc<dyn Codec>, String)> {
     let format = Format::from_name(url.param("format").unwrap_or("native"))
         .map_err(|e| crate::Error::invalid_url(url.to_string(), e.to_string()))?;
-    let codec = format
-        .codec_for(registry)
-        .map_err(|e| crate::Error::invalid_url(url.to_string(), e.to_string()))?;
+    let invalid = |e: FormatError| crate::Error::invalid_url(url.to_string(), e.to_string());
+    let mut codec = format.codec_for(registry).map_err(invalid)?;
+    // Kratos follows the endpoints of one scheme (`?scheme=http`); no other format has
+    // the option, so it is refused there rather than ignored.
+    if let Some(scheme) = url.param("scheme") {
+        if format != Format::Kratos {
+            return Err(invalid(FormatError::UnknownOption {
+                format: format.name(),
+                option: "scheme",
+                value: scheme.to_owned(),
+                known: "only format kratos takes a scheme".to_owned(),
+            }));
+        }
+        codec = Arc::new(KratosCodec::with_scheme(scheme).map_err(invalid)?);
+    }
     let root = url
         .root
         .as_deref()

@@ -1,4 +1,4 @@
-//! Generates the Greeter client and server used by the example and the tests.
+//! Generates the Greeter client and server from `proto/greeter.proto`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/greeter.proto");
