@@ -21,11 +21,10 @@ fn connect() -> Connect {
     })
 }
 
-/// Seed 2 with TTL 3 s freezes a member long enough that, on the backend of today, the
-/// registering client's lease expires while the other two members hold quorum.
+/// Seed 2 with TTL 3 s freezes a member long enough that a client which stayed on it
+/// would lose its lease while the other two members hold quorum (it did before the client
+/// learned to leave a frozen member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on the current etcd backend (issue #9: a frozen member is left only after the lease \
-            expired, so registrations drop while quorum holds); un-ignore once the fixes are merged"]
 async fn soak() {
     let connect = connect();
     // In a registrant process (the soak runs this binary again) this never returns.
