@@ -246,8 +246,8 @@ async fn a_zone_per_request_picks_within_that_zone() {
     let options = BalanceOptions::default()
         .balancer(|| leasehold_tower::balance::ZoneAware::new(None, RoundRobin::new));
     let service = Balanced::new(discovery, fleet.maker(), options);
-    for tag in 0..40 {
-        let zone = if tag % 2 == 0 { "east" } else { "west" };
+    for tag in 0..40usize {
+        let zone = if tag.is_multiple_of(2) { "east" } else { "west" };
         let mut request = request(tag, false);
         request
             .extensions_mut()
@@ -257,7 +257,7 @@ async fn a_zone_per_request_picks_within_that_zone() {
     let calls = fleet.calls.lock().unwrap().clone();
     for (id, tag) in &calls {
         let tag: usize = tag.parse().unwrap();
-        let zone = if tag % 2 == 0 { "east" } else { "west" };
+        let zone = if tag.is_multiple_of(2) { "east" } else { "west" };
         assert!(id.starts_with(zone), "request {tag} from {zone} went to {id}");
     }
     for id in ["east-0", "west-1", "east-2", "west-3"] {
