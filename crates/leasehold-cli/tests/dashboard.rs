@@ -228,7 +228,6 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs backend drain"]
 async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
     let etcd = leasehold_testkit::EtcdCluster::start_single()
         .await
