@@ -304,7 +304,10 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
         .text()
         .await
         .unwrap();
-    assert!(shown.contains("127.0.0.1:7001"), "the drained row shows the address: {shown}");
+    assert!(
+        shown.contains("127.0.0.1:7001"),
+        "the drained row shows the address: {shown}"
+    );
     browser
         .find(Locator::Css(&format!("{drained} button.undrain")))
         .await

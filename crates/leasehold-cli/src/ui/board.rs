@@ -90,13 +90,10 @@ impl Board {
             }
         };
         // A service gone from the registry leaves the page once its last instance has.
-        self.watches
-            .lock()
-            .unwrap()
-            .retain(|service, discovery| {
-                let snapshot = discovery.snapshot();
-                services.contains(service) || !snapshot.is_empty() || snapshot.drained().next().is_some()
-            });
+        self.watches.lock().unwrap().retain(|service, discovery| {
+            let snapshot = discovery.snapshot();
+            services.contains(service) || !snapshot.is_empty() || snapshot.drained().next().is_some()
+        });
         for service in services {
             if self.watches.lock().unwrap().contains_key(&service) {
                 continue;
