@@ -53,7 +53,7 @@ impl Coordinator {
         if self.exclusive || busy + 1 >= self.busy.len() {
             return None;
         }
-        if busy > 0 && (pick >> 16) % 2 == 0 {
+        if busy > 0 && (pick >> 16).is_multiple_of(2) {
             return None;
         }
         let free: Vec<usize> = (0..self.busy.len()).filter(|&i| !self.busy[i]).collect();
