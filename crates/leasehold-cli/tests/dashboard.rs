@@ -1,6 +1,7 @@
 //! `leasehold ui` in real headless Chromium (driven through chromedriver) over a real
 //! etcd: the page loads, an instance registered by another process appears without a
-//! reload, one that crashes leaves after its TTL, and the drain button takes one out.
+//! reload, one that crashes leaves after its TTL, and the drain button takes one out
+//! (one drained by another process shows as drained too).
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/install-test-deps`).
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{Running, PATIENCE};
+use support::{run, Running, PATIENCE};
 use tokio::task::block_in_place;
 
 const ROOT: &str = "/leasehold/services";
@@ -228,7 +229,6 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs backend drain"]
 async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
     let etcd = leasehold_testkit::EtcdCluster::start_single()
         .await
@@ -279,6 +279,45 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
         .await
         .unwrap();
     block_in_place(|| e1.wait_for_line("echo/e1: registered"));
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&live))
+        .await
+        .unwrap();
+
+    // Drained by `leasehold drain` from another process: the page shows it drained too,
+    // with the details of the instance, and its undrain button.
+    let drained_elsewhere = block_in_place(|| run(&["--registry", &url, "drain", "echo", "e1"]));
+    assert!(
+        drained_elsewhere.status.success(),
+        "{}",
+        String::from_utf8_lossy(&drained_elsewhere.stderr)
+    );
+    block_in_place(|| e1.wait_for_line("echo/e1: drained by an operator"));
+    let shown = browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(&drained))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        shown.contains("127.0.0.1:7001"),
+        "the drained row shows the address: {shown}"
+    );
+    browser
+        .find(Locator::Css(&format!("{drained} button.undrain")))
+        .await
+        .unwrap();
+    let undrained_elsewhere = block_in_place(|| run(&["--registry", &url, "undrain", "echo", "e1"]));
+    assert!(
+        undrained_elsewhere.status.success(),
+        "{}",
+        String::from_utf8_lossy(&undrained_elsewhere.stderr)
+    );
     browser
         .wait()
         .at_most(PATIENCE)

@@ -105,7 +105,6 @@ async fn ls_counts_and_skipped_values_and_a_live_deregister() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs backend drain"]
 async fn drain_keeps_a_live_instance_out_until_undrain() {
     let etcd = leasehold_testkit::EtcdCluster::start_single()
         .await

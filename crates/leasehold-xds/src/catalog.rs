@@ -26,7 +26,8 @@ use crate::endpoints;
 pub struct Published {
     /// The assignment, packed for a DiscoveryResponse.
     pub resource: Any,
-    /// How many endpoints it holds.
+    /// How many of its endpoints clients may call (drained ones, there as `DRAINING`,
+    /// are not counted).
     pub endpoints: usize,
     /// A version derived from the encoded bytes, computed once for every stream.
     pub version: String,
@@ -137,7 +138,7 @@ async fn follow(
             }
             skipped_before = built.skipped;
         }
-        let endpoints = snapshot.len() - skipped_before.len();
+        let endpoints = built.serving;
         let resource = pack_any(built.load_assignment);
         publish.send_if_modified(|current| {
             if current.as_ref().is_some_and(|c| c.resource == resource) {

@@ -10,14 +10,17 @@
 //! Health: a live snapshot's instances are `HEALTHY`; a stale one (the registry is
 //! unreachable, the cache serves the last known set) keeps every instance, marked
 //! `UNKNOWN`, which clients still call, so an outage of the registry never empties an
-//! assignment. Instances absent from the snapshot (deregistered, expired, drained by an
-//! operator) are absent here.
+//! assignment. An instance an operator drained is out of the snapshot's set but listed
+//! apart ([`Snapshot::drained`]): it is here as `DRAINING`, which Envoy and gRPC clients
+//! send no new calls (Envoy lets the calls under way finish), and it counts in no
+//! locality's weight. A drained id whose instance is not known, and instances absent
+//! from the snapshot (deregistered, expired), are absent here.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use envoy_types::pb::envoy::config::core::v3::{
-    address, socket_address, Address as ProtoAddress, HealthStatus, Locality, SocketAddress,
+    address, socket_address, Address as ProtoAddress, HealthStatus, Locality as ProtoLocality, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
@@ -34,6 +37,9 @@ pub struct Assignment {
     /// connect to IP addresses; a host name would make them reject the whole
     /// assignment).
     pub skipped: Vec<InstanceId>,
+    /// How many endpoints clients may call: those of the set that are not skipped
+    /// (drained ones are in the assignment, as `DRAINING`, but not counted).
+    pub serving: usize,
 }
 
 /// Builds the assignment of `snapshot`'s service. Deterministic: the same set gives the
@@ -44,43 +50,56 @@ pub fn assignment(snapshot: &Snapshot) -> Assignment {
     } else {
         HealthStatus::Unknown
     };
-    let mut localities: BTreeMap<(&str, u32), Vec<LbEndpoint>> = BTreeMap::new();
+    let serving = snapshot.instances();
+    let drained = snapshot.drained().filter_map(|(_, instance)| instance);
+    let mut localities: BTreeMap<(&str, u32), Locality> = BTreeMap::new();
     let mut skipped = Vec::new();
-    for instance in snapshot.instances().iter() {
+    let mut serving_count = 0;
+    for (instance, health) in serving
+        .iter()
+        .map(|i| (i, health))
+        .chain(drained.map(|i| (i, HealthStatus::Draining)))
+    {
         let Some(address) = socket_address(instance) else {
             skipped.push(instance.id().clone());
             continue;
         };
         let weight = instance.weight().max(1);
-        localities
+        let locality = localities
             .entry((instance.zone().unwrap_or_default(), weight))
-            .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
-                    address: Some(address),
-                    ..Default::default()
-                })),
-                health_status: health as i32,
-                load_balancing_weight: Some(UInt32Value { value: weight }),
+            .or_default();
+        if health != HealthStatus::Draining {
+            locality.serving += 1;
+            serving_count += 1;
+        }
+        locality.endpoints.push(LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                address: Some(address),
                 ..Default::default()
-            });
+            })),
+            health_status: health as i32,
+            load_balancing_weight: Some(UInt32Value { value: weight }),
+            ..Default::default()
+        });
     }
     let totals: Vec<u64> = localities
         .iter()
-        .map(|((_, weight), endpoints)| u64::from(*weight) * endpoints.len() as u64)
+        .map(|((_, weight), locality)| u64::from(*weight) * locality.serving)
         .collect();
     // xDS caps the sum of locality weights at u32::MAX: scale down when it is over.
     let divisor = totals.iter().sum::<u64>().div_ceil(u64::from(u32::MAX)).max(1);
     let endpoints = localities
         .into_iter()
         .zip(totals)
-        .map(|(((zone, weight), lb_endpoints), total)| LocalityLbEndpoints {
-            locality: Some(Locality {
+        .map(|(((zone, weight), locality), total)| LocalityLbEndpoints {
+            locality: Some(ProtoLocality {
                 zone: zone.to_owned(),
                 sub_zone: format!("weight-{weight}"),
                 ..Default::default()
             }),
-            lb_endpoints,
+            lb_endpoints: locality.endpoints,
+            // At least 1, as xDS requires: a locality of drained endpoints only has
+            // nothing to serve, which clients see from the endpoints' health.
             load_balancing_weight: Some(UInt32Value {
                 value: (total / divisor).max(1) as u32,
             }),
@@ -95,7 +114,16 @@ pub fn assignment(snapshot: &Snapshot) -> Assignment {
             ..Default::default()
         },
         skipped,
+        serving: serving_count,
     }
+}
+
+/// The endpoints of one zone and weight.
+#[derive(Default)]
+struct Locality {
+    endpoints: Vec<LbEndpoint>,
+    /// How many of `endpoints` are not draining: what the locality's weight counts.
+    serving: u64,
 }
 
 /// The instance's address as an xDS socket address, if it is `IP:port` (or a URI whose
@@ -222,6 +250,69 @@ mod tests {
             .iter()
             .flat_map(|l| &l.lb_endpoints)
             .all(|e| e.health_status == HealthStatus::Healthy as i32));
+    }
+
+    /// A locality's sub-zone and weight, and each endpoint's address and health.
+    type LocalitySummary = (String, u32, Vec<(String, i32)>);
+
+    #[tokio::test]
+    async fn drained_instances_are_draining_and_weigh_nothing() {
+        let registry = MemoryRegistry::new();
+        let service = ServiceName::new("greeter").unwrap();
+        let mut held = Vec::new();
+        for (id, addr, weight) in [
+            ("a", "10.0.0.1:80", 1),
+            ("b", "10.0.0.2:80", 1),
+            ("c", "10.0.0.3:80", 3),
+        ] {
+            let registration = registry
+                .register(instance(id, addr, weight, None), RegisterOptions::default())
+                .await
+                .unwrap();
+            held.push(registration);
+        }
+        for id in ["b", "c"] {
+            assert!(registry
+                .drain(&service, &InstanceId::new(id).unwrap())
+                .await
+                .unwrap());
+        }
+        let discovery = registry.watch(&service, WatchOptions::default()).await.unwrap();
+        let snapshot = discovery
+            .wait_for(Duration::from_secs(5), |s| {
+                s.len() == 1 && s.drained().count() == 2
+            })
+            .await
+            .unwrap();
+        let built = assignment(&snapshot);
+        assert_eq!(built.serving, 1);
+        let summary: Vec<LocalitySummary> = built
+            .load_assignment
+            .endpoints
+            .iter()
+            .map(|l| {
+                (
+                    l.locality.clone().unwrap().sub_zone,
+                    l.load_balancing_weight.unwrap().value,
+                    l.lb_endpoints
+                        .iter()
+                        .map(|e| (endpoint_addr(e), e.health_status))
+                        .collect(),
+                )
+            })
+            .collect();
+        let (healthy, draining) = (HealthStatus::Healthy as i32, HealthStatus::Draining as i32);
+        assert_eq!(
+            summary,
+            vec![
+                (
+                    "weight-1".into(),
+                    1,
+                    vec![("10.0.0.1:80".into(), healthy), ("10.0.0.2:80".into(), draining)]
+                ),
+                ("weight-3".into(), 1, vec![("10.0.0.3:80".into(), draining)]),
+            ]
+        );
     }
 
     #[tokio::test]

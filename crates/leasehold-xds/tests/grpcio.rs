@@ -1,5 +1,6 @@
 //! A real xDS client nobody here wrote, Python's grpcio, resolves `xds:///greeter`
-//! through leasehold-xds and balances its calls over Greeter servers registered in etcd.
+//! through leasehold-xds and balances its calls over Greeter servers registered in etcd;
+//! a server an operator drains gets no calls until it is undrained.
 //!
 //! The client runs from a virtualenv under the target dir with the grpcio version in
 //! `tests/grpcio/requirements.txt`, created on first use (needs `python3` with `venv`;
@@ -14,10 +15,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold::{Instance, RegisterOptions, Registration, Registry, RegistryUrl, ServiceName};
+use leasehold::{Instance, InstanceId, RegisterOptions, Registration, Registry, RegistryUrl, ServiceName};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
-use leasehold_xds::envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use leasehold_xds::envoy_types::pb::envoy::config::core::v3::{address, socket_address, HealthStatus};
+use leasehold_xds::envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use leasehold_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use leasehold_xds::{ResourceType, XdsOptions};
 use prost::Message;
@@ -182,6 +184,25 @@ async fn serve(
     (server, registration)
 }
 
+/// The ports of the assignment's `DRAINING` endpoints.
+fn draining_ports(cla: &ClusterLoadAssignment) -> Vec<u32> {
+    cla.endpoints
+        .iter()
+        .flat_map(|l| &l.lb_endpoints)
+        .filter(|e| e.health_status == HealthStatus::Draining as i32)
+        .filter_map(|e| match &e.host_identifier {
+            Some(HostIdentifier::Endpoint(endpoint)) => match endpoint.address.as_ref()?.address.as_ref()? {
+                address::Address::SocketAddress(socket) => match socket.port_specifier {
+                    Some(socket_address::PortSpecifier::PortValue(port)) => Some(port),
+                    _ => None,
+                },
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_balances_over_the_registry_through_xds() {
     let etcd = EtcdCluster::start_single().await.unwrap();
@@ -194,7 +215,7 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     let (xds, _server, _stop) = start_xds(xds_registry, options).await;
 
     let (_a, a) = serve(&registry, "greeter", "a", 1).await;
-    let (_b, _b_registration) = serve(&registry, "greeter", "b", 1).await;
+    let (b_server, _b_registration) = serve(&registry, "greeter", "b", 1).await;
     let (_c, _c_registration) = serve(&registry, "greeter", "c", 1).await;
     let mut client = PythonClient::start(xds).await;
 
@@ -261,6 +282,63 @@ async fn grpcio_balances_over_the_registry_through_xds() {
         chosen.extend(calls.served.into_keys());
     }
     assert!(chosen.len() >= 2, "12 users all hashed to {chosen:?}");
+
+    // An operator drains b through the registry: it is DRAINING in the assignment, and
+    // the client sends it nothing until it is undrained. (Before the registry goes away
+    // below, which ends what can be written to it.)
+    let greeter = ServiceName::new("greeter").unwrap();
+    let b = InstanceId::new("b").unwrap();
+    let mut drain_watcher = AdsClient::connect(xds, "drain-watcher").await;
+    drain_watcher
+        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .await;
+    let first = drain_watcher.next().await;
+    drain_watcher.ack(&first, &["greeter"]).await;
+    assert!(registry.drain(&greeter, &b).await.unwrap(), "b is registered");
+    let drained = Instant::now();
+    let draining = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let response = drain_watcher
+                .next_within(Duration::from_secs(60))
+                .await
+                .expect("a push");
+            drain_watcher.ack(&response, &["greeter"]).await;
+            let cla = ClusterLoadAssignment::decode(response.resources[0].value.as_slice()).unwrap();
+            let draining = draining_ports(&cla);
+            if !draining.is_empty() {
+                return draining;
+            }
+        }
+    })
+    .await
+    .expect("the drain is pushed within a minute");
+    assert_eq!(draining, [u32::from(b_server.addr.port())], "b alone is DRAINING");
+    let drained_after = loop {
+        assert!(
+            drained.elapsed() < Duration::from_secs(60),
+            "calls still reach the drained server a minute after its drain; client log: {}",
+            client.log()
+        );
+        if client.call("xds:///greeter", 20).await.to("b") == 0 {
+            break drained.elapsed();
+        }
+    };
+    eprintln!("calls stopped reaching the drained server {drained_after:?} after its drain");
+    let calls = client.call("xds:///greeter", 200).await;
+    assert_eq!((calls.to("b"), calls.failed), (0, 0), "{calls:?}");
+    assert!(calls.to("c") >= 50 && calls.to("d") >= 50, "{calls:?}");
+    assert!(registry.undrain(&greeter, &b).await.unwrap(), "b was drained");
+    let undrained = Instant::now();
+    while client.call("xds:///greeter", 20).await.to("b") == 0 {
+        assert!(
+            undrained.elapsed() < Duration::from_secs(60),
+            "the undrained server gets no calls a minute after its undrain"
+        );
+    }
+    eprintln!(
+        "calls reached the undrained server again {:?} after its undrain",
+        undrained.elapsed()
+    );
 
     // The registry goes away: the last known set is kept and served, marked UNKNOWN.
     let mut watcher = AdsClient::connect(xds, "stale-watcher").await;

@@ -24,10 +24,6 @@ pub struct Board {
     watches: Mutex<BTreeMap<ServiceName, Discovery>>,
     /// When each instance was first seen by this dashboard (Unix ms): its age.
     first_seen: Mutex<HashMap<Key, u64>>,
-    /// Instances drained from this dashboard, as they were when drained: a drained
-    /// instance leaves every watcher's set, so this is how the page still shows it,
-    /// with its undrain button.
-    drained: Mutex<BTreeMap<Key, Arc<Instance>>>,
     /// Why the registry could not be listed, while it cannot.
     error: Mutex<Option<String>>,
     state: watch::Sender<Arc<String>>,
@@ -42,7 +38,6 @@ impl Board {
             allow_writes,
             watches: Mutex::new(BTreeMap::new()),
             first_seen: Mutex::new(HashMap::new()),
-            drained: Mutex::new(BTreeMap::new()),
             error: Mutex::new(None),
             state: watch::Sender::new(Arc::new(String::new())),
         });
@@ -67,36 +62,19 @@ impl Board {
     }
 
     /// Drains or undrains `service/id` in the registry; returns what the registry said
-    /// (whether the instance, or the marker, was there).
+    /// (whether the instance, or the marker, was there). The page follows from the
+    /// service's discovery cache, which lists every drained instance, whoever drained it.
     pub async fn set_drained(
         &self,
         service: &ServiceName,
         id: &InstanceId,
         drain: bool,
     ) -> leasehold::Result<bool> {
-        let key = (service.clone(), id.clone());
         if drain {
-            let current = self
-                .snapshot_of(service)
-                .and_then(|i| i.into_iter().find(|i| i.id() == id));
-            let found = self.registry.drain(service, id).await?;
-            if let Some(instance) = current {
-                self.drained.lock().unwrap().insert(key, instance);
-            }
-            self.publish();
-            Ok(found)
+            self.registry.drain(service, id).await
         } else {
-            let found = self.registry.undrain(service, id).await?;
-            self.drained.lock().unwrap().remove(&key);
-            self.publish();
-            Ok(found)
+            self.registry.undrain(service, id).await
         }
-    }
-
-    fn snapshot_of(&self, service: &ServiceName) -> Option<Vec<Arc<Instance>>> {
-        let watches = self.watches.lock().unwrap();
-        let discovery = watches.get(service)?;
-        Some(discovery.snapshot().instances().to_vec())
     }
 
     /// Follows services that are new in the registry.
@@ -112,10 +90,10 @@ impl Board {
             }
         };
         // A service gone from the registry leaves the page once its last instance has.
-        self.watches
-            .lock()
-            .unwrap()
-            .retain(|service, discovery| services.contains(service) || !discovery.snapshot().is_empty());
+        self.watches.lock().unwrap().retain(|service, discovery| {
+            let snapshot = discovery.snapshot();
+            services.contains(service) || !snapshot.is_empty() || snapshot.drained().next().is_some()
+        });
         for service in services {
             if self.watches.lock().unwrap().contains_key(&service) {
                 continue;
@@ -144,7 +122,6 @@ impl Board {
     fn render(&self) -> Value {
         let now = unix_ms(SystemTime::now());
         let watches = self.watches.lock().unwrap();
-        let drained = self.drained.lock().unwrap();
         let mut first_seen = self.first_seen.lock().unwrap();
         let mut services = Vec::new();
         let mut present = HashMap::new();
@@ -162,13 +139,16 @@ impl Board {
                 let state = if connection.is_live() { "live" } else { "stale" };
                 rows.push(row(instance, seen, state));
             }
-            for ((_, id), instance) in drained.iter().filter(|((s, _), _)| s == service) {
-                if snapshot.get(id).is_none() {
-                    let key = (service.clone(), id.clone());
-                    let seen = first_seen.get(&key).copied().unwrap_or(now);
-                    present.insert(key, seen);
-                    rows.push(row(instance, seen, "drained"));
-                }
+            // Drained instances are out of the set; the snapshot lists them apart, with
+            // the instance their marker recorded or the one still registered.
+            for (id, instance) in snapshot.drained() {
+                let key = (service.clone(), id.clone());
+                let seen = *first_seen.entry(key.clone()).or_insert(now);
+                present.insert(key, seen);
+                rows.push(match instance {
+                    Some(instance) => row(instance, seen, "drained"),
+                    None => unknown_row(id, seen, "drained"),
+                });
             }
             rows.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
             services.push(json!({
@@ -197,6 +177,21 @@ fn row(instance: &Instance, first_seen_ms: u64, state: &str) -> Value {
         "weight": instance.weight(),
         "version": instance.version(),
         "metadata": instance.metadata(),
+        "first_seen_ms": first_seen_ms,
+        "state": state,
+    })
+}
+
+/// A row for an id whose instance is not known (a drain marker recorded none and
+/// nothing is registered under it).
+fn unknown_row(id: &InstanceId, first_seen_ms: u64, state: &str) -> Value {
+    json!({
+        "id": id.as_str(),
+        "addr": null,
+        "zone": null,
+        "weight": null,
+        "version": null,
+        "metadata": {},
         "first_seen_ms": first_seen_ms,
         "state": state,
     })
