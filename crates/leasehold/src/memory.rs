@@ -420,6 +420,7 @@ impl Backend {
                 codec: self.codec.clone(),
                 service: (*service).clone(),
                 prefix,
+                lease_id: lease.id,
                 lease: lease.events.clone(),
             };
             followed.insert((*service).clone(), tokio::spawn(follower.run(events)));
@@ -467,10 +468,18 @@ struct Follower {
     codec: Arc<dyn Codec>,
     service: ServiceName,
     prefix: String,
+    /// The lease followed: a delete of a key it holds again by now is an old one.
+    lease_id: u64,
     lease: LeaseEvents,
 }
 
 impl Follower {
+    /// Whether the followed lease holds `key` now.
+    fn holds(&self, key: &str) -> bool {
+        let state = self.store.state.lock().unwrap();
+        state.kvs.get(key).is_some_and(|kv| kv.lease == Some(self.lease_id))
+    }
+
     async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
         loop {
             while let Some(event) = events.recv().await {
@@ -483,6 +492,9 @@ impl Follower {
                     Event::Delete { key, .. } => {
                         match self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
                             Some(id) => self.lease.drain_changed(self.service.clone(), id, false),
+                            // The event reaches us after the store moved on: a key this
+                            // lease wrote again since (a pause then a resume) is not lost.
+                            None if self.holds(&key) => {}
                             None => self.lease.key_deleted(key),
                         }
                     }
