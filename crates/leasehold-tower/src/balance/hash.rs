@@ -10,20 +10,27 @@ use super::{Balancer, PickContext, Random, Tables};
 /// Consistent hashing on a ring with virtual nodes (Karger et al.; ketama): every instance
 /// owns [`replicas`](ConsistentHash::replicas) points on a 64-bit ring, placed by the xxh3
 /// hash of its id, and a request goes to the owner of the first point at or after the hash
-/// of its [key](PickContext::with_key).
+/// of its [key](PickContext::with_key) cut to its top 22 bits (the key's *grid slot*).
 ///
 /// The same key reaches the same instance in every process while the set is unchanged;
 /// adding or removing one of N instances moves only the keys of its arcs, about 1/N of
-/// them. An instance the filter refuses passes its keys to the next point's owner, so
-/// they come back when it does. Requests without a key go to a [`Random`] instance.
+/// them. An instance the filter refuses passes its keys to the owner of the next point,
+/// so they come back when it does. Requests without a key go to a [`Random`] instance.
 ///
-/// The ring is cut into buckets by the points' top bits (about 32 points a bucket),
-/// so a pick reads one small sorted bucket: O(1) whatever the set's size. An instance
-/// that joins or leaves rewrites only the buckets of its points, O(replicas) per change.
+/// The grid is fixed (2^22 slots, whatever the set's size), so which instance a key goes
+/// to depends only on the set, never on its history or on how the table is stored. A
+/// pick reads one entry of a slot table holding, per slot, the owner of the first point
+/// at or after the slot's start: one cache miss for the slot and one for the instance,
+/// where a search of the ring (1.6 million points at 10,000 instances) cost several.
+/// Below about a million points the table is coarser than the grid, four to eight slots
+/// a point; a coarse slot with a point inside is marked split and its picks search the
+/// ring, which is then small. An instance that joins or leaves rewrites the ring's
+/// buckets of its points and the slots between each of them and the point before it:
+/// O(replicas) per change.
 #[derive(Debug)]
 pub struct ConsistentHash {
     replicas: u32,
-    rings: Tables<Ring>,
+    rings: Tables<Table>,
 }
 
 impl Default for ConsistentHash {
@@ -31,6 +38,12 @@ impl Default for ConsistentHash {
         Self::new()
     }
 }
+
+/// The bits of a key that choose its instance: keys are cut to a grid of 2^22 slots.
+const GRID_BITS: u32 = 22;
+
+/// The low bits a key loses to the grid.
+const GRID_SHIFT: u32 = 64 - GRID_BITS;
 
 impl ConsistentHash {
     /// A ring with 160 points per instance (ketama's number), which keeps every share
@@ -54,57 +67,314 @@ impl ConsistentHash {
         (0..self.replicas).map(move |r| xxh3_64_with_seed(id, u64::from(r)))
     }
 
-    fn build(&self, snapshot: &Snapshot) -> Ring {
-        let points = snapshot.len() * self.replicas as usize;
+    /// Slot bits of the table for a ring of `points`: four to eight slots a point, at
+    /// least 2^8, at most the grid.
+    fn slot_bits(points: usize) -> u32 {
+        (usize::BITS - points.max(1).leading_zeros() + 2).clamp(8, GRID_BITS)
+    }
+
+    fn build(&self, snapshot: &Snapshot) -> Table {
+        let mut owners = Owners::default();
+        let mut all: Vec<(u64, u32)> = Vec::with_capacity(snapshot.len() * self.replicas as usize);
+        for instance in snapshot.members().iter() {
+            let at = owners.insert(instance);
+            all.extend(self.points(instance).map(|p| (p, at)));
+        }
+        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| owners.key(a.1).cmp(owners.key(b.1))));
+        let points = all.len();
         // About 32 points (512 bytes) a bucket: few enough buckets that the directory
-        // stays in cache, small enough that a change rewrites little. At least two
+        // stays small, small enough that a change rewrites little. At least two
         // buckets, at most 2^22.
         let bits = (usize::BITS - (points / 32).max(1).leading_zeros()).clamp(1, 22);
         let shift = 64 - bits;
-        let mut all: Vec<(u64, Arc<Instance>)> = Vec::with_capacity(points);
-        for instance in snapshot.members().iter() {
-            all.extend(self.points(instance).map(|p| (p, instance.clone())));
+        let slot_bits = Self::slot_bits(points);
+        let slot_shift = 64 - slot_bits;
+        let mut slots = Vec::with_capacity(1 << slot_bits);
+        let mut next = 0;
+        for slot in 0..1u64 << slot_bits {
+            let start = slot << slot_shift;
+            while next < points && all[next].0 < start {
+                next += 1;
+            }
+            slots.push(match all.get(next) {
+                Some(&(point, owner)) => slot_entry(point, owner, start, slot_shift),
+                None => all.first().map_or(NO_OWNER, |p| p.1),
+            });
         }
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.key().cmp(b.1.key())));
-        let mut buckets: Vec<Vec<(u64, Arc<Instance>)>> = (0..1usize << bits).map(|_| Vec::new()).collect();
-        for (point, instance) in all {
-            buckets[(point >> shift) as usize].push((point, instance));
+        let mut buckets: Vec<Vec<(u64, u32)>> = (0..1usize << bits).map(|_| Vec::new()).collect();
+        for point in all {
+            buckets[(point.0 >> shift) as usize].push(point);
         }
-        Ring {
-            shift,
-            buckets: buckets.into_iter().map(Arc::from).collect(),
-            points,
+        Table {
+            ring: Ring {
+                shift,
+                buckets: buckets.into_iter().map(Arc::from).collect(),
+                points,
+            },
+            slot_shift,
+            slots: Paged::from_vec(slots, SLOT_PAGE_BITS),
+            owners,
         }
     }
 
-    fn apply(&self, ring: &Ring, changes: &[Change], snapshot: &Snapshot) -> Ring {
-        let mut next = ring.clone();
+    fn apply(&self, table: &Table, changes: &[Change], snapshot: &Snapshot) -> Table {
+        let mut next = table.clone();
+        let mut moved: Vec<u64> = Vec::new();
         for change in changes {
             match change {
-                Change::Added(instance) => next.add(self.points(instance), instance),
-                Change::Removed(instance) => next.remove(self.points(instance), instance),
+                Change::Added(instance) => next.add(self.points(instance), instance, &mut moved),
+                Change::Removed(instance) => next.remove(self.points(instance), instance, &mut moved),
                 // Same id, same points: only the owner's fields changed.
-                Change::Updated { old, new } if old.id() == new.id() => next.replace(self.points(new), new),
+                Change::Updated { old, new } if old.id() == new.id() && old.key() == new.key() => {
+                    next.owners.replace(new)
+                }
                 Change::Updated { old, new } => {
-                    next.remove(self.points(old), old);
-                    next.add(self.points(new), new);
+                    next.remove(self.points(old), old, &mut moved);
+                    next.add(self.points(new), new, &mut moved);
                 }
                 _ => {}
             }
         }
-        // Buckets of a set that grew or shrank many times over are re-cut.
-        let per_bucket = next.points / next.buckets.len();
-        if per_bucket > 128 || (per_bucket < 8 && next.buckets.len() > 64) {
+        let ring = &next.ring;
+        // Buckets and slots of a set that grew or shrank many times over are re-cut.
+        let per_bucket = ring.points / ring.buckets.len();
+        let slot_bits = 64 - next.slot_shift;
+        if ring.points == 0
+            || per_bucket > 128
+            || (per_bucket < 8 && ring.buckets.len() > 64)
+            || Self::slot_bits(ring.points).abs_diff(slot_bits) > 1
+        {
             return self.build(snapshot);
+        }
+        for point in moved {
+            next.reassign(point);
         }
         next
     }
 }
 
-/// Points of the ring that share their top bits, sorted.
-type Bucket = Arc<[(u64, Arc<Instance>)]>;
+/// The slot of a table whose ring is empty.
+const NO_OWNER: u32 = u32::MAX;
 
-/// The ring: its points in buckets by their top bits, each bucket sorted.
+/// Marks a slot whose grid slots have different owners: its picks search the ring.
+const SPLIT: u32 = u32::MAX - 1;
+
+/// The entry of the slot starting at `start` (`slot_shift` bits wide) whose first point
+/// at or after its start is `point` (at or after `start`): its owner if that point is
+/// also the first at or after its last grid slot's start, else [`SPLIT`].
+fn slot_entry(point: u64, owner: u32, start: u64, slot_shift: u32) -> u32 {
+    let last_grid_start = start | ((1u64 << slot_shift) - 1) >> GRID_SHIFT << GRID_SHIFT;
+    if point >= last_grid_start {
+        owner
+    } else {
+        SPLIT
+    }
+}
+
+/// Slots per page of the slot table (8 KiB): a change copies only the pages it writes.
+const SLOT_PAGE_BITS: u32 = 11;
+
+/// Owners per page of the owner table.
+const OWNER_PAGE_BITS: u32 = 8;
+
+/// What a pick reads: the slot table, the owners it names, and the ring it is cut from.
+#[derive(Clone)]
+struct Table {
+    ring: Ring,
+    slot_shift: u32,
+    /// Per slot, the owner of the first point at or after its start.
+    slots: Paged<u32>,
+    owners: Owners,
+}
+
+impl Table {
+    fn add(&mut self, points: impl Iterator<Item = u64>, instance: &Arc<Instance>, moved: &mut Vec<u64>) {
+        let at = self.owners.insert(instance);
+        for point in points {
+            self.ring.add(point, at, &self.owners);
+            moved.push(point);
+        }
+    }
+
+    fn remove(&mut self, points: impl Iterator<Item = u64>, instance: &Instance, moved: &mut Vec<u64>) {
+        let Some(at) = self.owners.index(instance.key()) else {
+            return;
+        };
+        for point in points {
+            self.ring.remove(point, at);
+            moved.push(point);
+        }
+        self.owners.remove(instance.key());
+    }
+
+    /// Rewrites the slots that hold a grid slot whose first point at or after its start
+    /// may have become, or stopped being, `point`: those starting after the ring's last
+    /// point before it and at or before it.
+    fn reassign(&mut self, point: u64) {
+        let Some(before) = self.ring.before(point) else {
+            return;
+        };
+        let grid_slot = |p: u64| (p >> GRID_SHIFT) as usize;
+        let coarse = (64 - self.slot_shift) as usize;
+        let last = grid_slot(point) >> (GRID_BITS as usize - coarse);
+        let first = (grid_slot(before) + 1) >> (GRID_BITS as usize - coarse);
+        let n = self.slots.len();
+        let slots: Box<dyn Iterator<Item = usize>> = if before < point {
+            Box::new(first..=last)
+        } else {
+            Box::new((first..n).chain(0..=last))
+        };
+        for slot in slots {
+            let start = (slot as u64) << self.slot_shift;
+            let entry = match self.ring.at_or_after(start) {
+                Some(&(p, owner)) if p >= start => slot_entry(p, owner, start, self.slot_shift),
+                Some(&(_, owner)) => owner,
+                None => NO_OWNER,
+            };
+            self.slots.set(slot, entry);
+        }
+    }
+
+    /// The owner of `key`'s grid slot, or of the next points' when the filter refuses it.
+    fn pick(&self, key: u64, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
+        let grid_start = key >> GRID_SHIFT << GRID_SHIFT;
+        let owner = match *self.slots.get((key >> self.slot_shift) as usize) {
+            SPLIT => self.ring.at_or_after(grid_start)?.1,
+            owner => owner,
+        };
+        let instance = self.owners.get(owner)?;
+        if ctx.allows(instance) {
+            return Some(instance.clone());
+        }
+        self.ring
+            .owners(grid_start)
+            .filter(|&o| o != owner)
+            .filter_map(|o| self.owners.get(o))
+            .find(|instance| ctx.allows(instance))
+            .cloned()
+    }
+}
+
+/// A flat array in fixed pages shared between tables: a change copies the pages it
+/// writes and the list of pages, not the array, and a table that writes none (an
+/// owner's fields changed) shares the list too.
+#[derive(Clone)]
+struct Paged<T> {
+    pages: Arc<Vec<Arc<[T]>>>,
+    bits: u32,
+    len: usize,
+}
+
+impl<T: Clone> Paged<T> {
+    fn from_vec(values: Vec<T>, bits: u32) -> Self {
+        let len = values.len();
+        Paged {
+            pages: Arc::new(values.chunks(1 << bits).map(Arc::from).collect()),
+            bits,
+            len,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, at: usize) -> &T {
+        &self.pages[at >> self.bits][at & ((1 << self.bits) - 1)]
+    }
+
+    fn set(&mut self, at: usize, value: T) {
+        let page = &mut Arc::make_mut(&mut self.pages)[at >> self.bits];
+        if Arc::get_mut(page).is_none() {
+            *page = Arc::from(&page[..]);
+        }
+        let page = Arc::get_mut(page).expect("a page just copied has one owner");
+        page[at & ((1 << self.bits) - 1)] = value;
+    }
+
+    fn push(&mut self, value: T) {
+        if self.len & ((1 << self.bits) - 1) == 0 {
+            Arc::make_mut(&mut self.pages).push(Arc::from(vec![value.clone(); 1 << self.bits]));
+        }
+        self.len += 1;
+        self.set(self.len - 1, value);
+    }
+}
+
+/// The instances that own points, by a small index the ring and the slots hold, so an
+/// instance whose fields change is replaced in one place.
+#[derive(Clone)]
+struct Owners {
+    instances: Paged<Option<Arc<Instance>>>,
+    index: imbl::HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl Default for Owners {
+    fn default() -> Self {
+        Owners {
+            instances: Paged::from_vec(Vec::new(), OWNER_PAGE_BITS),
+            index: imbl::HashMap::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl Owners {
+    fn insert(&mut self, instance: &Arc<Instance>) -> u32 {
+        if let Some(at) = self.index(instance.key()) {
+            self.instances.set(at as usize, Some(instance.clone()));
+            return at;
+        }
+        let at = match self.free.pop() {
+            Some(at) => {
+                self.instances.set(at as usize, Some(instance.clone()));
+                at
+            }
+            None => {
+                self.instances.push(Some(instance.clone()));
+                (self.instances.len() - 1) as u32
+            }
+        };
+        self.index.insert(instance.shared_key().clone(), at);
+        at
+    }
+
+    fn replace(&mut self, instance: &Arc<Instance>) {
+        if let Some(at) = self.index(instance.key()) {
+            self.instances.set(at as usize, Some(instance.clone()));
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(at) = self.index.remove(key) {
+            self.instances.set(at as usize, None);
+            self.free.push(at);
+        }
+    }
+
+    fn index(&self, key: &str) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    fn get(&self, at: u32) -> Option<&Arc<Instance>> {
+        if at == NO_OWNER {
+            return None;
+        }
+        self.instances.get(at as usize).as_ref()
+    }
+
+    /// The registry key of owner `at`, which breaks ties between equal points.
+    fn key(&self, at: u32) -> &str {
+        self.get(at).map_or("", |i| i.key())
+    }
+}
+
+/// Points of the ring that share their top bits, sorted, with their owners' indexes.
+type Bucket = Arc<[(u64, u32)]>;
+
+/// The ring: its points in buckets by their top bits, each bucket sorted by point and
+/// then by the owner's key.
 #[derive(Clone)]
 struct Ring {
     shift: u32,
@@ -117,51 +387,40 @@ impl Ring {
         (point >> self.shift) as usize
     }
 
-    fn add(&mut self, points: impl Iterator<Item = u64>, instance: &Arc<Instance>) {
-        for point in points {
-            let at = self.bucket_of(point);
-            let mut bucket = self.buckets[at].to_vec();
-            let place = bucket.partition_point(|(p, i)| (*p, i.key()) < (point, instance.key()));
-            bucket.insert(place, (point, instance.clone()));
+    fn add(&mut self, point: u64, owner: u32, owners: &Owners) {
+        let at = self.bucket_of(point);
+        let mut bucket = self.buckets[at].to_vec();
+        let key = owners.key(owner);
+        let place = bucket.partition_point(|&(p, o)| p < point || (p == point && owners.key(o) < key));
+        bucket.insert(place, (point, owner));
+        self.buckets.set(at, bucket.into());
+        self.points += 1;
+    }
+
+    fn remove(&mut self, point: u64, owner: u32) {
+        let at = self.bucket_of(point);
+        let bucket = &self.buckets[at];
+        if let Some(place) = bucket.iter().position(|&p| p == (point, owner)) {
+            let mut bucket = bucket.to_vec();
+            bucket.remove(place);
             self.buckets.set(at, bucket.into());
-            self.points += 1;
+            self.points -= 1;
         }
     }
 
-    fn remove(&mut self, points: impl Iterator<Item = u64>, instance: &Instance) {
-        for point in points {
-            let at = self.bucket_of(point);
-            let bucket = &self.buckets[at];
-            if let Some(place) = bucket
-                .iter()
-                .position(|(p, i)| *p == point && i.key() == instance.key())
-            {
-                let mut bucket = bucket.to_vec();
-                bucket.remove(place);
-                self.buckets.set(at, bucket.into());
-                self.points -= 1;
-            }
-        }
-    }
-
-    /// Puts `instance` in place of the owner with its key at each of `points`.
-    fn replace(&mut self, points: impl Iterator<Item = u64>, instance: &Arc<Instance>) {
-        for point in points {
-            let at = self.bucket_of(point);
-            let bucket = &self.buckets[at];
-            if let Some(place) = bucket
-                .iter()
-                .position(|(p, i)| *p == point && i.key() == instance.key())
-            {
-                let mut bucket = bucket.to_vec();
-                bucket[place].1 = instance.clone();
-                self.buckets.set(at, bucket.into());
-            }
-        }
+    /// The first point at or after `key`, around the ring.
+    fn at_or_after(&self, key: u64) -> Option<&(u64, u32)> {
+        let first = self.bucket_of(key);
+        let n = self.buckets.len();
+        let bucket = &self.buckets[first];
+        let start = bucket.partition_point(|(p, _)| *p < key);
+        bucket[start..]
+            .first()
+            .or_else(|| (1..=n).find_map(|step| self.buckets[(first + step) % n].first()))
     }
 
     /// The owners of the points at or after `key`, around the ring once.
-    fn owners(&self, key: u64) -> impl Iterator<Item = &Arc<Instance>> + '_ {
+    fn owners(&self, key: u64) -> impl Iterator<Item = u32> + '_ {
         let first = self.bucket_of(key);
         let n = self.buckets.len();
         let start = self.buckets[first].partition_point(|(p, _)| *p < key);
@@ -171,7 +430,20 @@ impl Ring {
             let end = if step == n { start } else { bucket.len() };
             bucket[..end].iter()
         });
-        head.chain(rest).map(|(_, instance)| instance)
+        head.chain(rest).map(|&(_, owner)| owner)
+    }
+
+    /// The last point before `key`, around the ring (the ring's last point if `key` is
+    /// at or before its first).
+    fn before(&self, key: u64) -> Option<u64> {
+        let last = self.bucket_of(key);
+        let n = self.buckets.len();
+        let bucket = &self.buckets[last];
+        let end = bucket.partition_point(|(p, _)| *p < key);
+        bucket[..end]
+            .last()
+            .or_else(|| (1..=n).find_map(|step| self.buckets[(last + n - step) % n].last()))
+            .map(|p| p.0)
     }
 }
 
@@ -186,8 +458,8 @@ impl Balancer for ConsistentHash {
         self.rings.with(
             snapshot,
             |snapshot| self.build(snapshot),
-            |ring, changes, snapshot| self.apply(ring, changes, snapshot),
-            |ring| ring.owners(key).find(|instance| ctx.allows(instance)).cloned(),
+            |table, changes, snapshot| self.apply(table, changes, snapshot),
+            |table| table.pick(key, ctx),
         )
     }
 }
@@ -288,6 +560,88 @@ mod tests {
             addr(&second),
             "an updated owner's new address is what picks return"
         );
+    }
+
+    /// The owner of a key by the definition: the first point at or after the start of
+    /// the key's grid slot, around the sorted ring.
+    fn by_definition(balancer: &ConsistentHash, set: &Snapshot) -> impl Fn(u64) -> String {
+        let mut points: Vec<(u64, String, String)> = set
+            .members()
+            .iter()
+            .flat_map(|i| {
+                balancer
+                    .points(i)
+                    .map(|p| (p, i.key().to_owned(), i.id().to_string()))
+            })
+            .collect();
+        points.sort();
+        move |key| {
+            let start = key >> GRID_SHIFT << GRID_SHIFT;
+            let at = points.partition_point(|p| p.0 < start) % points.len();
+            points[at].2.clone()
+        }
+    }
+
+    fn keys(n: u64) -> impl Iterator<Item = u64> {
+        (0..n).map(|k| super::super::hash_key(&k.to_le_bytes()))
+    }
+
+    #[test]
+    fn picks_follow_the_definition_at_every_table_size() {
+        for (n, replicas) in [(1, 1), (3, 2), (10, 160), (300, 160), (2_000, 40)] {
+            let set = set(n, 0, |_| 1);
+            let balancer = ConsistentHash::new().replicas(replicas);
+            let owner = by_definition(&balancer, &set);
+            for key in keys(3_000) {
+                let picked = balancer
+                    .pick(&set, &PickContext::new().with_key_hash(key))
+                    .unwrap();
+                assert_eq!(
+                    picked.id().as_str(),
+                    owner(key),
+                    "{n} instances, {replicas} points each, key {key:#x}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_table_follows_growth_and_shrinkage_as_a_rebuild_would() {
+        use leasehold::{ConnectionState, ServiceName, SnapshotWriter};
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let all = set(600, 0, |_| 1);
+        let incremental = ConsistentHash::new().replicas(20);
+        let mut version = 0;
+        let mut check = |writer: &mut SnapshotWriter, incremental: &ConsistentHash| {
+            version += 1;
+            let (snapshot, _) = writer.publish(version, ConnectionState::Live);
+            if snapshot.is_empty() {
+                return;
+            }
+            let fresh = ConsistentHash::new().replicas(20);
+            for key in keys(1_000) {
+                let ctx = PickContext::new().with_key_hash(key);
+                assert_eq!(
+                    incremental.pick(&snapshot, &ctx).unwrap().id(),
+                    fresh.pick(&snapshot, &ctx).unwrap().id(),
+                    "version {version}, {} instances",
+                    snapshot.len()
+                );
+            }
+        };
+        // Grows from 1 to 600 (the table is re-cut on the way), then shrinks to 1.
+        for chunk in all.members().iter().collect::<Vec<_>>().chunks(37) {
+            for instance in chunk {
+                writer.insert((*instance).clone());
+            }
+            check(&mut writer, &incremental);
+        }
+        for chunk in all.members().iter().skip(1).collect::<Vec<_>>().chunks(53) {
+            for instance in chunk {
+                writer.remove(instance.key());
+            }
+            check(&mut writer, &incremental);
+        }
     }
 
     #[test]
