@@ -477,7 +477,10 @@ impl Follower {
     /// Whether the followed lease holds `key` now.
     fn holds(&self, key: &str) -> bool {
         let state = self.store.state.lock().unwrap();
-        state.kvs.get(key).is_some_and(|kv| kv.lease == Some(self.lease_id))
+        state
+            .kvs
+            .get(key)
+            .is_some_and(|kv| kv.lease == Some(self.lease_id))
     }
 
     async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
