@@ -325,6 +325,26 @@ impl Connection {
         self.attempt(request).await.map_err(|f| self.error(f))
     }
 
+    /// Opens a watch of everything under `prefix` with `options`, on the chosen member.
+    /// Answers may be as large as [`MAX_MESSAGE`]: one revision's events come in one.
+    pub(crate) async fn watch(
+        &self,
+        prefix: &str,
+        options: etcd_client::WatchOptions,
+    ) -> Result<etcd_client::WatchStream, Failure> {
+        self.attempt(|client| {
+            let options = options.clone();
+            async move {
+                client
+                    .watch_client()
+                    .max_decoding_message_size(MAX_MESSAGE)
+                    .watch(prefix, Some(options))
+                    .await
+            }
+        })
+        .await
+    }
+
     /// One range request, counted (see [`EtcdRegistry::range_requests`](crate::EtcdRegistry::range_requests)).
     pub(crate) async fn range(
         &self,

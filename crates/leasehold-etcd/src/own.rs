@@ -25,7 +25,7 @@ use leasehold::{Backoff, InstanceId, Result, ServiceName};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::connection::{Connection, Failure, MAX_MESSAGE};
+use crate::connection::{Connection, Failure};
 
 /// How often an own-key watch asks for a progress answer, as proof its member lives.
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
@@ -430,18 +430,7 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
         .with_prefix()
         .with_progress_notify()
         .with_start_revision(*next);
-    let opened = conn
-        .attempt(|client| {
-            let options = options.clone();
-            async move {
-                client
-                    .watch_client()
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .watch(prefix, Some(options))
-                    .await
-            }
-        })
-        .await;
+    let opened = conn.watch(prefix, options).await;
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(Failure::Crashed) => return End::Closed,

@@ -14,7 +14,7 @@ use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
 use leasehold::{Backoff, DiscoveryFeed, Result};
 use tokio::time::Instant;
 
-use crate::connection::{Connection, Failure, MAX_MESSAGE};
+use crate::connection::{Connection, Failure};
 
 /// Where the cache stands in the store's history.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,18 +139,7 @@ async fn watch(
         .with_prefix()
         .with_progress_notify()
         .with_start_revision(at.revision + 1);
-    let opened = conn
-        .attempt(|client| {
-            let options = options.clone();
-            async move {
-                client
-                    .watch_client()
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .watch(prefix, Some(options))
-                    .await
-            }
-        })
-        .await;
+    let opened = conn.watch(prefix, options).await;
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(Failure::Crashed) => return End::Closed,

@@ -35,15 +35,19 @@ impl<B: LeaseBackend> Group<B> {
         self.rewrite_all();
     }
 
-    /// Every registration in the registry is to be written again, now.
-    fn rewrite_all(&mut self) {
-        let now = Instant::now();
-        let live: Vec<u64> = self
-            .entries
+    /// The registrations that belong in the registry: neither paused nor drained.
+    fn live(&self) -> Vec<u64> {
+        self.entries
             .iter()
             .filter(|(_, e)| !e.is_out())
             .map(|(k, _)| *k)
-            .collect();
+            .collect()
+    }
+
+    /// Every registration in the registry is to be written again, now.
+    fn rewrite_all(&mut self) {
+        let now = Instant::now();
+        let live = self.live();
         if live.is_empty() {
             // Only drained (or paused) registrations: a lease is still needed to follow
             // their markers, or an undrain would never reach them.
@@ -90,12 +94,7 @@ impl<B: LeaseBackend> Group<B> {
         }
         self.lease = Some(lease);
         let now = Instant::now();
-        let live: Vec<u64> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.is_out())
-            .map(|(k, _)| *k)
-            .collect();
+        let live = self.live();
         for key in live {
             self.entries.get_mut(&key).expect("listed above").dirty = true;
             self.schedule(key, now);
