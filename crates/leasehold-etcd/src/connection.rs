@@ -128,6 +128,10 @@ pub(crate) struct Connection {
     request_timeout: Duration,
     ranges: AtomicU64,
     crashed: AtomicBool,
+    /// Whether the cluster may revoke live leases after a stalled leader resumes
+    /// (see [`Connection::stalled_leader_revokes`]); assumed until a member says its
+    /// version.
+    stalled_leader_revokes: AtomicBool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -172,6 +176,7 @@ impl Connection {
             request_timeout: options.request_timeout,
             ranges: AtomicU64::new(0),
             crashed: AtomicBool::new(false),
+            stalled_leader_revokes: AtomicBool::new(true),
         });
         // A linearizable read, so a member without a quorum does not pass.
         let root = connection.layout.root_prefix();
@@ -184,12 +189,41 @@ impl Connection {
             })
             .await;
         match probed {
-            Ok(_) => Ok(connection),
+            Ok(_) => {}
             // Authenticated, and answered by a cluster with a quorum: the user's role
             // covers only part of the root (its own service's prefix), which is enough.
-            Err(failure) if failure.is_permission_denied() => Ok(connection),
-            Err(failure) => Err(connection.error(failure)),
+            Err(failure) if failure.is_permission_denied() => {}
+            Err(failure) => return Err(connection.error(failure)),
         }
+        match connection
+            .attempt(|mut client| async move { client.status().await })
+            .await
+        {
+            Ok(status) => {
+                let revokes = version_revokes_after_stall(status.version());
+                tracing::debug!(
+                    version = status.version(),
+                    stalled_leader_revokes = revokes,
+                    "etcd: member version"
+                );
+                connection
+                    .stalled_leader_revokes
+                    .store(revokes, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                tracing::debug!(error = %connection.error(failure), "etcd: version unknown; assuming a stalled leader may revoke leases")
+            }
+        }
+        Ok(connection)
+    }
+
+    /// Whether the cluster's etcd may revoke live leases when a leader that stalled for
+    /// longer than their TTL resumes (etcd-io/etcd#15247, fixed in 3.4.28 and 3.5.11):
+    /// its lessor still thinks it is the primary, sees every lease unrenewed, and its
+    /// revokes reach the new leader. A lease kept alive across a leader change is then
+    /// moved to a new lease (see the keepalive in [`lease`](crate::lease)).
+    pub(crate) fn stalled_leader_revokes(&self) -> bool {
+        self.stalled_leader_revokes.load(Ordering::Relaxed)
     }
 
     /// The endpoints as shown in errors.
@@ -446,6 +480,22 @@ pub(crate) fn map_error(endpoints: &str, timeout: Duration, failure: Failure) ->
     }
 }
 
+/// Whether etcd `version` (as its Status call gives it) has etcd-io/etcd#15247: an
+/// unparsable version is assumed to.
+fn version_revokes_after_stall(version: &str) -> bool {
+    let mut parts = version.split(['.', '-', '+']).map(|p| p.parse::<u32>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) =
+        (parts.next(), parts.next(), parts.next())
+    else {
+        return true;
+    };
+    match (major, minor) {
+        (3, 4) => patch < 28,
+        (3, 5) => patch < 11,
+        (major, minor) => (major, minor) < (3, 4),
+    }
+}
+
 /// A status as `code: message`, with the transport's cause when there is one.
 fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}: {}", status.code(), status.message());
@@ -456,4 +506,29 @@ fn describe(status: &tonic::Status) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::version_revokes_after_stall;
+
+    #[test]
+    fn versions_with_the_stalled_leader_revoke() {
+        for version in [
+            "3.4.23", "3.4.27", "3.5.0", "3.5.10", "3.3.25", "2.3.8", "", "3.x", "main",
+        ] {
+            assert!(version_revokes_after_stall(version), "{version}");
+        }
+        for version in [
+            "3.4.28",
+            "3.4.35",
+            "3.5.11",
+            "3.5.17",
+            "3.6.0",
+            "3.6.0-rc.1",
+            "4.0.0",
+        ] {
+            assert!(!version_revokes_after_stall(version), "{version}");
+        }
+    }
 }

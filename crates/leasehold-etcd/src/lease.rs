@@ -24,9 +24,10 @@ pub(crate) struct EtcdBackend {
     pub(crate) own: Arc<OwnKeys>,
 }
 
-/// A granted etcd lease. Dropping it stops its keepalive task and gives it up: it is
-/// revoked as soon as a member can be reached, so a write under it that lands late
-/// fails, and keys still under it go at once rather than after the TTL.
+/// A granted etcd lease. Dropping it gives it up: it is kept alive until the
+/// registrations under it are written under the next lease (or deleted), then revoked as
+/// soon as a member can be reached, so a write under it that lands late fails and keys
+/// still under it go at once rather than after the TTL.
 pub(crate) struct EtcdLease {
     id: i64,
     ttl: Duration,
@@ -40,22 +41,25 @@ pub(crate) struct EtcdLease {
 
 impl Drop for EtcdLease {
     fn drop(&mut self) {
-        self.task.abort();
         if self.revoked.load(Ordering::SeqCst) || self.conn.is_crashed() {
+            self.task.abort();
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.task.abort();
             return;
         };
         let (id, conn, own, backoff) = (self.id, self.conn.clone(), self.own.clone(), self.backoff);
+        let (events, keepalive) = (self.events.clone(), self.task.abort_handle());
         // Past twice the TTL (and a leader change's extension) nobody can be keeping
         // it alive: it is gone whether or not the revoke got through.
         let give_up = Instant::now() + self.ttl * 2 + Duration::from_secs(10);
-        let settle = self.ttl / 2;
         runtime.spawn(async move {
             // The registrar writes the registrations under a new lease at once; revoking
-            // the old one before that would take them out of the registry meanwhile.
-            own.wait_settled(settle).await;
+            // (or letting expire) the old one before they are moved would take them out
+            // of the registry meanwhile, for as long as the move takes.
+            own.wait_moved(id, &events, give_up).await;
+            keepalive.abort();
             let mut delays = backoff.delays();
             loop {
                 match conn
@@ -95,12 +99,13 @@ impl LeaseBackend for EtcdBackend {
             ));
         }
         let id = granted.id();
+        let term = granted.header().map_or(0, |h| h.raft_term());
         self.own.granted(id);
         tracing::debug!(lease = %format_args!("{id:x}"), ttl = seconds, "etcd lease granted");
         let conn = self.conn.clone();
         let task = tokio::spawn({
             let events = events.clone();
-            async move { keep_alive(&conn, id, ttl, &events).await }
+            async move { keep_alive(&conn, id, ttl, term, &events).await }
         });
         Ok(EtcdLease {
             id,
@@ -120,6 +125,11 @@ impl LeaseBackend for EtcdBackend {
 
     async fn delete(&self, lease: &EtcdLease, keys: &[String]) -> Result<(), LeaseError> {
         write::delete(&self.conn, &self.own, lease.id, keys).await
+    }
+
+    /// Dropped: kept alive until its registrations are moved, then revoked.
+    async fn give_up(&self, lease: EtcdLease) {
+        drop(lease);
     }
 
     async fn revoke(&self, lease: EtcdLease) -> Result<()> {
@@ -154,9 +164,16 @@ impl LeaseBackend for EtcdBackend {
 /// no rewrite. Only when no answer has come for a whole TTL, so the lease has expired
 /// whatever etcd says later, is it reported lost without one. Then returns, since the
 /// registrar grants a new lease.
-async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEvents) {
+///
+/// On an etcd that revokes live leases when a stalled leader resumes
+/// ([`Connection::stalled_leader_revokes`]), an answer from a later raft term than
+/// `term` (the lease's grant) asks the registrar to move the registrations to a new
+/// lease ([`LeaseEvents::replace`]): the former leader never knew the new one, so it
+/// cannot revoke it. The lease is kept alive meanwhile.
+async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, mut term: u64, events: &LeaseEvents) {
     let period = (ttl / 3).max(Duration::from_millis(100));
     let mut answered = Instant::now();
+    let mut opened_before = false;
     loop {
         if conn.is_crashed() || events.is_closed() {
             return;
@@ -193,7 +210,15 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
         tracing::debug!(lease = %format!("{id:x}"), member, "keepalive stream open");
         let mut tick = tokio::time::interval_at(Instant::now() + period / 4, period / 4);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut last_sent = Instant::now();
+        // The answer that opened the stream is not shown: on another member (after a
+        // leader change, likely) the next keepalive goes at the first tick, to learn
+        // its term soon.
+        let mut last_sent = if opened_before {
+            Instant::now() - period
+        } else {
+            Instant::now()
+        };
+        opened_before = true;
         let mut unanswered: Option<Instant> = None;
         let reason = loop {
             tokio::select! {
@@ -224,6 +249,15 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, events: &LeaseEve
                 answer = answers.message() => match answer {
                     Ok(Some(answer)) if answer.ttl() > 0 => {
                         answered = Instant::now();
+                        let now_term = answer.header().map_or(0, |h| h.raft_term());
+                        if now_term > term {
+                            if term > 0 && conn.stalled_leader_revokes() {
+                                events.replace(format!(
+                                    "lease {id:x}: raft term {term} -> {now_term}; a stalled former leader may revoke it when it resumes (etcd-io/etcd#15247)"
+                                ));
+                            }
+                            term = now_term;
+                        }
                         if let Some(sent) = unanswered.take() {
                             metrics::histogram!(leasehold::metrics::KEEPALIVE_RTT, "backend" => "etcd").record(answered.duration_since(sent));
                         }

@@ -24,6 +24,12 @@
 //!   for half the request timeout) is left for another, so a frozen member never costs
 //!   a lease; every request is bounded by a timeout so an unreachable cluster is an
 //!   error naming its endpoints.
+//! - **given-up leases** (one lost to a silent member, or replaced) are kept until their
+//!   registrations are written under the next lease, then revoked, so nothing leaves the
+//!   registry in between. On etcd before 3.4.28 and 3.5.11 a leader that stalls longer
+//!   than a TTL revokes every lease it saw unrenewed when it resumes
+//!   (etcd-io/etcd#15247; Debian 12 ships 3.4.23): there, a lease kept alive across a
+//!   raft term change is replaced by one that former leader never knew.
 //!
 //! Options come from an `etcd://` URL or from [`EtcdOptions`]: user and password (never
 //! shown in `Debug`, `Display`, logs or errors), TLS files, timeouts, root and format.

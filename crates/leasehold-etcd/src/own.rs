@@ -224,9 +224,28 @@ impl OwnKeys {
         self.settled.notify_waiters();
     }
 
-    /// Returns once a batch is written after this call, or after `at_most`.
-    pub(crate) async fn wait_settled(&self, at_most: Duration) {
-        let _ = tokio::time::timeout(at_most, self.settled.notified()).await;
+    /// Returns once no key of a registration is held under `lease` any more (written
+    /// again under the next lease, or deleted), once nobody will write them again (the
+    /// registrar behind `events` is gone), or at `deadline`.
+    pub(crate) async fn wait_moved(&self, lease: i64, events: &LeaseEvents, deadline: Instant) {
+        // A batch written wakes this at once; deletes are caught by the poll.
+        const POLL: Duration = Duration::from_millis(100);
+        loop {
+            let settled = self.settled.notified();
+            if !self.holds_keys_under(lease) || events.is_closed() || Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline.min(Instant::now() + POLL), settled).await;
+        }
+    }
+
+    fn holds_keys_under(&self, lease: i64) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .keys
+            .values()
+            .any(|held| matches!(held, Held::Ours { lease: l, .. } if *l == lease))
     }
 
     /// `lease` was granted to this client: keys under it are this client's until it is

@@ -394,6 +394,7 @@ impl<B: LeaseBackend> Group<B> {
         }
         match event {
             LeaseEvent::Lost(reason) => self.lose(&reason),
+            LeaseEvent::Replace(reason) => self.abandon_lease(&reason),
             LeaseEvent::KeyDeleted(deleted) => self.key_deleted(generation, &deleted),
             LeaseEvent::Drain { service, id, drained } => self.drain(&service, &id, drained).await,
             LeaseEvent::DrainedSet { service, ids } => {

@@ -86,6 +86,7 @@ pub struct LeaseEvents {
 #[derive(Debug)]
 pub(crate) enum LeaseEvent {
     Lost(String),
+    Replace(String),
     KeyDeleted(String),
     Drain {
         service: ServiceName,
@@ -106,6 +107,14 @@ impl LeaseEvents {
     /// The lease is gone (keepalive answered TTL ≤ 0, stream ended, session expired).
     pub fn lost(&self, reason: impl Into<String>) {
         self.send(LeaseEvent::Lost(reason.into()));
+    }
+
+    /// The lease is alive but should be replaced: the registrar writes every
+    /// registration under a new lease and then gives this one up
+    /// ([`LeaseBackend::give_up`]), so nothing leaves the registry in between. An etcd
+    /// backend asks for it when the lease may be revoked by a server defect.
+    pub fn replace(&self, reason: impl Into<String>) {
+        self.send(LeaseEvent::Replace(reason.into()));
     }
 
     /// A key is no longer ours, or a key another client held against us is gone:
@@ -173,6 +182,16 @@ pub trait LeaseBackend: Send + Sync + 'static {
 
     /// Revokes the lease, removing its keys at once.
     async fn revoke(&self, lease: Self::Lease) -> Result<()>;
+
+    /// Gives up a lease while its registrations are written again under a new one: it
+    /// may still hold them, and keys of a failed batch nobody owns. The default revokes
+    /// it now; a backend that can tell when the registrations have moved (etcd) keeps
+    /// it until then, so they never leave the registry in between.
+    async fn give_up(&self, lease: Self::Lease) {
+        if let Err(e) = self.revoke(lease).await {
+            tracing::warn!(error = %e, "revoking a given-up lease failed; it expires by itself");
+        }
+    }
 
     /// Starts following the drain markers of `services` under `lease`, as `put` does
     /// for the services it writes to: the registrar calls it after a new lease for the

@@ -16,23 +16,21 @@ impl<B: LeaseBackend> Group<B> {
         metrics::counter!(crate::metrics::LEASE_LOSSES).increment(1);
         crate::metrics::recovery_started(&mut self.recovering_since, "lease_lost");
         self.lease = None;
-        self.rewrite_all();
+        self.rewrite_all(true);
     }
 
-    /// Gives up a lease that may hold keys nobody owns, revoking it in the background,
-    /// and writes every registration again under a new one.
+    /// Gives up the lease ([`LeaseBackend::give_up`](super::LeaseBackend::give_up), in
+    /// the background) and writes every registration again under a new one: the lease
+    /// may hold keys nobody owns, or may be revoked by the registry.
     pub(super) fn abandon_lease(&mut self, reason: &str) {
         if let Some(lease) = self.lease.take() {
             tracing::warn!(ttl = ?self.ttl, %reason, "giving up the lease; its registrations are written again under a new one");
             self.generation += 1;
             let backend = self.backend.clone();
-            tokio::spawn(async move {
-                if let Err(e) = backend.revoke(lease).await {
-                    tracing::warn!(error = %e, "revoking an abandoned lease failed; it expires by itself");
-                }
-            });
+            tokio::spawn(async move { backend.give_up(lease).await });
         }
-        self.rewrite_all();
+        // The registrations are still where they were: their state does not change.
+        self.rewrite_all(false);
     }
 
     /// The registrations that belong in the registry: neither paused nor drained.
@@ -44,8 +42,9 @@ impl<B: LeaseBackend> Group<B> {
             .collect()
     }
 
-    /// Every registration in the registry is to be written again, now.
-    fn rewrite_all(&mut self) {
+    /// Every registration in the registry is to be written again, now; `recovering`
+    /// when they may be gone from it meanwhile (their state says so).
+    fn rewrite_all(&mut self, recovering: bool) {
         let now = Instant::now();
         let live = self.live();
         if live.is_empty() {
@@ -58,7 +57,7 @@ impl<B: LeaseBackend> Group<B> {
         for key in live {
             let entry = self.entries.get_mut(&key).expect("listed above");
             entry.dirty = true;
-            if entry.conflict.is_none() {
+            if recovering && entry.conflict.is_none() {
                 entry.set_state(RegistrationState::Recovering);
             }
             self.schedule(key, now);
