@@ -195,26 +195,46 @@ impl Connection {
             Err(failure) if failure.is_permission_denied() => {}
             Err(failure) => return Err(connection.error(failure)),
         }
-        match connection
+        let revokes = connection.probe_stalled_leader_revokes().await;
+        connection
+            .stalled_leader_revokes
+            .store(revokes, Ordering::Relaxed);
+        Ok(connection)
+    }
+
+    /// Whether the member's etcd version has etcd-io/etcd#15247 and the cluster has a
+    /// member besides the leader to take over (one member that stalls keeps its term and
+    /// its leadership, and a restarted one starts with a fresh lessor). Unknown counts as
+    /// yes: the cost is a rewrite after each leader change.
+    async fn probe_stalled_leader_revokes(&self) -> bool {
+        let version = match self
             .attempt(|mut client| async move { client.status().await })
             .await
         {
-            Ok(status) => {
-                let revokes = version_revokes_after_stall(status.version());
-                tracing::debug!(
-                    version = status.version(),
-                    stalled_leader_revokes = revokes,
-                    "etcd: member version"
-                );
-                connection
-                    .stalled_leader_revokes
-                    .store(revokes, Ordering::Relaxed);
+            Ok(status) => status.version().to_owned(),
+            Err(failure) => {
+                tracing::debug!(error = %self.error(failure), "etcd: version unknown");
+                return true;
+            }
+        };
+        if !version_revokes_after_stall(&version) {
+            tracing::debug!(%version, "etcd: a stalled leader does not revoke live leases");
+            return false;
+        }
+        match self
+            .attempt(|mut client| async move { client.member_list().await })
+            .await
+        {
+            Ok(list) => {
+                let members = list.members().len();
+                tracing::debug!(%version, members, "etcd: a stalled leader may revoke live leases");
+                members > 1
             }
             Err(failure) => {
-                tracing::debug!(error = %connection.error(failure), "etcd: version unknown; assuming a stalled leader may revoke leases")
+                tracing::debug!(%version, error = %self.error(failure), "etcd: member count unknown");
+                true
             }
         }
-        Ok(connection)
     }
 
     /// Whether the cluster's etcd may revoke live leases when a leader that stalled for
