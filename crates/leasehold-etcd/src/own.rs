@@ -66,9 +66,11 @@ struct State {
     drained: HashSet<(String, InstanceId)>,
     /// The registrations this client wrote, by service prefix and id.
     owners: HashMap<(String, InstanceId), Owner>,
-    /// This client's leases, live or given up, until known to be gone: a key under one
-    /// of them is ours to write over.
-    leases: HashSet<i64>,
+    /// This client's leases, live or given up, until known to be gone, each with the
+    /// order it was granted in: a key under one of them is ours to write over.
+    leases: HashMap<i64, u64>,
+    /// Leases granted so far.
+    grants: u64,
 }
 
 /// The own keys of one [`EtcdRegistry`](crate::EtcdRegistry) and their watches.
@@ -251,12 +253,15 @@ impl OwnKeys {
     /// `lease` was granted to this client: keys under it are this client's until it is
     /// gone, also after it is given up.
     pub(crate) fn granted(&self, lease: i64) {
-        self.state.lock().unwrap().leases.insert(lease);
+        let mut state = self.state.lock().unwrap();
+        state.grants += 1;
+        let order = state.grants;
+        state.leases.insert(lease, order);
     }
 
     /// Whether `lease` is one of this client's that may still hold keys.
     pub(crate) fn is_ours(&self, lease: i64) -> bool {
-        self.state.lock().unwrap().leases.contains(&lease)
+        self.state.lock().unwrap().leases.contains_key(&lease)
     }
 
     /// `lease` is gone (revoked, expired): its keys went with it.
@@ -281,7 +286,21 @@ impl OwnKeys {
             self.marker(prefix, id, event_type == EventType::Put);
             return;
         }
-        let held = self.state.lock().unwrap().keys.get(key).cloned();
+        let (held, newer_lease_of_ours) = {
+            let state = self.state.lock().unwrap();
+            let held = state.keys.get(key).cloned();
+            let newer = match (&held, state.leases.get(&kv.lease())) {
+                (Some(Held::Ours { lease, .. }), Some(order)) => {
+                    state.leases.get(lease).is_some_and(|held| order > held)
+                }
+                _ => false,
+            };
+            (held, newer)
+        };
+        if event_type == EventType::Put && newer_lease_of_ours {
+            // Our own rewrite under the next lease, seen before its answer was.
+            return;
+        }
         match (held, event_type) {
             (
                 Some(Held::Ours {
