@@ -5,7 +5,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{run, Running};
+use support::{run, run_ok, Running};
 
 /// `register` in one process; `ls`, `ls --json`, `watch --json` and `deregister` in
 /// others, all on `url`.
@@ -15,17 +15,7 @@ fn every_command_works_on(url: &str) {
         all.extend_from_slice(args);
         all.into_iter().map(str::to_owned).collect()
     };
-    let run_on = |args: &[&str]| {
-        let args = with(args);
-        let output = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "leasehold {args:?} failed: {}{stdout}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        stdout
-    };
+    let run_on = |args: &[&str]| run_ok(&with(args).iter().map(String::as_str).collect::<Vec<_>>());
 
     let register_args = with(&[
         "register",

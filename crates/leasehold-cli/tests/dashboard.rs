@@ -11,10 +11,11 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use nix::sys::signal::Signal;
 use serde_json::json;
-use support::{run, Running, PATIENCE};
+use support::{run_ok, Running, PATIENCE};
 use tokio::task::block_in_place;
 
 const ROOT: &str = "/leasehold/services";
@@ -120,6 +121,39 @@ async fn wait_rows(browser: &Client, css: &str, what: &str, ready: impl Fn(usize
     }
 }
 
+/// Waits up to [`PATIENCE`] for the element at `css` to be on the page; fails with `what`.
+async fn appears(browser: &Client, css: &str, what: &str) -> Element {
+    browser
+        .wait()
+        .at_most(PATIENCE)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: no {css} on the page: {e}"))
+}
+
+/// The element at `css`, which must be on the page now.
+async fn find(browser: &Client, css: &str) -> Element {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css} on the page: {e}"))
+}
+
+/// The text of the element at `css`, which must be on the page now.
+async fn text_of(browser: &Client, css: &str) -> String {
+    find(browser, css).await.text().await.unwrap()
+}
+
+/// Clicks the element at `css`, which must be on the page now.
+async fn click(browser: &Client, css: &str) {
+    find(browser, css).await.click().await.unwrap();
+}
+
+/// The instance count shown for `service`.
+async fn count_of(browser: &Client, service: &str) -> String {
+    text_of(browser, &format!("section[data-service='{service}'] .count")).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_page_follows_registrations_and_crashes_without_a_reload() {
     let etcd = leasehold_testkit::EtcdCluster::start_single()
@@ -131,12 +165,12 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
     let browser = driver.browser().await;
     browser.goto(&page).await.unwrap();
     assert_eq!(browser.title().await.unwrap(), "leasehold");
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css("#services .empty"))
-        .await
-        .expect("the page renders the empty registry");
+    appears(
+        &browser,
+        "#services .empty",
+        "the page renders the empty registry",
+    )
+    .await;
     // Set on this page only: gone if the page reloads.
     browser
         .execute("window.notReloaded = true;", vec![])
@@ -163,39 +197,18 @@ async fn the_page_follows_registrations_and_crashes_without_a_reload() {
         )
     });
     let registered = Instant::now();
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&row("e1")))
-        .await
-        .expect("the registered instance appears");
+    appears(&browser, &row("e1"), "the registered instance appears").await;
     eprintln!(
         "dashboard: e1 appeared {:?} after its owner printed registered",
         registered.elapsed()
     );
-    let text = browser
-        .find(Locator::Css(&row("e1")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text_of(&browser, &row("e1")).await;
     for field in ["e1", "127.0.0.1:7001", "z1", "3", "1.2", "color=blue", "live"] {
         assert!(text.contains(field), "the row lacks {field}: {text}");
     }
-    let count = browser
-        .find(Locator::Css("section[data-service='echo'] .count"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(count, "1");
+    assert_eq!(count_of(&browser, "echo").await, "1");
     // Read-only by default: the drain button is disabled.
-    let drain = browser
-        .find(Locator::Css(&format!("{} button.drain", row("e1"))))
-        .await
-        .unwrap();
+    let drain = find(&browser, &format!("{} button.drain", row("e1"))).await;
     assert!(
         !drain.is_enabled().await.unwrap(),
         "drain is off without --allow-writes"
@@ -241,66 +254,27 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
     browser.goto(&page).await.unwrap();
     let live = format!("{}[data-state='live']", row("e1"));
     let drained = format!("{}[data-state='drained']", row("e1"));
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&live))
-        .await
-        .unwrap();
+    appears(&browser, &live, "the instance shows live").await;
 
-    browser
-        .find(Locator::Css(&format!("{live} button.drain")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&drained))
-        .await
-        .unwrap();
+    click(&browser, &format!("{live} button.drain")).await;
+    appears(&browser, &drained, "the drain button drains it").await;
     block_in_place(|| e1.wait_for_line("echo/e1: drained by an operator"));
-    let count = browser
-        .find(Locator::Css("section[data-service='echo'] .count"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert_eq!(count, "0", "a drained instance is out of the set");
+    assert_eq!(
+        count_of(&browser, "echo").await,
+        "0",
+        "a drained instance is out of the set"
+    );
 
-    browser
-        .find(Locator::Css(&format!("{drained} button.undrain")))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&browser, &format!("{drained} button.undrain")).await;
     block_in_place(|| e1.wait_for_line("echo/e1: registered"));
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&live))
-        .await
-        .unwrap();
+    appears(&browser, &live, "the undrain button brings it back").await;
 
     // Drained by `leasehold drain` from another process: the page shows it drained too,
     // with the details of the instance, and its undrain button.
-    let drained_elsewhere = block_in_place(|| run(&["--registry", &url, "drain", "echo", "e1"]));
-    assert!(
-        drained_elsewhere.status.success(),
-        "{}",
-        String::from_utf8_lossy(&drained_elsewhere.stderr)
-    );
+    block_in_place(|| run_ok(&["--registry", &url, "drain", "echo", "e1"]));
     block_in_place(|| e1.wait_for_line("echo/e1: drained by an operator"));
-    let shown = browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&drained))
+    let shown = appears(&browser, &drained, "drained elsewhere, shown drained")
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -308,22 +282,9 @@ async fn the_drain_button_takes_an_instance_out_and_undrain_brings_it_back() {
         shown.contains("127.0.0.1:7001"),
         "the drained row shows the address: {shown}"
     );
-    browser
-        .find(Locator::Css(&format!("{drained} button.undrain")))
-        .await
-        .unwrap();
-    let undrained_elsewhere = block_in_place(|| run(&["--registry", &url, "undrain", "echo", "e1"]));
-    assert!(
-        undrained_elsewhere.status.success(),
-        "{}",
-        String::from_utf8_lossy(&undrained_elsewhere.stderr)
-    );
-    browser
-        .wait()
-        .at_most(PATIENCE)
-        .for_element(Locator::Css(&live))
-        .await
-        .unwrap();
+    find(&browser, &format!("{drained} button.undrain")).await;
+    block_in_place(|| run_ok(&["--registry", &url, "undrain", "echo", "e1"]));
+    appears(&browser, &live, "undrained elsewhere, shown live").await;
     browser.close().await.unwrap();
 }
 

@@ -7,7 +7,7 @@ mod support;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{run, Running};
+use support::{run_ok, Running};
 use tokio::runtime::Handle;
 
 /// One format on one registry.
@@ -30,17 +30,6 @@ impl Case {
     fn service(&self) -> String {
         format!("{}-svc", self.format)
     }
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let output = run(args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "leasehold {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// `register`, `ls --json`, `watch --json` and `deregister` in `case`'s format;

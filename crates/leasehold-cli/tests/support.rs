@@ -31,6 +31,19 @@ pub fn run(args: &[&str]) -> Output {
     leasehold(args).output().expect("the leasehold binary runs")
 }
 
+/// Runs `leasehold ARGS...` to completion, failing the test (with its output) unless it
+/// succeeds; returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let output = run(args);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "leasehold {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// A `leasehold` process that runs until signalled, its stdout read line by line.
 /// Killed on drop, so no process outlives a failed test.
 pub struct Running {

@@ -14,23 +14,8 @@ async fn second_client_with_the_same_id_is_refused() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let first = connect(&etcd).await;
     let second = connect(&etcd).await;
-    let registration = first
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let lease = |etcd: &EtcdCluster| {
-        let etcd_endpoints = etcd.endpoints();
-        async move {
-            let mut raw = etcd_client::Client::connect(etcd_endpoints, None).await.unwrap();
-            raw.get(key("a"), None)
-                .await
-                .unwrap()
-                .kvs()
-                .first()
-                .map(|kv| kv.lease())
-        }
-    };
-    let owner = lease(&etcd).await;
+    let registration = register(&first, "a").await;
+    let owner = lease_of(&etcd, &key("a")).await;
 
     let refused = second
         .register(instance("a"), RegisterOptions::ttl(TTL))
@@ -41,15 +26,16 @@ async fn second_client_with_the_same_id_is_refused() {
         matches!(&refused, Error::Conflict { service, id, key: k } if service == "echo" && id == "a" && *k == key("a")),
         "{refused}"
     );
-    assert_eq!(lease(&etcd).await, owner, "the first client's key is untouched");
+    assert_eq!(
+        lease_of(&etcd, &key("a")).await,
+        owner,
+        "the first client's key is untouched"
+    );
     assert_eq!(registration.state(), RegistrationState::Registered);
 
     // Once the first deregisters, the id is free for the second.
     registration.deregister().await.unwrap();
-    let taken = second
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let taken = register(&second, "a").await;
     assert_eq!(taken.state(), RegistrationState::Registered);
 }
 
@@ -57,10 +43,7 @@ async fn second_client_with_the_same_id_is_refused() {
 async fn overwritten_registration_shows_conflict_and_comes_back() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let owner = connect(&etcd).await;
-    let registration = owner
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&owner, "a").await;
     let mut other = raw(&etcd).await;
     let lease = other.lease_grant(60, None).await.unwrap().id();
     other
@@ -71,11 +54,12 @@ async fn overwritten_registration_shows_conflict_and_comes_back() {
         )
         .await
         .unwrap();
-    assert!(
-        registration.wait_for(RegistrationState::Conflict, WAIT).await,
-        "the owner sees the conflict, is {:?}",
-        registration.state()
-    );
+    reaches(
+        &registration,
+        RegistrationState::Conflict,
+        "the owner sees the conflict",
+    )
+    .await;
     let value = other.get(key("a"), None).await.unwrap();
     assert_eq!(
         value.kvs()[0].value(),
@@ -84,11 +68,12 @@ async fn overwritten_registration_shows_conflict_and_comes_back() {
     );
 
     other.lease_revoke(lease).await.unwrap();
-    assert!(
-        registration.wait_for(RegistrationState::Registered, WAIT).await,
-        "written back once the other's key is gone, is {:?}",
-        registration.state()
-    );
+    reaches(
+        &registration,
+        RegistrationState::Registered,
+        "written back once the other's key is gone",
+    )
+    .await;
     eventually("the owner's value back", || {
         let etcd = &etcd;
         async move {

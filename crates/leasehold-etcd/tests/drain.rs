@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use leasehold::{RegisterOptions, RegistrationState, Registry, ServiceName};
+use leasehold::{RegistrationState, Registry, ServiceName};
 use leasehold_testkit::EtcdCluster;
 
 fn marker(id: &str) -> String {
@@ -17,14 +17,8 @@ async fn drain_takes_the_instance_out_until_undrained() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let owner = connect(&etcd).await;
     let operator = connect(&etcd).await;
-    let registration = owner
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let _b = owner
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&owner, "a").await;
+    let _b = register(&owner, "b").await;
     let id = leasehold::InstanceId::new("a").unwrap();
     assert!(operator.drain(&echo(), &id).await.unwrap(), "a is registered");
     let value = etcd
@@ -36,11 +30,12 @@ async fn drain_takes_the_instance_out_until_undrained() {
         String::from_utf8_lossy(&value).contains("\"id\":\"a\""),
         "the marker holds the instance"
     );
-    assert!(
-        registration.wait_for(RegistrationState::Drained, WAIT).await,
-        "the owner sees the drain, is {:?}",
-        registration.state()
-    );
+    reaches(
+        &registration,
+        RegistrationState::Drained,
+        "the owner sees the drain",
+    )
+    .await;
     eventually("the drained instance's key deleted", || async {
         !exists(&etcd, &key("a")).await
     })
@@ -58,11 +53,12 @@ async fn drain_takes_the_instance_out_until_undrained() {
         !operator.undrain(&echo(), &id).await.unwrap(),
         "and now there is none"
     );
-    assert!(
-        registration.wait_for(RegistrationState::Registered, WAIT).await,
-        "written back once undrained, is {:?}",
-        registration.state()
-    );
+    reaches(
+        &registration,
+        RegistrationState::Registered,
+        "written back once undrained",
+    )
+    .await;
     assert!(exists(&etcd, &key("a")).await);
 }
 
@@ -76,24 +72,14 @@ async fn registration_of_a_drained_id_starts_drained() {
         "nothing registered yet"
     );
     let owner = connect(&etcd).await;
-    let registration = owner
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    assert!(
-        registration.wait_for(RegistrationState::Drained, WAIT).await,
-        "starts drained, is {:?}",
-        registration.state()
-    );
+    let registration = register(&owner, "a").await;
+    reaches(&registration, RegistrationState::Drained, "starts drained").await;
     assert!(!exists(&etcd, &key("a")).await, "never written while drained");
     // A later registration of another id of the same service is not drained.
-    let b = owner
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let b = register(&owner, "b").await;
     assert_eq!(b.state(), RegistrationState::Registered);
     operator.undrain(&echo(), &id).await.unwrap();
-    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    registered(&registration).await;
     assert!(exists(&etcd, &key("a")).await);
 }
 

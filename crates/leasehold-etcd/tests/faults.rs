@@ -14,14 +14,6 @@ use leasehold::{
 use leasehold_testkit::EtcdCluster;
 use tokio::time::Instant;
 
-async fn registered(registration: &Registration) {
-    assert!(
-        registration.wait_for(RegistrationState::Registered, WAIT).await,
-        "registration back to Registered, is {:?}",
-        registration.state()
-    );
-}
-
 /// The key is there, and still there after its TTL has passed: its lease is kept alive.
 async fn kept_alive(etcd: &EtcdCluster, key: &str) {
     eventually("the key written again", || exists(etcd, key)).await;
@@ -36,14 +28,10 @@ async fn kept_alive(etcd: &EtcdCluster, key: &str) {
 async fn restart_with_data_kept() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = register(&registry, "a").await;
+    let discovery = watch_echo(&registry).await;
     assert_eq!(discovery.snapshot().len(), 1);
-    let lease_of = |answer: etcd_client::GetResponse| answer.kvs().first().map(|kv| kv.lease());
-    let lease = lease_of(raw(&etcd).await.get(key("a"), None).await.unwrap());
+    let lease = lease_of(&etcd, &key("a")).await;
     let mut states = registration.states();
     states.mark_unchanged();
 
@@ -63,19 +51,13 @@ async fn restart_with_data_kept() {
     );
     kept_alive(&etcd, &key("a")).await;
     // etcd kept the lease, so nothing had to be written again.
-    assert_eq!(
-        lease_of(raw(&etcd).await.get(key("a"), None).await.unwrap()),
-        lease
-    );
+    assert_eq!(lease_of(&etcd, &key("a")).await, lease);
     assert!(
         !states.has_changed().unwrap(),
         "the registration never left Registered"
     );
     // Still following: a change after the restart arrives.
-    let b = registry
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let b = register(&registry, "b").await;
     discovery.wait_for(WAIT, |s| s.len() == 2).await.expect("b seen");
     b.deregister().await.unwrap();
     registration.deregister().await.unwrap();
@@ -92,20 +74,14 @@ async fn restart_with_data_kept() {
 async fn restart_wiped() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let ghost_owner = connect(&etcd).await;
-    let _ghost = ghost_owner
-        .register(instance("ghost"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let _ghost = register(&ghost_owner, "ghost").await;
     let watcher = connect(&etcd).await;
-    let discovery = watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let discovery = watch_echo(&watcher).await;
     let proxy = Proxy::start(etcd.endpoint(0)).await;
     let far_watcher = connect_url(&format!("etcd://{}{ROOT}", proxy.endpoint)).await;
-    let far = far_watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let far = watch_echo(&far_watcher).await;
     assert_eq!(far.snapshot().len(), 2);
     let old_revision = etcd.current_revision().await.unwrap();
 
@@ -144,10 +120,7 @@ async fn restart_wiped() {
         .expect("the cut-off watcher drops what the new store does not hold");
 
     // Both follow the new store, not the old one's revisions.
-    let b = registry
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let b = register(&registry, "b").await;
     discovery
         .wait_for(WAIT, |s| s.len() == 2)
         .await
@@ -163,10 +136,7 @@ async fn restart_wiped() {
 async fn key_deleted_by_another_client_is_written_again() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let mut other = raw(&etcd).await;
     other.delete(key("a"), None).await.unwrap();
     let deleted = Instant::now();
@@ -200,19 +170,13 @@ async fn corrupt_values_are_skipped_and_counted() {
         .await
         .unwrap();
     let registry = connect(&etcd).await;
-    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let discovery = watch_echo(&registry).await;
     assert!(discovery.snapshot().is_empty());
     assert_eq!(discovery.skipped(), 2);
 
-    let _a = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let _a = register(&registry, "a").await;
     etcd.put(key("bad2"), b"{").await.unwrap();
-    let _b = registry
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let _b = register(&registry, "b").await;
     let snapshot = discovery
         .wait_for(WAIT, |s| s.len() == 2)
         .await
@@ -252,7 +216,7 @@ async fn leader_killed_in_a_cluster() {
     let etcd = EtcdCluster::start(3).await.unwrap();
     let registry = connect(&etcd).await;
     let watcher = connect(&etcd).await;
-    let discovery = watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let discovery = watch_echo(&watcher).await;
     let mut changes = discovery.changes();
     let registrations: Vec<Registration> = futures::future::join_all(
         (0..20).map(|n| registry.register(instance(&format!("i{n:02}")), RegisterOptions::ttl(TTL))),
@@ -322,11 +286,8 @@ async fn member_paused_past_the_ttl() {
     let etcd = EtcdCluster::start(3).await.unwrap();
     let registry = connect(&etcd).await;
     let watcher = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = register(&registry, "a").await;
+    let discovery = watch_echo(&watcher).await;
     assert_eq!(discovery.snapshot().len(), 1);
 
     let leader = etcd.leader().await.unwrap();
@@ -382,7 +343,7 @@ async fn compaction_while_a_watcher_lags() {
     let a = registry.register(instance("a"), ttl).await.unwrap();
     let b = registry.register(instance("b"), ttl).await.unwrap();
     let c = registry.register(instance("c"), ttl).await.unwrap();
-    let discovery = watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let discovery = watch_echo(&watcher).await;
     assert_eq!(discovery.snapshot().len(), 3);
     let mut changes = discovery.changes();
 
@@ -467,11 +428,8 @@ async fn wrong_password_is_refused_and_never_shown() {
 
     let registry = connect_url(&format!("etcd://{endpoint}{ROOT}?user=root&password=r00t-pw")).await;
     assert!(!format!("{registry:?}").contains("r00t-pw"));
-    let _a = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let _a = register(&registry, "a").await;
+    let discovery = watch_echo(&registry).await;
     assert_eq!(discovery.snapshot().len(), 1);
 }
 
@@ -529,10 +487,7 @@ async fn unreachable_endpoints_fail_in_bounded_time() {
         .unwrap_err();
     assert!(err.to_string().contains(&endpoint), "{err}");
     etcd.resume(0).unwrap();
-    let _a = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let _a = register(&registry, "a").await;
 }
 
 /// A crashed client stops keeping its lease alive and revokes nothing: its instance
@@ -542,11 +497,8 @@ async fn crashed_client_expires_with_its_lease() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
     let watcher = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let registration = register(&registry, "a").await;
+    let discovery = watch_echo(&watcher).await;
     assert_eq!(discovery.snapshot().len(), 1);
     registry.crash();
     let crashed = Instant::now();
@@ -662,10 +614,7 @@ async fn go_zero_keys_follow_the_lease() {
 async fn deleted_key_rewritten_after_a_huge_delete_elsewhere() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let mut other = raw(&etcd).await;
     let value = vec![b'x'; 1024 * 1024];
     for n in 0..6 {

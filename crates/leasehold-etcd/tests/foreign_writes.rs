@@ -8,13 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use etcd_client::PutOptions;
-use leasehold::{RegisterOptions, RegistrationState, Registry};
 use leasehold_testkit::EtcdCluster;
-
-async fn lease_of(etcd: &EtcdCluster, key: &str) -> Option<i64> {
-    let answer = raw(etcd).await.get(key, None).await.unwrap();
-    answer.kvs().first().map(|kv| kv.lease())
-}
 
 /// A key taken over by a lease nobody keeps alive (as a late write under a given-up
 /// lease would leave it) is written back when that lease expires, not lost with it.
@@ -22,10 +16,7 @@ async fn lease_of(etcd: &EtcdCluster, key: &str) -> Option<i64> {
 async fn key_bound_to_an_expiring_lease_is_written_back() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let ours = lease_of(&etcd, &key("a")).await.unwrap();
     let mut other = raw(&etcd).await;
     let orphan = other.lease_grant(2, None).await.unwrap().id();
@@ -40,7 +31,7 @@ async fn key_bound_to_an_expiring_lease_is_written_back() {
         lease_of(&etcd, &key("a")).await == Some(ours)
     })
     .await;
-    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    registered(&registration).await;
     tokio::time::sleep(TTL + Duration::from_secs(1)).await;
     assert_eq!(lease_of(&etcd, &key("a")).await, Some(ours), "and it stays");
 }
@@ -51,10 +42,7 @@ async fn key_bound_to_an_expiring_lease_is_written_back() {
 async fn key_put_without_a_lease_is_taken_back() {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = connect(&etcd).await;
-    let _registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let _registration = register(&registry, "a").await;
     let ours = lease_of(&etcd, &key("a")).await.unwrap();
     let value = etcd.get(key("a")).await.unwrap().unwrap();
     etcd.put(key("a"), value).await.unwrap();

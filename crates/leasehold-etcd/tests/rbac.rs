@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use leasehold::{Instance, RegisterOptions, Registry, WatchOptions};
+use leasehold::{Instance, RegisterOptions, Registry};
 use leasehold_testkit::EtcdCluster;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,18 +17,12 @@ async fn user_limited_to_its_service_prefix() {
     let endpoints = etcd.endpoints().join(",");
     let registry = connect_url(&format!("etcd://echo-svc:pw@{endpoints}{ROOT}")).await;
 
-    let registration = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let listed = registry.list(&echo()).await.unwrap();
     assert_eq!(listed.len(), 1);
-    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let discovery = watch_echo(&registry).await;
     assert_eq!(discovery.snapshot().len(), 1);
-    let b = registry
-        .register(instance("b"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
+    let b = register(&registry, "b").await;
     discovery.wait_for(WAIT, |s| s.len() == 2).await.expect("b seen");
 
     // Outside its prefix: refused alone, naming the registration.

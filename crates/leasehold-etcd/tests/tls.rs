@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-use leasehold::{RegisterOptions, Registry, RegistryUrl, WatchOptions};
+use leasehold::RegistryUrl;
 use leasehold_etcd::EtcdRegistry;
 
 /// An etcd process, killed and reaped when dropped.
@@ -163,11 +163,8 @@ async fn tls_with_ca_and_client_certificate() {
             Err(e) => panic!("cannot connect with TLS: {e}"),
         }
     };
-    let _a = registry
-        .register(instance("a"), RegisterOptions::ttl(TTL))
-        .await
-        .unwrap();
-    let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
+    let _a = register(&registry, "a").await;
+    let discovery = watch_echo(&registry).await;
     assert_eq!(discovery.snapshot().len(), 1);
 
     // Without the client certificate the server refuses the connection: a clear error,

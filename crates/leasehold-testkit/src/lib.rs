@@ -60,7 +60,7 @@ pub mod zookeeper;
 pub use curator::{CuratorInstance, CuratorPeer};
 pub use error::{Error, Result};
 pub use etcd::EtcdCluster;
-pub use poll::eventually;
+pub use poll::{eventually, reaches};
 pub use process::MemberState;
 pub use zookeeper::{ZkEnsemble, ZkSession};
 

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use leasehold::{Registration, RegistrationState};
 use tokio::time::Instant;
 
 /// How often [`eventually`] checks.
@@ -23,4 +24,14 @@ where
         );
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits up to `within` for `registration` to be in `state`; panics naming `what` and
+/// the state it is in otherwise.
+pub async fn reaches(registration: &Registration, state: RegistrationState, within: Duration, what: &str) {
+    assert!(
+        registration.wait_for(state, within).await,
+        "{what}: not {state:?} after {within:?}, is {:?}",
+        registration.state()
+    );
 }

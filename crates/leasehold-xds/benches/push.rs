@@ -81,11 +81,7 @@ async fn latency(name: &str, registry: Arc<dyn Registry>) {
     let service = "latency";
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "bench").await;
-    client
-        .request(ResourceType::Endpoints, &[service], "", "", None)
-        .await;
-    let first = client.next().await;
-    client.ack(&first, &[service]).await;
+    client.subscribe(ResourceType::Endpoints, &[service]).await;
     let discovery = registry
         .watch(&ServiceName::new(service).unwrap(), WatchOptions::default())
         .await

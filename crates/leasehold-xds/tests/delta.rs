@@ -5,116 +5,22 @@
 mod support;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Instance, RegisterOptions, Registration, Registry};
-use leasehold_xds::envoy_types::pb::envoy::config::core::v3::Node;
-use leasehold_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
-use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse,
 };
-use leasehold_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
 use leasehold_xds::{ResourceType, XdsOptions};
-use prost::Message;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
-use support::start_xds;
-
-const QUIET: Duration = Duration::from_millis(500);
-
-/// A raw incremental ADS stream.
-struct DeltaClient {
-    requests: mpsc::Sender<DeltaDiscoveryRequest>,
-    responses: tonic::Streaming<DeltaDiscoveryResponse>,
-}
-
-impl DeltaClient {
-    async fn connect(xds: SocketAddr) -> DeltaClient {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
-            .await
-            .unwrap();
-        let (requests, rx) = mpsc::channel(16);
-        let responses = client
-            .delta_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        DeltaClient { requests, responses }
-    }
-
-    async fn send(&self, request: DeltaDiscoveryRequest) {
-        let request = DeltaDiscoveryRequest {
-            node: Some(Node {
-                id: "delta-client".to_owned(),
-                ..Default::default()
-            }),
-            ..request
-        };
-        self.requests.send(request).await.unwrap();
-    }
-
-    async fn subscribe(&self, kind: ResourceType, names: &[&str]) {
-        self.send(DeltaDiscoveryRequest {
-            type_url: kind.type_url(),
-            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    async fn ack(&self, response: &DeltaDiscoveryResponse) {
-        self.send(DeltaDiscoveryRequest {
-            type_url: response.type_url.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        })
-        .await;
-    }
-
-    async fn next(&mut self) -> DeltaDiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.responses.message())
-            .await
-            .expect("a response within 10s")
-            .unwrap()
-            .unwrap()
-    }
-
-    async fn quiet(&mut self) -> bool {
-        match tokio::time::timeout(QUIET, self.responses.message()).await {
-            Err(_) => true,
-            Ok(unexpected) => {
-                eprintln!("unexpected: {unexpected:?}");
-                false
-            }
-        }
-    }
-}
-
-async fn register(registry: &MemoryRegistry, service: &str, id: &str, addr: &str) -> Registration {
-    let instance = Instance::builder(service, addr).id(id).build().unwrap();
-    registry
-        .register(instance, RegisterOptions::default())
-        .await
-        .unwrap()
-}
+use support::{assignment_size, register, start_xds, DeltaClient};
 
 /// (name, endpoint count) of each assignment in the response.
 fn assignments(response: &DeltaDiscoveryResponse) -> Vec<(String, usize)> {
     response
         .resources
         .iter()
-        .map(|r| {
-            let cla = ClusterLoadAssignment::decode(r.resource.as_ref().unwrap().value.as_slice()).unwrap();
-            (
-                r.name.clone(),
-                cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum(),
-            )
-        })
+        .map(|r| (r.name.clone(), assignment_size(r.resource.as_ref().unwrap()).1))
         .collect()
 }
 
@@ -124,7 +30,7 @@ async fn only_what_the_client_lacks_is_sent() {
     let _a = register(&registry, "alpha", "a1", "10.0.0.1:80").await;
     let _b = register(&registry, "beta", "b1", "10.0.0.2:80").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
-    let mut client = DeltaClient::connect(xds).await;
+    let mut client = DeltaClient::connect(xds, "delta-client").await;
 
     client.subscribe(ResourceType::Endpoints, &["alpha"]).await;
     let first = client.next().await;
@@ -145,24 +51,13 @@ async fn only_what_the_client_lacks_is_sent() {
     assert_ne!(pushed.resources[0].version, second.resources[0].version);
 
     // A NACK is not answered.
-    client
-        .send(DeltaDiscoveryRequest {
-            type_url: ResourceType::Endpoints.type_url(),
-            response_nonce: pushed.nonce.clone(),
-            error_detail: Some(RpcStatus {
-                code: 3,
-                message: "no thanks".to_owned(),
-                details: Vec::new(),
-            }),
-            ..Default::default()
-        })
-        .await;
-    assert!(client.quiet().await);
+    client.nack(ResourceType::Endpoints, &pushed, "no thanks").await;
+    client.expect_quiet("a NACK is not answered").await;
 
     // After unsubscribing, changes to beta are not sent. (Subscribing to gamma in the
     // same request makes the server answer, so the test knows it was processed.)
     client
-        .send(DeltaDiscoveryRequest {
+        .delta(DeltaDiscoveryRequest {
             type_url: ResourceType::Endpoints.type_url(),
             resource_names_subscribe: vec!["gamma".to_owned()],
             resource_names_unsubscribe: vec!["beta".to_owned()],
@@ -171,7 +66,7 @@ async fn only_what_the_client_lacks_is_sent() {
         .await;
     assert_eq!(assignments(&client.next().await), [("gamma".to_owned(), 0)]);
     let _b3 = register(&registry, "beta", "b3", "10.0.0.4:80").await;
-    assert!(client.quiet().await);
+    client.expect_quiet("an unsubscribed resource is not sent").await;
 }
 
 #[tokio::test]
@@ -180,7 +75,7 @@ async fn a_reconnecting_client_gets_only_what_changed() {
     let _a = register(&registry, "alpha", "a1", "10.0.0.1:80").await;
     let _b = register(&registry, "beta", "b1", "10.0.0.2:80").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
-    let mut client = DeltaClient::connect(xds).await;
+    let mut client = DeltaClient::connect(xds, "delta-client").await;
     client
         .subscribe(ResourceType::Endpoints, &["alpha", "beta"])
         .await;
@@ -194,9 +89,9 @@ async fn a_reconnecting_client_gets_only_what_changed() {
     drop(client);
 
     let _a2 = register(&registry, "alpha", "a2", "10.0.0.5:80").await;
-    let mut client = DeltaClient::connect(xds).await;
+    let mut client = DeltaClient::connect(xds, "delta-client").await;
     client
-        .send(DeltaDiscoveryRequest {
+        .delta(DeltaDiscoveryRequest {
             type_url: ResourceType::Endpoints.type_url(),
             resource_names_subscribe: vec!["alpha".to_owned(), "beta".to_owned()],
             initial_resource_versions: versions,
@@ -204,7 +99,7 @@ async fn a_reconnecting_client_gets_only_what_changed() {
         })
         .await;
     assert_eq!(assignments(&client.next().await), [("alpha".to_owned(), 2)]);
-    assert!(client.quiet().await, "beta did not change and is not sent");
+    client.expect_quiet("beta did not change and is not sent").await;
 }
 
 #[tokio::test]
@@ -212,7 +107,7 @@ async fn a_wildcard_is_answered_empty() {
     let registry = Arc::new(MemoryRegistry::new());
     let _a = register(&registry, "alpha", "a1", "10.0.0.1:80").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
-    let mut client = DeltaClient::connect(xds).await;
+    let mut client = DeltaClient::connect(xds, "delta-client").await;
     client.subscribe(ResourceType::Cluster, &[]).await;
     let response = client.next().await;
     assert!(response.resources.is_empty());

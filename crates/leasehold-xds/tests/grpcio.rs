@@ -290,10 +290,8 @@ async fn grpcio_balances_over_the_registry_through_xds() {
     let b = InstanceId::new("b").unwrap();
     let mut drain_watcher = AdsClient::connect(xds, "drain-watcher").await;
     drain_watcher
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
+        .subscribe(ResourceType::Endpoints, &["greeter"])
         .await;
-    let first = drain_watcher.next().await;
-    drain_watcher.ack(&first, &["greeter"]).await;
     assert!(registry.drain(&greeter, &b).await.unwrap(), "b is registered");
     let drained = Instant::now();
     let draining = tokio::time::timeout(Duration::from_secs(60), async {
@@ -342,11 +340,7 @@ async fn grpcio_balances_over_the_registry_through_xds() {
 
     // The registry goes away: the last known set is kept and served, marked UNKNOWN.
     let mut watcher = AdsClient::connect(xds, "stale-watcher").await;
-    watcher
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-        .await;
-    let first = watcher.next().await;
-    watcher.ack(&first, &["greeter"]).await;
+    watcher.subscribe(ResourceType::Endpoints, &["greeter"]).await;
     etcd.kill(0).await.unwrap();
     let stale = tokio::time::timeout(Duration::from_secs(60), async {
         loop {

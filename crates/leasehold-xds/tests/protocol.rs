@@ -8,38 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Instance, InstanceUpdate, RegisterOptions, Registration, Registry};
+use leasehold::InstanceUpdate;
 use leasehold_xds::envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use leasehold_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use leasehold_xds::envoy_types::pb::envoy::config::listener::v3::Listener;
 use leasehold_xds::envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::DiscoveryResponse;
 use leasehold_xds::{ResourceType, XdsOptions};
 use prost::Message;
 
-use support::{start_xds, AdsClient};
+use support::{assignment_size, register, start_xds, AdsClient};
 
-/// How long a test waits to be sure nothing is sent.
-const QUIET: Duration = Duration::from_millis(500);
-
-async fn register(registry: &MemoryRegistry, service: &str, id: &str, addr: &str) -> Registration {
-    let instance = Instance::builder(service, addr).id(id).build().unwrap();
-    registry
-        .register(instance, RegisterOptions::default())
-        .await
-        .unwrap()
-}
-
+/// (cluster name, endpoint count) of each assignment in the response.
 fn endpoints(response: &DiscoveryResponse) -> Vec<(String, usize)> {
-    response
-        .resources
-        .iter()
-        .map(|any| {
-            let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
-            let count = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
-            (cla.cluster_name, count)
-        })
-        .collect()
+    response.resources.iter().map(assignment_size).collect()
 }
 
 #[tokio::test]
@@ -50,10 +31,7 @@ async fn a_client_gets_the_four_resources_of_what_it_asks_for_and_nothing_else()
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "client").await;
 
-    client
-        .request(ResourceType::Listener, &["greeter"], "", "", None)
-        .await;
-    let lds = client.next().await;
+    let lds = client.subscribe(ResourceType::Listener, &["greeter"]).await;
     assert_eq!(lds.type_url, ResourceType::Listener.type_url());
     let names: Vec<String> = lds
         .resources
@@ -61,37 +39,24 @@ async fn a_client_gets_the_four_resources_of_what_it_asks_for_and_nothing_else()
         .map(|a| Listener::decode(a.value.as_slice()).unwrap().name)
         .collect();
     assert_eq!(names, ["greeter"]);
-    client.ack(&lds, &["greeter"]).await;
 
-    client
-        .request(ResourceType::Route, &["greeter"], "", "", None)
-        .await;
-    let rds = client.next().await;
+    let rds = client.subscribe(ResourceType::Route, &["greeter"]).await;
     let route = RouteConfiguration::decode(rds.resources[0].value.as_slice()).unwrap();
     assert_eq!((rds.resources.len(), route.name.as_str()), (1, "greeter"));
-    client.ack(&rds, &["greeter"]).await;
 
-    client
-        .request(ResourceType::Cluster, &["greeter"], "", "", None)
-        .await;
-    let cds = client.next().await;
+    let cds = client.subscribe(ResourceType::Cluster, &["greeter"]).await;
     let cluster = Cluster::decode(cds.resources[0].value.as_slice()).unwrap();
     assert_eq!((cds.resources.len(), cluster.name.as_str()), (1, "greeter"));
-    client.ack(&cds, &["greeter"]).await;
 
-    client
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-        .await;
-    let eds = client.next().await;
+    let eds = client.subscribe(ResourceType::Endpoints, &["greeter"]).await;
     assert_eq!(endpoints(&eds), [("greeter".to_owned(), 1)]);
-    client.ack(&eds, &["greeter"]).await;
 
     // Nonces are unique on the stream; nothing else is sent (not `other`, no repeat).
     let nonces = [&lds.nonce, &rds.nonce, &cds.nonce, &eds.nonce];
     for (i, nonce) in nonces.iter().enumerate() {
         assert!(!nonces[..i].contains(nonce), "nonce {nonce} repeated");
     }
-    assert!(client.next_within(QUIET).await.is_none());
+    client.expect_quiet("nothing else is sent").await;
 
     // A name that is not a service is not a resource; a listener response lists every
     // subscribed listener.
@@ -117,17 +82,9 @@ async fn changes_are_pushed_to_every_subscribed_client_once() {
     let mut versions = Vec::new();
     for i in 0..3 {
         let mut client = AdsClient::connect(xds, &format!("client-{i}")).await;
-        client
-            .request(ResourceType::Listener, &["greeter"], "", "", None)
-            .await;
-        let lds = client.next().await;
-        client.ack(&lds, &["greeter"]).await;
-        client
-            .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-            .await;
-        let eds = client.next().await;
+        client.subscribe(ResourceType::Listener, &["greeter"]).await;
+        let eds = client.subscribe(ResourceType::Endpoints, &["greeter"]).await;
         assert_eq!(endpoints(&eds), [("greeter".to_owned(), 1)]);
-        client.ack(&eds, &["greeter"]).await;
         versions.push(eds.version_info);
         clients.push(client);
     }
@@ -151,10 +108,7 @@ async fn changes_are_pushed_to_every_subscribed_client_once() {
         .await
         .unwrap();
     for client in &mut clients {
-        assert!(
-            client.next_within(QUIET).await.is_none(),
-            "an unchanged assignment was sent"
-        );
+        client.expect_quiet("the assignment is unchanged").await;
     }
 
     one.deregister().await.unwrap();
@@ -180,11 +134,7 @@ async fn a_nack_is_not_answered_and_the_next_change_is_sent() {
     let _one = register(&registry, "greeter", "one", "10.0.0.1:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "picky").await;
-    client
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-        .await;
-    let first = client.next().await;
-    client.ack(&first, &["greeter"]).await;
+    let first = client.subscribe(ResourceType::Endpoints, &["greeter"]).await;
 
     let _two = register(&registry, "greeter", "two", "10.0.0.2:50051").await;
     let rejected = client.next().await;
@@ -197,10 +147,9 @@ async fn a_nack_is_not_answered_and_the_next_change_is_sent() {
             Some("endpoint 10.0.0.2 is not acceptable"),
         )
         .await;
-    assert!(
-        client.next_within(QUIET).await.is_none(),
-        "a NACK is not answered with the same resources"
-    );
+    client
+        .expect_quiet("a NACK is not answered with the same resources")
+        .await;
 
     let _three = register(&registry, "greeter", "three", "10.0.0.3:50051").await;
     let next = client.next().await;
@@ -215,11 +164,7 @@ async fn a_request_about_an_older_response_is_ignored() {
     let _other = register(&registry, "other", "x", "10.0.0.9:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "late").await;
-    client
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-        .await;
-    let first = client.next().await;
-    client.ack(&first, &["greeter"]).await;
+    let first = client.subscribe(ResourceType::Endpoints, &["greeter"]).await;
     let _two = register(&registry, "greeter", "two", "10.0.0.2:50051").await;
     let second = client.next().await;
 
@@ -233,7 +178,9 @@ async fn a_request_about_an_older_response_is_ignored() {
             None,
         )
         .await;
-    assert!(client.next_within(QUIET).await.is_none());
+    client
+        .expect_quiet("a request about an older response is ignored")
+        .await;
 
     // With the current nonce the new subscription is served: only the new resource.
     client
@@ -254,11 +201,7 @@ async fn a_reconnecting_client_gets_the_current_state() {
     let _one = register(&registry, "greeter", "one", "10.0.0.1:50051").await;
     let (xds, _server, _stop) = start_xds(registry.clone(), XdsOptions::default()).await;
     let mut client = AdsClient::connect(xds, "phoenix").await;
-    client
-        .request(ResourceType::Endpoints, &["greeter"], "", "", None)
-        .await;
-    let before = client.next().await;
-    client.ack(&before, &["greeter"]).await;
+    let before = client.subscribe(ResourceType::Endpoints, &["greeter"]).await;
     drop(client);
 
     let _two = register(&registry, "greeter", "two", "10.0.0.2:50051").await;

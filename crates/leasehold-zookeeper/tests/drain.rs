@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{instance, nodes, service, until_nodes, url, WAIT};
+use common::{instance, nodes, reaches, service, until_nodes, url, WAIT};
 use leasehold::{InstanceId, RegisterOptions, RegistrationState, Registry, WatchOptions};
 use leasehold_testkit::zookeeper::ZkEnsemble;
 use leasehold_zookeeper::ZkRegistry;
@@ -26,19 +26,21 @@ async fn a_drained_registration_stays_out_across_a_server_restart() {
     let drained = owner.register(instance(&svc, "d"), ttl).await.unwrap();
     let live = owner.register(instance(&svc, "l"), ttl).await.unwrap();
     assert!(operator.drain(&svc, &id("d")).await.unwrap());
-    assert!(drained.wait_for(RegistrationState::Drained, WAIT).await);
+    reaches(&drained, RegistrationState::Drained, "d is drained").await;
     until_nodes(&zk, &svc, "l's node and d's marker", |n| {
         n.len() == 2 && n.iter().any(|n| n == "~drained-d")
     })
     .await;
 
     zk.kill(0).await.unwrap();
-    assert!(
-        live.wait_for(RegistrationState::Recovering, WAIT).await,
-        "the session expires while the server is down"
-    );
+    reaches(
+        &live,
+        RegistrationState::Recovering,
+        "the session expires while the server is down",
+    )
+    .await;
     zk.restart(0).await.unwrap();
-    assert!(live.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(&live, RegistrationState::Registered, "l is written back").await;
     assert_eq!(drained.state(), RegistrationState::Drained);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let names = until_nodes(&zk, &svc, "l's new node and the marker", |n| n.len() == 2).await;
@@ -57,7 +59,12 @@ async fn a_drained_registration_stays_out_across_a_server_restart() {
     assert_eq!(snapshot.instances()[0].id().as_str(), "l");
 
     assert!(operator.undrain(&svc, &id("d")).await.unwrap());
-    assert!(drained.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(
+        &drained,
+        RegistrationState::Registered,
+        "undrained, d is written back",
+    )
+    .await;
     discovery
         .wait_for(WAIT, |s| s.len() == 2 && !s.is_drained(&id("d")))
         .await

@@ -7,7 +7,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{instance, nodes, raw, service, until_nodes, url, WAIT};
+use common::{
+    instance, live_with, nodes, raw, reaches, register, service, until_nodes, url, watch_until, WAIT,
+};
 use leasehold::{ConnectionState, Error, RegisterOptions, RegistrationState, Registry, WatchOptions};
 use leasehold_testkit::zookeeper::ZkEnsemble;
 use leasehold_zookeeper::ZkRegistry;
@@ -27,27 +29,30 @@ async fn session_expiry_writes_the_node_again() {
     let svc = service("expiry");
     let owner = common::client(&zk);
     let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=2s")).unwrap();
-    let registration = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(2)))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let registration = register(&owner, &svc, "a", Duration::from_secs(2)).await;
+    let discovery = watch_until(&watcher, &svc, 1).await;
     let before_sessions = owner.session_ids();
     let before_nodes = nodes(&zk, &svc).await;
 
     zk.pause(0).unwrap();
-    assert!(
-        registration.wait_for(RegistrationState::Recovering, WAIT).await,
-        "the owner gives its session up as expired"
-    );
+    reaches(
+        &registration,
+        RegistrationState::Recovering,
+        "the owner gives its session up as expired",
+    )
+    .await;
     discovery
         .wait_for(WAIT, |s| !s.connection().is_live())
         .await
         .expect("the watcher marks the set stale");
     let started = Instant::now();
     zk.resume(0).unwrap();
-    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(
+        &registration,
+        RegistrationState::Registered,
+        "registered again once the server thaws",
+    )
+    .await;
     let registered = started.elapsed();
     let after_sessions = owner.session_ids();
     assert_eq!(after_sessions.len(), 1);
@@ -56,10 +61,7 @@ async fn session_expiry_writes_the_node_again() {
         n.len() == 1 && n != before_nodes.as_slice()
     })
     .await;
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
-        .await
-        .expect("the watcher follows again");
+    live_with(&discovery, 1, "the watcher follows again").await;
     let watching = started.elapsed();
     eprintln!(
         "RECOVERY session expiry: Registered again {registered:?} after the server thawed, watcher live {watching:?} (node {names:?})"
@@ -80,12 +82,8 @@ async fn restart_within_the_session_timeout_changes_nothing() {
     let svc = service("restart-short");
     let owner = common::client(&zk);
     let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=20s")).unwrap();
-    let registration = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(20)))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let registration = register(&owner, &svc, "a", Duration::from_secs(20)).await;
+    let discovery = watch_until(&watcher, &svc, 1).await;
     let before = nodes(&zk, &svc).await;
     let sessions = owner.session_ids();
     let mut states = registration.states();
@@ -103,10 +101,7 @@ async fn restart_within_the_session_timeout_changes_nothing() {
         "the last known set is kept while stale"
     );
     zk.restart(0).await.unwrap();
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
-        .await
-        .expect("the watcher is live again");
+    live_with(&discovery, 1, "the watcher is live again").await;
     let live_again = started.elapsed();
 
     assert_eq!(nodes(&zk, &svc).await, before, "the same node, no duplicate");
@@ -125,30 +120,30 @@ async fn restart_past_the_session_timeout_writes_the_node_again() {
     let svc = service("restart-long");
     let owner = common::client(&zk);
     let watcher = common::client(&zk);
-    let registration = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(2)))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let registration = register(&owner, &svc, "a", Duration::from_secs(2)).await;
+    let discovery = watch_until(&watcher, &svc, 1).await;
 
     zk.kill(0).await.unwrap();
-    assert!(
-        registration.wait_for(RegistrationState::Recovering, WAIT).await,
-        "the session expires while the server is down"
-    );
+    reaches(
+        &registration,
+        RegistrationState::Recovering,
+        "the session expires while the server is down",
+    )
+    .await;
     let started = Instant::now();
     zk.restart(0).await.unwrap();
-    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(
+        &registration,
+        RegistrationState::Registered,
+        "registered again once the server is back",
+    )
+    .await;
     let registered = started.elapsed();
     until_nodes(&zk, &svc, "one node once the old session is gone", |n| {
         n.len() == 1
     })
     .await;
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
-        .await
-        .expect("the watcher sees it");
+    live_with(&discovery, 1, "the watcher sees it").await;
     eprintln!(
         "RECOVERY restart past session timeout: Registered {registered:?} after the server was back, watcher live after {:?}",
         started.elapsed()
@@ -163,32 +158,27 @@ async fn killed_ensemble_member_loses_no_registration() {
     let watcher = common::client(&zk);
     let mut registrations = Vec::new();
     for n in 0..5 {
-        let registration = owner
-            .register(
-                instance(&svc, &format!("i{n}")),
-                RegisterOptions::ttl(Duration::from_secs(10)),
-            )
-            .await
-            .unwrap();
+        let registration = register(&owner, &svc, &format!("i{n}"), Duration::from_secs(10)).await;
         registrations.push(registration);
     }
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 5).await.expect("seen");
+    let discovery = watch_until(&watcher, &svc, 5).await;
 
     let leader = zk.leader().await.unwrap();
     let started = Instant::now();
     zk.kill(leader).await.unwrap();
     for registration in &registrations {
-        assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+        reaches(
+            registration,
+            RegistrationState::Registered,
+            "every registration survives the leader's death",
+        )
+        .await;
     }
     until_nodes(&zk, &svc, "all five nodes after the leader died", |n| {
         n.len() == 5
     })
     .await;
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 5)
-        .await
-        .expect("the watcher follows the surviving quorum");
+    live_with(&discovery, 5, "the watcher follows the surviving quorum").await;
     let listed = watcher.list(&svc).await.unwrap();
     assert_eq!(listed.len(), 5);
     eprintln!(
@@ -211,25 +201,15 @@ async fn wiped_server_gets_every_registration_back() {
     let svc = service("wipe");
     let owner = common::client(&zk);
     let watcher = common::client(&zk);
-    let _a = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(3)))
-        .await
-        .unwrap();
-    let _b = owner
-        .register(instance(&svc, "b"), RegisterOptions::ttl(Duration::from_secs(3)))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 2).await.expect("seen");
+    let _a = register(&owner, &svc, "a", Duration::from_secs(3)).await;
+    let _b = register(&owner, &svc, "b", Duration::from_secs(3)).await;
+    let discovery = watch_until(&watcher, &svc, 2).await;
 
     let started = Instant::now();
     zk.wipe(0).await.unwrap();
     until_nodes(&zk, &svc, "both nodes written again", |n| n.len() == 2).await;
     let written = started.elapsed();
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 2)
-        .await
-        .expect("the watcher sees both again");
+    live_with(&discovery, 2, "the watcher sees both again").await;
     eprintln!(
         "RECOVERY data wiped: nodes back after {written:?}, watcher live with both after {:?}",
         started.elapsed()
@@ -241,10 +221,7 @@ async fn node_deleted_by_another_client_is_written_again() {
     let zk = standalone().await;
     let svc = service("deleted");
     let owner = common::client(&zk);
-    let registration = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let registration = register(&owner, &svc, "a", Duration::from_secs(10)).await;
     let before = nodes(&zk, &svc).await;
     assert_eq!(before.len(), 1);
 
@@ -259,7 +236,12 @@ async fn node_deleted_by_another_client_is_written_again() {
     })
     .await;
     let rewritten = started.elapsed();
-    assert!(registration.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(
+        &registration,
+        RegistrationState::Registered,
+        "the registration writes its node again",
+    )
+    .await;
     assert!(
         after[0].starts_with("_c_") && after[0].contains("-a"),
         "{after:?}"
@@ -279,10 +261,7 @@ async fn another_identity_cannot_delete_our_node() {
     .unwrap();
     let mallory = ZkRegistry::connect(&url(&zk, "?user=mallory&password=evil")).unwrap();
     let anonymous = common::client(&zk);
-    let registration = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let registration = register(&owner, &svc, "a", Duration::from_secs(10)).await;
 
     for (who, client) in [
         ("another digest user", &mallory),
@@ -309,10 +288,7 @@ async fn another_identity_cannot_delete_our_node() {
         );
     }
     // Another identity may still register its own instance under the same service.
-    let theirs = mallory
-        .register(instance(&svc, "m"), RegisterOptions::ttl(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let theirs = register(&mallory, &svc, "m", Duration::from_secs(10)).await;
     assert_eq!(nodes(&zk, &svc).await.len(), 2);
     theirs.deregister().await.unwrap();
     registration.deregister().await.unwrap();
@@ -375,12 +351,8 @@ async fn frozen_server_marks_discovery_stale_then_live() {
     let svc = service("frozen");
     let owner = common::client(&zk);
     let watcher = ZkRegistry::connect(&url(&zk, "?session_timeout=2s")).unwrap();
-    let _a = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let discovery = watcher.watch(&svc, WatchOptions::default()).await.unwrap();
-    discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("seen");
+    let _a = register(&owner, &svc, "a", Duration::from_secs(30)).await;
+    let discovery = watch_until(&watcher, &svc, 1).await;
 
     zk.pause(0).unwrap();
     let started = Instant::now();
@@ -392,10 +364,7 @@ async fn frozen_server_marks_discovery_stale_then_live() {
     assert_eq!(discovery.snapshot().len(), 1, "the last known set is served");
     zk.resume(0).unwrap();
     let resumed = Instant::now();
-    discovery
-        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == 1)
-        .await
-        .expect("live again after the server resumes");
+    live_with(&discovery, 1, "live again after the server resumes").await;
     eprintln!(
         "RECOVERY frozen server: stale after {stale_after:?}, live {:?} after resume",
         resumed.elapsed()
@@ -455,7 +424,12 @@ async fn a_partly_failed_rewrite_leaves_no_twin() {
     other.set_acl(&denied_path, &read_only, None).await.unwrap();
 
     zk.pause(0).unwrap();
-    assert!(kept.wait_for(RegistrationState::Recovering, WAIT).await);
+    reaches(
+        &kept,
+        RegistrationState::Recovering,
+        "the session expires while the server is frozen",
+    )
+    .await;
     zk.resume(0).unwrap();
     // Several retries of the batch while `denied` still refuses us.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -465,8 +439,13 @@ async fn a_partly_failed_rewrite_leaves_no_twin() {
         zookeeper_client::AuthId::anyone(),
     )];
     raw(&zk).await.set_acl(&denied_path, &open, None).await.unwrap();
-    assert!(refused.wait_for(RegistrationState::Registered, WAIT).await);
-    assert!(kept.wait_for(RegistrationState::Registered, WAIT).await);
+    reaches(
+        &refused,
+        RegistrationState::Registered,
+        "b writes itself once its service node lets it",
+    )
+    .await;
+    reaches(&kept, RegistrationState::Registered, "a is registered again").await;
     until_nodes(&zk, &denied, "one node for b", |n| n.len() == 1).await;
     until_nodes(
         &zk,
@@ -485,10 +464,7 @@ async fn a_listing_larger_than_one_packet_is_read() {
     let zk = standalone().await;
     let svc = service("large");
     let owner = common::client(&zk);
-    let _a = owner
-        .register(instance(&svc, "a"), RegisterOptions::ttl(Duration::from_secs(10)))
-        .await
-        .unwrap();
+    let _a = register(&owner, &svc, "a", Duration::from_secs(10)).await;
     // 3,000 foreign nodes whose names alone make a 1.4 MB request of reads.
     let other = raw(&zk).await;
     let parent = format!("{}/{svc}", common::ROOT);

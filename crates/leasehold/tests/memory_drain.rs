@@ -2,25 +2,13 @@
 //! across its own lease loss and recovery, an undrain made while its owner was cut off
 //! still reaches it, and formats with no place for a marker refuse to drain.
 
+mod common;
+
 use std::time::Duration;
 
+use common::*;
 use leasehold::memory::MemoryRegistry;
-use leasehold::{
-    Instance, InstanceId, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions,
-};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn instance(id: &str) -> Instance {
-    Instance::builder("echo", "127.0.0.1:7001")
-        .id(id)
-        .build()
-        .unwrap()
-}
-
-fn echo() -> ServiceName {
-    ServiceName::new("echo").unwrap()
-}
+use leasehold::{InstanceId, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions};
 
 fn id(value: &str) -> InstanceId {
     InstanceId::new(value).unwrap()
@@ -50,13 +38,7 @@ async fn a_drained_registration_stays_out_across_a_lost_lease() {
         "and repaired"
     );
     assert_eq!(drained.state(), RegistrationState::Drained);
-    let listed: Vec<String> = operator
-        .list(&echo())
-        .await
-        .unwrap()
-        .iter()
-        .map(|i| i.id().to_string())
-        .collect();
+    let listed = listed_ids(&operator).await;
     assert_eq!(listed, ["l"], "the recovery must not write the drained one back");
     let snapshot = discovery
         .wait_for(WAIT, |s| s.len() == 1 && s.is_drained(&id("d")))

@@ -1,36 +1,23 @@
 //! Recovery paths of the registrar and the watcher, driven through the in-process
 //! registry's fault injection.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use leasehold::memory::{MemoryRegistry, MemoryStore};
 use leasehold::{
     Change, ConnectionState, Instance, InstanceId, InstanceUpdate, RegisterOptions, RegistrationState,
     Registry, ServiceName, WatchOptions,
 };
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn instance(id: &str) -> Instance {
-    Instance::builder("echo", "127.0.0.1:7001")
-        .id(id)
-        .build()
-        .unwrap()
-}
-
-fn echo() -> ServiceName {
-    ServiceName::new("echo").unwrap()
-}
-
 #[tokio::test]
 async fn lifecycle_is_seen_by_a_watcher() {
     let registry = MemoryRegistry::new();
     let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
-    let registration = registry
-        .register(instance("a"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     discovery.wait_for(WAIT, |s| s.len() == 1).await.expect("added");
 
     registration.pause().await.unwrap();
@@ -71,12 +58,7 @@ async fn registrations_share_one_lease_per_ttl() {
     let registry = MemoryRegistry::new();
     let mut held = Vec::new();
     for n in 0..20 {
-        held.push(
-            registry
-                .register(instance(&format!("i{n}")), RegisterOptions::default())
-                .await
-                .unwrap(),
-        );
+        held.push(register(&registry, &format!("i{n}")).await);
     }
     assert_eq!(registry.store().lease_count(), 1);
     held.push(
@@ -91,10 +73,7 @@ async fn registrations_share_one_lease_per_ttl() {
 #[tokio::test]
 async fn duplicate_registration_is_refused() {
     let registry = MemoryRegistry::new();
-    let _first = registry
-        .register(instance("a"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let _first = register(&registry, "a").await;
     let err = registry
         .register(instance("a"), RegisterOptions::default())
         .await
@@ -106,10 +85,7 @@ async fn duplicate_registration_is_refused() {
 async fn dropping_the_handle_deregisters_at_once() {
     let registry = MemoryRegistry::new();
     let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
-    let registration = registry
-        .register(instance("a"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let clone = registration.clone();
     drop(registration);
     let gone = discovery
@@ -174,10 +150,7 @@ async fn a_wiped_store_gets_every_registration_back() {
 async fn a_key_deleted_by_someone_else_is_written_again() {
     let registry = MemoryRegistry::new();
     let operator = MemoryRegistry::with_store(registry.store().clone());
-    let registration = registry
-        .register(instance("a"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let registration = register(&registry, "a").await;
     let discovery = operator.watch(&echo(), WatchOptions::default()).await.unwrap();
     let mut changes = discovery.changes();
     assert!(operator
@@ -198,10 +171,7 @@ async fn a_key_deleted_by_someone_else_is_written_again() {
 #[tokio::test]
 async fn an_outage_marks_the_cache_stale_and_keeps_the_set() {
     let registry = MemoryRegistry::new();
-    let _a = registry
-        .register(instance("a"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let _a = register(&registry, "a").await;
     let discovery = registry.watch(&echo(), WatchOptions::default()).await.unwrap();
     registry.store().set_reachable(false);
     let stale = discovery
@@ -300,12 +270,7 @@ async fn the_guard_keeps_the_set_when_the_registry_comes_back_empty() {
     let plain = client.watch(&echo(), WatchOptions::default()).await.unwrap();
     let mut held = Vec::new();
     for id in ["a", "b", "c", "d"] {
-        held.push(
-            owner
-                .register(instance(id), RegisterOptions::default())
-                .await
-                .unwrap(),
-        );
+        held.push(register(&owner, id).await);
     }
     guarded.wait_for(WAIT, |s| s.len() == 4).await.expect("all four");
     owner.crash();
@@ -327,14 +292,8 @@ async fn the_guard_keeps_the_set_when_the_registry_comes_back_empty() {
 #[tokio::test]
 async fn a_deregistration_that_failed_is_retried_until_the_key_is_gone() {
     let registry = MemoryRegistry::new();
-    let gone = registry
-        .register(instance("gone"), RegisterOptions::default())
-        .await
-        .unwrap();
-    let _kept = registry
-        .register(instance("kept"), RegisterOptions::default())
-        .await
-        .unwrap();
+    let gone = register(&registry, "gone").await;
+    let _kept = register(&registry, "kept").await;
 
     registry.store().set_reachable(false);
     let failed = gone.deregister().await;
@@ -344,13 +303,7 @@ async fn a_deregistration_that_failed_is_retried_until_the_key_is_gone() {
 
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let ids: Vec<String> = registry
-            .list(&echo())
-            .await
-            .unwrap()
-            .iter()
-            .map(|i| i.id().to_string())
-            .collect();
+        let ids = listed_ids(&registry).await;
         if ids == ["kept"] {
             break;
         }

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leasehold::{Instance, RegistryUrl, ServiceName};
+use leasehold::{
+    Discovery, Instance, RegisterOptions, Registration, RegistrationState, Registry, RegistryUrl,
+    ServiceName, WatchOptions,
+};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +39,34 @@ pub fn key(id: &str) -> String {
     format!("{ROOT}/echo/{id}")
 }
 
+/// Registers the echo instance `id` (see [`instance`]) on `registry` with the short [`TTL`].
+pub async fn register(registry: &EtcdRegistry, id: &str) -> Registration {
+    registry
+        .register(instance(id), RegisterOptions::ttl(TTL))
+        .await
+        .unwrap()
+}
+
+/// Watches the echo service on `registry`.
+pub async fn watch_echo(registry: &EtcdRegistry) -> Discovery {
+    registry.watch(&echo(), WatchOptions::default()).await.unwrap()
+}
+
+/// Waits up to [`WAIT`] for `registration` to be in `state`; fails naming `what`.
+pub async fn reaches(registration: &Registration, state: RegistrationState, what: &str) {
+    leasehold_testkit::reaches(registration, state, WAIT, what).await
+}
+
+/// Waits up to [`WAIT`] for `registration` to be `Registered` (again).
+pub async fn registered(registration: &Registration) {
+    reaches(
+        registration,
+        RegistrationState::Registered,
+        "registration back to Registered",
+    )
+    .await;
+}
+
 /// Logs to the test's output when `RUST_LOG` is set.
 pub fn init_logging() {
     let _ = tracing_subscriber::fmt()
@@ -59,6 +90,13 @@ pub async fn raw(etcd: &EtcdCluster) -> etcd_client::Client {
     etcd_client::Client::connect(etcd.endpoints(), None)
         .await
         .unwrap()
+}
+
+/// The lease `key` is bound to (0 for none), or `None` when the key does not exist;
+/// asked through a fresh client.
+pub async fn lease_of(etcd: &EtcdCluster, key: &str) -> Option<i64> {
+    let answer = raw(etcd).await.get(key, None).await.unwrap();
+    answer.kvs().first().map(|kv| kv.lease())
 }
 
 /// Polls `check` until it holds, up to [`WAIT`]; panics with `what` otherwise.

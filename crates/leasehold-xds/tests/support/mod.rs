@@ -1,5 +1,5 @@
-//! Shared pieces of the xDS tests: Greeter servers, an xDS server on a free port, and a
-//! raw ADS client.
+//! Shared pieces of the xDS tests: Greeter servers, an xDS server on a free port, and
+//! raw ADS clients of both protocols.
 
 #![allow(dead_code)]
 
@@ -11,18 +11,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use leasehold::Registry;
+use leasehold::memory::MemoryRegistry;
+use leasehold::{Instance, RegisterOptions, Registration, Registry};
 use leasehold_xds::envoy_types::pb::envoy::config::core::v3::Node;
+use leasehold_xds::envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use leasehold_xds::envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use leasehold_xds::envoy_types::pb::google::protobuf::Any;
 use leasehold_xds::envoy_types::pb::google::rpc::Status as RpcStatus;
 use leasehold_xds::{ResourceType, XdsOptions, XdsServer};
+use prost::Message;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::body::Body;
 use tonic::codegen::http;
 use tonic::server::NamedService;
+use tonic::transport::Channel;
 
 /// `greeter.HelloRequest`, encoded by prost.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -123,30 +130,87 @@ pub async fn start_xds(
     (addr, server, stop)
 }
 
-/// A raw ADS stream, to drive the protocol step by step.
-pub struct AdsClient {
-    requests: mpsc::Sender<DiscoveryRequest>,
-    responses: tonic::Streaming<DiscoveryResponse>,
+/// How long a test waits to be sure nothing is sent.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// A raw ADS stream of either protocol (state of the world or incremental), to drive
+/// it step by step: requests go out as written, responses are read one by one.
+pub struct AdsStream<Request, Response> {
+    requests: mpsc::Sender<Request>,
+    responses: tonic::Streaming<Response>,
     node: String,
 }
 
-impl AdsClient {
-    pub async fn connect(xds: SocketAddr, node: &str) -> AdsClient {
-        let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
+/// The state-of-the-world ADS stream.
+pub type AdsClient = AdsStream<DiscoveryRequest, DiscoveryResponse>;
+
+/// The incremental (delta) ADS stream.
+pub type DeltaClient = AdsStream<DeltaDiscoveryRequest, DeltaDiscoveryResponse>;
+
+impl<Request, Response: std::fmt::Debug> AdsStream<Request, Response> {
+    /// Opens a stream to the server at `xds` with `open` (the RPC of one protocol),
+    /// accepting responses of any size.
+    async fn open<F, Opened>(xds: SocketAddr, node: &str, open: F) -> Self
+    where
+        F: FnOnce(AggregatedDiscoveryServiceClient<Channel>, ReceiverStream<Request>) -> Opened,
+        Opened: Future<Output = Result<tonic::Response<tonic::Streaming<Response>>, tonic::Status>>,
+    {
+        let ads = AggregatedDiscoveryServiceClient::connect(format!("http://{xds}"))
             .await
             .unwrap()
             .max_decoding_message_size(usize::MAX);
         let (requests, rx) = mpsc::channel(16);
-        let responses = client
-            .stream_aggregated_resources(ReceiverStream::new(rx))
-            .await
-            .unwrap()
-            .into_inner();
-        AdsClient {
+        let responses = open(ads, ReceiverStream::new(rx)).await.unwrap().into_inner();
+        AdsStream {
             requests,
             responses,
             node: node.to_owned(),
         }
+    }
+
+    /// Sends `request` as it is.
+    pub async fn send(&self, request: Request) {
+        self.requests.send(request).await.unwrap();
+    }
+
+    /// The next response, failing the test if none comes within ten seconds.
+    pub async fn next(&mut self) -> Response {
+        tokio::time::timeout(Duration::from_secs(10), self.responses.message())
+            .await
+            .expect("a response within 10s")
+            .expect("the stream is healthy")
+            .expect("the stream is open")
+    }
+
+    /// The next response if one comes within `wait`.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Response> {
+        tokio::time::timeout(wait, self.responses.message())
+            .await
+            .ok()
+            .map(|r| r.expect("the stream is healthy").expect("the stream is open"))
+    }
+
+    /// Fails the test, naming `why` and what came, if anything arrives within [`QUIET`].
+    pub async fn expect_quiet(&mut self, why: &str) {
+        if let Ok(unexpected) = tokio::time::timeout(QUIET, self.responses.message()).await {
+            panic!("{why}, yet the stream answered: {unexpected:?}");
+        }
+    }
+
+    fn node(&self) -> Option<Node> {
+        Some(Node {
+            id: self.node.clone(),
+            ..Default::default()
+        })
+    }
+}
+
+impl AdsClient {
+    pub async fn connect(xds: SocketAddr, node: &str) -> AdsClient {
+        AdsStream::open(xds, node, |mut ads, requests| async move {
+            ads.stream_aggregated_resources(requests).await
+        })
+        .await
     }
 
     /// Sends a request for `names` of type `kind`, acknowledging `version`/`nonce`, or
@@ -159,23 +223,25 @@ impl AdsClient {
         nonce: &str,
         error: Option<&str>,
     ) {
-        let request = DiscoveryRequest {
+        self.send(DiscoveryRequest {
             version_info: version.to_owned(),
-            node: Some(Node {
-                id: self.node.clone(),
-                ..Default::default()
-            }),
+            node: self.node(),
             resource_names: names.iter().map(|n| n.to_string()).collect(),
             type_url: kind.type_url(),
             response_nonce: nonce.to_owned(),
-            error_detail: error.map(|message| RpcStatus {
-                code: 3,
-                message: message.to_owned(),
-                details: Vec::new(),
-            }),
+            error_detail: error.map(rejection),
             ..Default::default()
-        };
-        self.requests.send(request).await.unwrap();
+        })
+        .await;
+    }
+
+    /// Subscribes to `names` of type `kind` from scratch (no version, no nonce), and
+    /// returns the response after acknowledging it.
+    pub async fn subscribe(&mut self, kind: ResourceType, names: &[&str]) -> DiscoveryResponse {
+        self.request(kind, names, "", "", None).await;
+        let response = self.next().await;
+        self.ack(&response, names).await;
+        response
     }
 
     /// Acknowledges `response`, still subscribing to `names`.
@@ -184,21 +250,78 @@ impl AdsClient {
         self.request(kind, names, &response.version_info, &response.nonce, None)
             .await;
     }
+}
 
-    /// The next response, failing the test if none comes within ten seconds.
-    pub async fn next(&mut self) -> DiscoveryResponse {
-        tokio::time::timeout(Duration::from_secs(10), self.responses.message())
-            .await
-            .expect("a response within 10s")
-            .expect("the stream is healthy")
-            .expect("the stream is open")
+impl DeltaClient {
+    pub async fn connect(xds: SocketAddr, node: &str) -> DeltaClient {
+        AdsStream::open(xds, node, |mut ads, requests| async move {
+            ads.delta_aggregated_resources(requests).await
+        })
+        .await
     }
 
-    /// The next response if one comes within `wait`.
-    pub async fn next_within(&mut self, wait: Duration) -> Option<DiscoveryResponse> {
-        tokio::time::timeout(wait, self.responses.message())
-            .await
-            .ok()
-            .map(|r| r.expect("the stream is healthy").expect("the stream is open"))
+    /// Sends `request` with this client's node filled in.
+    pub async fn delta(&self, request: DeltaDiscoveryRequest) {
+        self.send(DeltaDiscoveryRequest {
+            node: self.node(),
+            ..request
+        })
+        .await;
     }
+
+    /// Adds `names` of type `kind` to the subscription.
+    pub async fn subscribe(&self, kind: ResourceType, names: &[&str]) {
+        self.delta(DeltaDiscoveryRequest {
+            type_url: kind.type_url(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Acknowledges `response`.
+    pub async fn ack(&self, response: &DeltaDiscoveryResponse) {
+        self.delta(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Rejects `response` of type `kind` with `message`.
+    pub async fn nack(&self, kind: ResourceType, response: &DeltaDiscoveryResponse, message: &str) {
+        self.delta(DeltaDiscoveryRequest {
+            type_url: kind.type_url(),
+            response_nonce: response.nonce.clone(),
+            error_detail: Some(rejection(message)),
+            ..Default::default()
+        })
+        .await;
+    }
+}
+
+/// The error detail of a NACK (`INVALID_ARGUMENT`, as Envoy sends it).
+fn rejection(message: &str) -> RpcStatus {
+    RpcStatus {
+        code: 3,
+        message: message.to_owned(),
+        details: Vec::new(),
+    }
+}
+
+/// Registers `service`/`id` at `addr` in `registry`.
+pub async fn register(registry: &MemoryRegistry, service: &str, id: &str, addr: &str) -> Registration {
+    let instance = Instance::builder(service, addr).id(id).build().unwrap();
+    registry
+        .register(instance, RegisterOptions::default())
+        .await
+        .unwrap()
+}
+
+/// The cluster name and endpoint count of the `ClusterLoadAssignment` in `any`.
+pub fn assignment_size(any: &Any) -> (String, usize) {
+    let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
+    let count = cla.endpoints.iter().map(|l| l.lb_endpoints.len()).sum();
+    (cla.cluster_name, count)
 }

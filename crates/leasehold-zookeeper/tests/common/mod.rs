@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use leasehold::{Instance, RegistryUrl, ServiceName};
+use leasehold::{
+    Discovery, Instance, RegisterOptions, Registration, RegistrationState, Registry, RegistryUrl,
+    ServiceName, WatchOptions,
+};
 use leasehold_testkit::zookeeper::ZkEnsemble;
 use leasehold_zookeeper::ZkRegistry;
 use zookeeper_client as zk;
@@ -37,6 +40,38 @@ pub fn instance(service: &ServiceName, id: &str) -> Instance {
         .id(id)
         .build()
         .unwrap()
+}
+
+/// Registers the instance `id` of `svc` (see [`instance`]) on `registry` with `ttl`.
+pub async fn register(registry: &ZkRegistry, svc: &ServiceName, id: &str, ttl: Duration) -> Registration {
+    registry
+        .register(instance(svc, id), RegisterOptions::ttl(ttl))
+        .await
+        .unwrap()
+}
+
+/// Watches `svc` on `registry`, once the watcher holds `count` instances.
+pub async fn watch_until(registry: &ZkRegistry, svc: &ServiceName, count: usize) -> Discovery {
+    let discovery = registry.watch(svc, WatchOptions::default()).await.unwrap();
+    discovery
+        .wait_for(WAIT, |s| s.len() == count)
+        .await
+        .unwrap_or_else(|| panic!("the watcher of {svc} holds {count} instances"));
+    discovery
+}
+
+/// Waits up to [`WAIT`] for `discovery` to be live with `count` instances; fails with
+/// `what`.
+pub async fn live_with(discovery: &Discovery, count: usize, what: &str) {
+    discovery
+        .wait_for(WAIT, |s| s.connection().is_live() && s.len() == count)
+        .await
+        .expect(what);
+}
+
+/// Waits up to [`WAIT`] for `registration` to be in `state`; fails naming `what`.
+pub async fn reaches(registration: &Registration, state: RegistrationState, what: &str) {
+    leasehold_testkit::reaches(registration, state, WAIT, what).await
 }
 
 pub fn service(name: &str) -> ServiceName {
