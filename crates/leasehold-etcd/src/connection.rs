@@ -304,9 +304,13 @@ impl Connection {
 
     /// Runs one request on the chosen member, bounded by the request timeout.
     ///
-    /// A request that failed in transport, or that got no answer within half the
-    /// timeout (a frozen member, whose connection looks healthy until the HTTP/2 ping
-    /// times out), is sent again to another member. That is safe because every write
+    /// A request that failed in transport, or that got no answer within a quarter of
+    /// the timeout (a frozen member, whose connection looks healthy until the HTTP/2 ping
+    /// times out, or one waiting on a frozen leader), is sent again to another member: a
+    /// quarter, so that after a member that waits on a frozen leader and then the frozen
+    /// leader itself, a third member still gets its turn well within a short TTL (the
+    /// soak found a registrant whose grant went that way and missed the TTL with
+    /// halves). That is safe because every write
     /// leasehold makes is conditional on what it expects to find (a write under a lease
     /// compares the key's lease), so a copy that lands late, after the first one or
     /// after the lease was given up, changes nothing or fails; the rest are reads,
@@ -316,7 +320,7 @@ impl Connection {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
+        let per_try = (self.request_timeout / 4).max(Duration::from_millis(500));
         self.attempt_within(per_try, request).await
     }
 
@@ -332,7 +336,7 @@ impl Connection {
         F: FnMut(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let retries = self.members.len().max(2);
+        let retries = (2 * self.members.len()).max(2);
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         for tried in 0.. {
             if self.is_crashed() {
@@ -407,7 +411,9 @@ impl Connection {
     ) -> Result<GetResponse> {
         self.ranges.fetch_add(1, Ordering::Relaxed);
         let key = key.into();
-        self.call(|client| {
+        // A listing may be large: each try gets half the timeout.
+        let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
+        self.attempt_within(per_try, |client| {
             let (key, options) = (key.clone(), options.clone());
             async move {
                 client
@@ -418,6 +424,7 @@ impl Connection {
             }
         })
         .await
+        .map_err(|f| self.error(f))
     }
 
     #[cfg_attr(not(feature = "test-hooks"), allow(dead_code))]

@@ -21,7 +21,7 @@
 //!   never applied twice.
 //! - **connections**: one client per member; requests and keepalives go to one chosen
 //!   member, and one that leaves a keepalive unanswered for half a period (or a request
-//!   for half the request timeout) is left for another, so a frozen member never costs
+//!   for a quarter of the request timeout) is left for another, so a frozen member never costs
 //!   a lease; every request is bounded by a timeout so an unreachable cluster is an
 //!   error naming its endpoints.
 //! - **given-up leases** (one lost to a silent member, or replaced) are kept until their
