@@ -250,7 +250,7 @@ fn leave_or_return(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| {
                     let (key, value) = &values[step % moving];
-                    if (step / moving) % 2 == 0 {
+                    if (step / moving).is_multiple_of(2) {
                         feed.delete(key);
                     } else {
                         feed.put(key, value);
