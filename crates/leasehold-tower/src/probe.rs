@@ -10,7 +10,7 @@
 //! - a balancer's active health check ([`HealthCheck`](crate::HealthCheck)), which runs
 //!   the same check through the client it already holds for each instance (the tonic
 //!   channel of [`TonicEndpoints`](crate::TonicEndpoints), the hyper client of
-//!   [`HyperEndpoints`](crate::HyperEndpoints)).
+//!   [`HyperEndpoints`]).
 //!
 //! What passes: an HTTP `GET` answered with a 2xx status; a `grpc.health.v1.Health/Check`
 //! answered `SERVING`. Anything else is a [`ProbeError`] that says whether the endpoint
