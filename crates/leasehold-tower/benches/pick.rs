@@ -1,7 +1,8 @@
 //! The cost of one pick, per balancer, at 10, 100, 10,000 and 100,000 instances, with
 //! none and with 1% of them ejected, beside tower's own power-of-two-choices balancer
 //! (pending requests and peak-EWMA) in the same run; and the cost a change to the set
-//! adds to the next pick, at 1,000 and 100,000 instances.
+//! (a weight updated; an instance leaving or coming back) adds to the next pick, at
+//! 1,000 and 100,000 instances.
 //!
 //! ```text
 //! cargo bench -p leasehold-tower --bench pick -- --warm-up-time 1 --measurement-time 2
@@ -220,5 +221,52 @@ fn change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pick, pick_1pct_ejected, change);
+/// The cost of an instance leaving or coming back for a reader: one of the first 1,000
+/// instances deleted from the discovery cache, or put back, then one pick from the new
+/// snapshot. `cache-only` is the change without a reader.
+fn leave_or_return(c: &mut Criterion) {
+    let mut group = c.benchmark_group("leave_or_return_then_pick");
+    for n in [1_000, 100_000] {
+        let values: Vec<(String, Vec<u8>)> = (0..n)
+            .map(|i| {
+                let instance = instance(i, i as u32 % 5 + 1);
+                (instance.id().to_string(), serde_json::to_vec(&instance).unwrap())
+            })
+            .collect();
+        let moving = n.min(1_000);
+        let mut runs: Vec<(&str, Option<Box<dyn Balancer>>)> = vec![("cache-only", None)];
+        runs.extend(balancers().into_iter().map(|(name, b)| (name, Some(b))));
+        for (name, balancer) in runs {
+            let (mut feed, discovery) = DiscoveryFeed::new(
+                ServiceName::new("bench").unwrap(),
+                Arc::new(NativeCodec),
+                WatchOptions::default(),
+            );
+            feed.reset(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1);
+            if let Some(balancer) = &balancer {
+                balancer.pick(&discovery.snapshot(), &PickContext::new().with_key_hash(7));
+            }
+            let mut step = 0usize;
+            group.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    let (key, value) = &values[step % moving];
+                    if (step / moving).is_multiple_of(2) {
+                        feed.delete(key);
+                    } else {
+                        feed.put(key, value);
+                    }
+                    step += 1;
+                    feed.publish();
+                    if let Some(balancer) = &balancer {
+                        let snapshot = discovery.snapshot();
+                        black_box(balancer.pick(&snapshot, &PickContext::new().with_key_hash(step as u64)));
+                    }
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick, pick_1pct_ejected, change, leave_or_return);
 criterion_main!(benches);

@@ -15,6 +15,7 @@ use tower::Service;
 use crate::classify::ClassifiedBody;
 use crate::endpoint::MakeEndpoint;
 use crate::health::{HealthCheck, HealthTarget};
+use crate::probe;
 use crate::router::{BalanceOptions, Balanced, RequestBody};
 use crate::BoxError;
 
@@ -26,7 +27,8 @@ use crate::BoxError;
 /// Connects time out after 5 s by default, so a black-holed instance fails (and is
 /// ejected) instead of stalling its requests; [`configure`](TonicEndpoints::configure)
 /// changes that and anything else about the endpoint. Health checks use gRPC's health
-/// protocol ([`HealthCheck::grpc`]).
+/// protocol ([`HealthCheck::grpc`]), the same check as
+/// [`probe::GrpcCheck`](crate::probe::GrpcCheck).
 #[derive(Clone, Default)]
 pub struct TonicEndpoints {
     configure: Option<Arc<dyn Fn(Endpoint) -> Endpoint + Send + Sync>>,
@@ -77,25 +79,16 @@ impl MakeEndpoint for TonicEndpoints {
     fn probe(
         &self,
         channel: Channel,
-        _instance: &Instance,
+        instance: &Instance,
         check: &HealthCheck,
     ) -> Option<BoxFuture<'static, Result<(), BoxError>>> {
         let HealthTarget::Grpc { service } = &check.target else {
             return None;
         };
         let service = service.clone();
+        let target = format!("grpc://{}/{service}", instance.addr().authority());
         Some(Box::pin(async move {
-            use tonic_health::pb::health_check_response::ServingStatus;
-            let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
-            let reply = client
-                .check(tonic_health::pb::HealthCheckRequest { service })
-                .await?
-                .into_inner();
-            if reply.status == ServingStatus::Serving as i32 {
-                Ok(())
-            } else {
-                Err(format!("health status {:?}", ServingStatus::try_from(reply.status)).into())
-            }
+            Ok(probe::grpc(channel, service, &target).await?)
         }))
     }
 }

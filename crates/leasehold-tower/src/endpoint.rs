@@ -25,9 +25,11 @@ pub trait MakeEndpoint: Send + Sync + 'static {
     /// Makes the client for `instance`.
     fn make_endpoint(&self, instance: &Instance) -> BoxFuture<'static, Result<Self::Endpoint, BoxError>>;
 
-    /// Runs `check` on `instance` through its client: `Ok` if it passes. `None` (the
-    /// default) when this kind of client has no health check; active checking then
-    /// stays off, with a warning.
+    /// Runs `check` on `instance` through its client, once: `Ok` if it passes, else
+    /// preferably a [`ProbeError`](crate::probe::ProbeError). `None` (the default) when
+    /// this kind of client has no health check; active checking then stays off, with a
+    /// warning. The caller bounds it by the check's timeout. The clients of this crate
+    /// run [`probe`](crate::probe)'s checks.
     fn probe(
         &self,
         _endpoint: Self::Endpoint,

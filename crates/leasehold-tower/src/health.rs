@@ -1,4 +1,8 @@
 //! Active health checking: each instance probed at an interval, through its client.
+//!
+//! What one probe asks and what passes is [`probe`]'s, the same as for health-gated
+//! registration ([`probe::HttpCheck`], [`probe::GrpcCheck`]); this module decides when
+//! to ask and what a failure does to picks.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -8,6 +12,7 @@ use leasehold::Instance;
 use tokio::sync::watch;
 
 use crate::endpoint::MakeEndpoint;
+use crate::probe::{self, ProbeError};
 use crate::router::Shared;
 
 /// What an active health check asks each instance, and how often.
@@ -26,7 +31,8 @@ pub struct HealthCheck {
     pub target: HealthTarget,
     /// Between probes of an instance. Default 5 s.
     pub interval: Duration,
-    /// For one probe. Default 2 s.
+    /// For one probe, making the instance's client included. Default
+    /// [`probe::DEFAULT_TIMEOUT`] (2 s).
     pub timeout: Duration,
     /// Probes in flight at once. Default 64.
     pub concurrency: usize,
@@ -37,12 +43,14 @@ pub struct HealthCheck {
 #[non_exhaustive]
 pub enum HealthTarget {
     /// gRPC's health protocol (`grpc.health.v1.Health/Check`) for this service name
-    /// (`""`: the server as a whole); passes on `SERVING`.
+    /// (`""`: the server as a whole); passes on `SERVING`. Needs tonic channels
+    /// ([`TonicEndpoints`](crate::TonicEndpoints)).
     Grpc {
         /// The service name asked about.
         service: String,
     },
-    /// An HTTP `GET` of this path; passes on a 2xx status.
+    /// An HTTP `GET` of this path; passes on a 2xx status. Needs hyper clients
+    /// ([`HyperEndpoints`](crate::HyperEndpoints)).
     Http {
         /// The path, such as `/healthz`.
         path: String,
@@ -66,7 +74,7 @@ impl HealthCheck {
         HealthCheck {
             target,
             interval: Duration::from_secs(5),
-            timeout: Duration::from_secs(2),
+            timeout: probe::DEFAULT_TIMEOUT,
             concurrency: 64,
         }
     }
@@ -138,37 +146,48 @@ pub(crate) async fn run<M: MakeEndpoint>(
     }
 }
 
-/// Whether `instance` passes; `None` if its client cannot be probed.
+/// Whether `instance` passes; `None` if its client cannot be probed. Making the client
+/// counts against the check's timeout: an instance that cannot be connected to in time
+/// fails.
 async fn probe<M: MakeEndpoint>(
     shared: Weak<Shared<M>>,
     instance: &Arc<Instance>,
     check: &HealthCheck,
 ) -> Option<bool> {
-    let outcome = tokio::time::timeout(check.timeout, async {
+    let target = instance.addr().to_string();
+    let mut unprobed = false;
+    let once = async {
         // The channel is gone: nothing to take out.
         let Some(shared) = shared.upgrade() else {
-            return Some(true);
+            return Ok(());
         };
-        let endpoint = match shared.endpoints().get(instance).await {
-            Ok(endpoint) => endpoint,
-            Err(_) => return Some(false),
+        let endpoint = shared
+            .endpoints()
+            .get(instance)
+            .await
+            .map_err(|source| ProbeError::Unreachable {
+                target: target.clone(),
+                source,
+            })?;
+        let Some(probe) = shared.endpoints().maker().probe(endpoint, instance, check) else {
+            unprobed = true;
+            return Ok(());
         };
-        let probe = shared.endpoints().maker().probe(endpoint, instance, check)?;
         drop(shared);
-        Some(probe.await.is_ok())
-    })
-    .await;
-    match outcome {
-        Ok(Some(passed)) => {
-            if !passed {
-                tracing::debug!(service = %instance.service(), key = instance.key(), addr = %instance.addr(), "health check failed");
-            }
-            Some(passed)
-        }
-        Ok(None) => None,
-        Err(_) => {
-            tracing::debug!(service = %instance.service(), key = instance.key(), addr = %instance.addr(), "health check timed out");
-            Some(false)
-        }
+        probe.await.map_err(|error| match error.downcast::<ProbeError>() {
+            Ok(error) => *error,
+            Err(source) => ProbeError::Unreachable {
+                target: target.clone(),
+                source,
+            },
+        })
+    };
+    let outcome = probe::within(check.timeout, &target, once).await;
+    if unprobed {
+        return None;
     }
+    if let Err(error) = &outcome {
+        tracing::debug!(service = %instance.service(), key = instance.key(), addr = %instance.addr(), %error, "health check failed");
+    }
+    Some(outcome.is_ok())
 }

@@ -16,6 +16,7 @@ use tower::Service;
 
 use crate::endpoint::MakeEndpoint;
 use crate::health::{HealthCheck, HealthTarget};
+use crate::probe;
 use crate::router::{BalanceOptions, Balanced, RequestBody};
 use crate::BoxError;
 
@@ -23,7 +24,8 @@ use crate::BoxError;
 /// keeps connections per instance): requests keep their method, path, query, headers and
 /// body, and go to the instance's `scheme://authority` (`http` unless the instance was
 /// registered with an `https` URI, which this client does not speak). Health checks are
-/// an HTTP `GET` ([`HealthCheck::http`]) that passes on 2xx.
+/// an HTTP `GET` ([`HealthCheck::http`]) that passes on 2xx, the same check as
+/// [`probe::HttpCheck`](crate::probe::HttpCheck).
 #[derive(Clone)]
 pub struct HyperEndpoints {
     client: Client<HttpConnector, RequestBody>,
@@ -50,6 +52,14 @@ impl HyperEndpoints {
     /// Over `client`, configured as the caller likes.
     pub fn with_client(client: Client<HttpConnector, RequestBody>) -> Self {
         HyperEndpoints { client }
+    }
+
+    /// The client of the server at `base`.
+    pub(crate) fn endpoint(&self, base: http::uri::Authority) -> HyperEndpoint {
+        HyperEndpoint {
+            client: self.client.clone(),
+            base,
+        }
     }
 }
 
@@ -108,31 +118,24 @@ impl MakeEndpoint for HyperEndpoints {
             .addr()
             .authority()
             .parse::<http::uri::Authority>()
-            .map(|base| HyperEndpoint {
-                client: self.client.clone(),
-                base,
-            })
+            .map(|base| self.endpoint(base))
             .map_err(BoxError::from);
         Box::pin(futures::future::ready(made))
     }
 
     fn probe(
         &self,
-        mut endpoint: HyperEndpoint,
+        endpoint: HyperEndpoint,
         _instance: &Instance,
         check: &HealthCheck,
     ) -> Option<BoxFuture<'static, Result<(), BoxError>>> {
         let HealthTarget::Http { path } = &check.target else {
             return None;
         };
-        let request = http::Request::get(path.as_str()).body(RequestBody::empty());
+        let path = path.clone();
         Some(Box::pin(async move {
-            let response = endpoint.call(request?).await?;
-            if response.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("health check answered {}", response.status()).into())
-            }
+            let target = format!("http://{}{path}", endpoint.base);
+            Ok(probe::http(endpoint, &path, &target).await?)
         }))
     }
 }

@@ -11,13 +11,14 @@
 //!   leaves (go-kit's `Endpointer`);
 //! - [`outlier`]: passive health — an instance that fails is ejected for a growing
 //!   period, never below a minimum share of the set;
-//! - [`probe`]: active health checks over HTTP and the gRPC health protocol, for
-//!   health-gated registration and for balancers;
+//! - [`probe`]: checking an endpoint once over HTTP or the gRPC health protocol (what
+//!   passes, timeouts, typed errors), for health-gated registration and for balancers;
 //! - [`retry`]: retries on another instance with a deadline, a maximum of attempts and a
 //!   retry budget, for requests marked safe, and for any request that was never sent;
 //! - [`classify`]: which responses are failures, from HTTP statuses and gRPC statuses in
 //!   headers or trailers;
-//! - [`health`]: opt-in active health checks (gRPC health protocol, HTTP `GET`);
+//! - [`health`]: opt-in active health checks of every instance at an interval, running
+//!   [`probe`]'s checks through the balancer's own clients;
 //! - [`Balanced`]: the tower `Service` that puts these together, [`channel`] that makes
 //!   one over tonic channels for tonic-generated clients, and [`http_client`] one over
 //!   hyper's client for plain HTTP;

@@ -1,9 +1,21 @@
-//! Active checks of a service over HTTP and the gRPC health protocol.
+//! Checking an endpoint once, over HTTP or the gRPC health protocol: the one place that
+//! says what passes, how long a check may take, and how it fails.
 //!
-//! Each probe is a [`leasehold::health::Check`]: a server gates its own registration on
-//! one with a [`HealthGate`](leasehold::health::HealthGate), and a balancer can run the
-//! same probe against the instances it balances over. The TCP check is
-//! [`leasehold::health::TcpCheck`]; [`from_url`] picks one of the three from a URL.
+//! Two callers ask these questions, and both get the same answer for the same endpoint:
+//!
+//! - a server gating its own registration: [`HttpCheck`] and [`GrpcCheck`] are
+//!   [`leasehold::health::Check`]s for a [`HealthGate`](leasehold::health::HealthGate)
+//!   (the TCP check is [`leasehold::health::TcpCheck`]; [`from_url`] picks one of the
+//!   three from a URL);
+//! - a balancer's active health check ([`HealthCheck`](crate::HealthCheck)), which runs
+//!   the same check through the client it already holds for each instance (the tonic
+//!   channel of [`TonicEndpoints`](crate::TonicEndpoints), the hyper client of
+//!   [`HyperEndpoints`]).
+//!
+//! What passes: an HTTP `GET` answered with a 2xx status; a `grpc.health.v1.Health/Check`
+//! answered `SERVING`. Anything else is a [`ProbeError`] that says whether the endpoint
+//! answered unhealthy, could not be reached, or did not answer within the timeout
+//! ([`DEFAULT_TIMEOUT`] unless set).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), leasehold::BoxError> {
@@ -14,18 +26,160 @@
 //! ```
 
 use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Limited};
 use leasehold::health::{Check, TcpCheck};
 use leasehold::BoxError;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
+use tower::Service;
+
+use crate::hyper_client::{HyperEndpoint, HyperEndpoints};
+use crate::router::RequestBody;
+
+/// How long one check may take unless told otherwise, connecting included: the default
+/// of [`HttpCheck`], [`GrpcCheck`] and [`HealthCheck`](crate::HealthCheck).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a check did not pass.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProbeError {
+    /// The endpoint answered, and not as healthy: a non-2xx status, a serving status
+    /// other than `SERVING`, or a gRPC error status such as `NOT_FOUND` for a service the
+    /// server does not know.
+    #[error("{target} answered {answer}")]
+    Unhealthy {
+        /// What was checked.
+        target: String,
+        /// The answer, such as `503 Service Unavailable` or `NOT_SERVING`.
+        answer: String,
+    },
+    /// No answer could be had: the connection was refused or broke, or the request
+    /// could not be made.
+    #[error("{target}: {source}")]
+    Unreachable {
+        /// What was checked.
+        target: String,
+        /// What went wrong.
+        #[source]
+        source: BoxError,
+    },
+    /// No answer within the timeout.
+    #[error("{target}: no answer within {timeout:?}")]
+    TimedOut {
+        /// What was checked.
+        target: String,
+        /// The timeout.
+        timeout: Duration,
+    },
+}
+
+impl ProbeError {
+    /// The endpoint answered, unhealthy: it is up and says it cannot serve.
+    pub fn is_unhealthy(&self) -> bool {
+        matches!(self, ProbeError::Unhealthy { .. })
+    }
+
+    /// The endpoint could not be reached.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ProbeError::Unreachable { .. })
+    }
+
+    /// The endpoint did not answer in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ProbeError::TimedOut { .. })
+    }
+
+    /// What was checked: a URL, or an instance's address.
+    pub fn target(&self) -> &str {
+        match self {
+            ProbeError::Unhealthy { target, .. }
+            | ProbeError::Unreachable { target, .. }
+            | ProbeError::TimedOut { target, .. } => target,
+        }
+    }
+
+    fn unreachable(target: &str, source: impl Into<BoxError>) -> Self {
+        ProbeError::Unreachable {
+            target: target.to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Runs `check` of `target`, cut off at `timeout`: the one deadline every check has.
+pub(crate) async fn within(
+    timeout: Duration,
+    target: &str,
+    check: impl Future<Output = Result<(), ProbeError>>,
+) -> Result<(), ProbeError> {
+    tokio::time::timeout(timeout, check).await.unwrap_or_else(|_| {
+        Err(ProbeError::TimedOut {
+            target: target.to_owned(),
+            timeout,
+        })
+    })
+}
+
+/// Asks `grpc.health.v1.Health/Check` about `service` over `channel`, once; passes on
+/// `SERVING`. Not bounded in time: callers wrap it in [`within`].
+pub(crate) async fn grpc(channel: Channel, service: String, target: &str) -> Result<(), ProbeError> {
+    let answer = HealthClient::new(channel)
+        .check(HealthCheckRequest { service })
+        .await;
+    let status = match answer {
+        Ok(answer) => answer.into_inner().status,
+        // Transport failures come back as UNAVAILABLE: nothing answered.
+        Err(status) if status.code() == tonic::Code::Unavailable => {
+            return Err(ProbeError::unreachable(target, status.message().to_owned()))
+        }
+        Err(status) => {
+            return Err(ProbeError::Unhealthy {
+                target: target.to_owned(),
+                answer: format!("{:?}: {}", status.code(), status.message()),
+            })
+        }
+    };
+    if status == ServingStatus::Serving as i32 {
+        Ok(())
+    } else {
+        let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
+        Err(ProbeError::Unhealthy {
+            target: target.to_owned(),
+            answer: name.to_owned(),
+        })
+    }
+}
+
+/// Sends `GET path` through `endpoint`, once; passes on a 2xx status. Not bounded in
+/// time: callers wrap it in [`within`].
+pub(crate) async fn http(mut endpoint: HyperEndpoint, path: &str, target: &str) -> Result<(), ProbeError> {
+    let request = http::Request::get(path)
+        .header(http::header::USER_AGENT, "leasehold-health-check")
+        .body(RequestBody::empty())
+        .map_err(|e| ProbeError::unreachable(target, e))?;
+    let response = endpoint
+        .call(request)
+        .await
+        .map_err(|e| ProbeError::unreachable(target, e))?;
+    let status = response.status();
+    // Read (a bounded part of) the body, so the connection can serve the next check.
+    let _ = Limited::new(response.into_body(), 64 * 1024).collect().await;
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(ProbeError::Unhealthy {
+            target: target.to_owned(),
+            answer: status.to_string(),
+        })
+    }
+}
 
 /// A probe URL that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,7 +203,7 @@ impl InvalidProbe {
 /// The check a URL names: `http://host:port/path` (an HTTP GET answered with a 2xx
 /// status), `grpc://host:port[/service]` (the gRPC health protocol answering
 /// `SERVING` for `service`, or for the whole server without one), or `tcp://host:port`
-/// (a TCP connect).
+/// (a TCP connect). HTTP and gRPC checks time out after [`DEFAULT_TIMEOUT`].
 pub fn from_url(url: &str) -> Result<Box<dyn Check>, InvalidProbe> {
     let (scheme, _) = url
         .split_once("://")
@@ -59,7 +213,7 @@ pub fn from_url(url: &str) -> Result<Box<dyn Check>, InvalidProbe> {
         "grpc" => Ok(Box::new(GrpcCheck::new(url)?)),
         "tcp" => {
             let authority = authority(url, "tcp")?;
-            Ok(Box::new(TcpCheck::new(authority)))
+            Ok(Box::new(TcpCheck::new(authority.as_str())))
         }
         other => Err(InvalidProbe::new(
             url,
@@ -69,7 +223,7 @@ pub fn from_url(url: &str) -> Result<Box<dyn Check>, InvalidProbe> {
 }
 
 /// The `host:port` of `scheme://host:port[/...]`, which must have a port.
-fn authority(url: &str, scheme: &str) -> Result<String, InvalidProbe> {
+fn authority(url: &str, scheme: &str) -> Result<http::uri::Authority, InvalidProbe> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| InvalidProbe::new(url, format!("not a URL: {e}")))?;
@@ -80,65 +234,65 @@ fn authority(url: &str, scheme: &str) -> Result<String, InvalidProbe> {
     if authority.port_u16().is_none() {
         return Err(InvalidProbe::new(url, "no port"));
     }
-    Ok(authority.as_str().to_owned())
+    Ok(authority.clone())
 }
 
-/// Passes when `GET url` answers with a 2xx status. Plain HTTP/1.1, one connection per
-/// check, so a check also proves the server still accepts connections.
+/// Passes when `GET url` answers with a 2xx status within the timeout. Sent through the
+/// client a balancer's [`HealthCheck::http`](crate::HealthCheck::http) uses (hyper's,
+/// HTTP/1.1, keeping its connection between checks), so both judge a server alike.
 #[derive(Clone)]
 pub struct HttpCheck {
-    uri: http::Uri,
-    authority: String,
+    url: String,
+    path: String,
+    endpoint: HyperEndpoint,
+    timeout: Duration,
 }
 
 impl fmt::Debug for HttpCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GET {}", self.uri)
+        write!(f, "GET {}", self.url)
     }
 }
 
 impl HttpCheck {
-    /// A check of `http://host:port/path`.
+    /// A check of `http://host:port/path`, timing out after [`DEFAULT_TIMEOUT`].
     pub fn new(url: &str) -> Result<Self, InvalidProbe> {
         let authority = authority(url, "http")?;
+        let uri: http::Uri = url.parse().expect("parsed above");
+        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
         Ok(HttpCheck {
-            uri: url.parse().expect("parsed above"),
-            authority,
+            url: url.to_owned(),
+            path,
+            endpoint: HyperEndpoints::new().endpoint(authority),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Sets how long one check may take, connecting included.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
 #[async_trait]
 impl Check for HttpCheck {
     async fn check(&self) -> Result<(), BoxError> {
-        let stream = tokio::net::TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| format!("connecting to {}: {e}", self.authority))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(connection);
-        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
-        let request = http::Request::get(path)
-            .header(http::header::HOST, &self.authority)
-            .header(http::header::USER_AGENT, "leasehold-health-check")
-            .body(Empty::<Bytes>::new())?;
-        let answer = sender.send_request(request).await;
-        connection.abort();
-        let status = answer?.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            Err(format!("GET {} answered {status}", self.uri).into())
-        }
+        let once = http(self.endpoint.clone(), &self.path, &self.url);
+        Ok(within(self.timeout, &self.url, once).await?)
     }
 }
 
 /// Passes when the server's `grpc.health.v1.Health/Check` answers `SERVING` for the
-/// service. The channel is made once and reconnects by itself.
+/// service within the timeout: the same check as a balancer's
+/// [`HealthCheck::grpc`](crate::HealthCheck::grpc). The channel is made once and
+/// reconnects by itself.
 #[derive(Clone)]
 pub struct GrpcCheck {
     url: String,
     service: String,
     channel: Channel,
+    timeout: Duration,
 }
 
 impl fmt::Debug for GrpcCheck {
@@ -149,40 +303,34 @@ impl fmt::Debug for GrpcCheck {
 
 impl GrpcCheck {
     /// A check of `grpc://host:port[/service]`; without a service, of the server as a
-    /// whole (the empty service name). Must be called within a Tokio runtime.
+    /// whole (the empty service name). Times out after [`DEFAULT_TIMEOUT`]. Must be
+    /// called within a Tokio runtime.
     pub fn new(url: &str) -> Result<Self, InvalidProbe> {
         let authority = authority(url, "grpc")?;
         let uri: http::Uri = url.parse().expect("parsed above");
         let service = uri.path().trim_start_matches('/').to_owned();
         let endpoint = Endpoint::from_shared(format!("http://{authority}"))
-            .map_err(|e| InvalidProbe::new(url, e.to_string()))?
-            .connect_timeout(Duration::from_secs(1));
+            .map_err(|e| InvalidProbe::new(url, e.to_string()))?;
         Ok(GrpcCheck {
             url: url.to_owned(),
             service,
             channel: endpoint.connect_lazy(),
+            timeout: DEFAULT_TIMEOUT,
         })
+    }
+
+    /// Sets how long one check may take, connecting included.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 }
 
 #[async_trait]
 impl Check for GrpcCheck {
     async fn check(&self) -> Result<(), BoxError> {
-        let mut client = HealthClient::new(self.channel.clone());
-        let request = HealthCheckRequest {
-            service: self.service.clone(),
-        };
-        let answer = client
-            .check(request)
-            .await
-            .map_err(|status| format!("{}: {}", self.url, status.message()))?;
-        let status = answer.into_inner().status;
-        if status == ServingStatus::Serving as i32 {
-            Ok(())
-        } else {
-            let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
-            Err(format!("{} answered {name}", self.url).into())
-        }
+        let once = grpc(self.channel.clone(), self.service.clone(), &self.url);
+        Ok(within(self.timeout, &self.url, once).await?)
     }
 }
 

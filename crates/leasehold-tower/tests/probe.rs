@@ -1,5 +1,6 @@
 //! The HTTP and gRPC probes against real servers whose health flips, and a registration
-//! gated on each: out of the registry while its service is unhealthy, back after.
+//! gated on each: out of the registry while its service is unhealthy, back after; and
+//! failures that say whether the endpoint answered, was unreachable or hung.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::routing::get;
 use leasehold::health::{Check, HealthGate};
 use leasehold::memory::MemoryRegistry;
 use leasehold::{Instance, RegisterOptions, RegistrationState, Registry, ServiceName, WatchOptions};
-use leasehold_tower::probe::{from_url, GrpcCheck, HttpCheck};
+use leasehold_tower::probe::{from_url, GrpcCheck, HttpCheck, ProbeError};
 use tonic_health::ServingStatus;
 
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -127,4 +128,54 @@ async fn grpc_checks_follow_the_serving_status_and_gate_the_registration() {
             .await
     );
     assert!(discovery.wait_for(PATIENCE, |s| s.len() == 1).await.is_some());
+}
+
+fn probe_error(error: leasehold::BoxError) -> ProbeError {
+    *error.downcast::<ProbeError>().expect("a ProbeError")
+}
+
+/// A port nothing listens on (bound, then closed).
+async fn closed_port() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn failures_say_whether_the_endpoint_answered_was_unreachable_or_hung() {
+    let healthy = Arc::new(AtomicBool::new(false));
+    let addr = http_server(healthy).await;
+    let sick = HttpCheck::new(&format!("http://{addr}/healthz")).unwrap();
+    let error = probe_error(sick.check().await.unwrap_err());
+    assert!(error.is_unhealthy(), "{error}");
+    assert_eq!(error.target(), format!("http://{addr}/healthz"));
+
+    let closed = closed_port().await;
+    for check in [
+        from_url(&format!("http://{closed}/healthz")).unwrap(),
+        from_url(&format!("grpc://{closed}/echo")).unwrap(),
+    ] {
+        let error = probe_error(check.check().await.unwrap_err());
+        assert!(error.is_unreachable(), "{check:?}: {error}");
+    }
+
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let timeout = Duration::from_millis(200);
+    let http = HttpCheck::new(&format!("http://{hung}/healthz"))
+        .unwrap()
+        .timeout(timeout);
+    let grpc = GrpcCheck::new(&format!("grpc://{hung}/echo"))
+        .unwrap()
+        .timeout(timeout);
+    for error in [http.check().await, grpc.check().await] {
+        let error = probe_error(error.unwrap_err());
+        assert!(error.is_timeout(), "{error}");
+    }
 }

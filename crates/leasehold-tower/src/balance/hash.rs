@@ -1,5 +1,6 @@
 //! Consistent hashing on a request key.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use leasehold::{Change, Instance, Snapshot};
@@ -8,25 +9,32 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use super::{Balancer, PickContext, Random, Tables};
 
 /// Consistent hashing on a ring with virtual nodes (Karger et al.; ketama): every instance
-/// owns [`replicas`](ConsistentHash::replicas) points on a 64-bit ring, placed by the xxh3
-/// hash of its id, and a request goes to the owner of the first point at or after the hash
-/// of its [key](PickContext::with_key) cut to its top 22 bits (the key's *grid slot*).
+/// owns [`replicas`](ConsistentHash::replicas) points per unit of its
+/// [weight](Instance::weight) on a 64-bit ring, placed by the xxh3 hash of its id, and a
+/// request goes to the owner of the first point at or after the hash of its
+/// [key](PickContext::with_key) cut to its top 21 bits (the key's *grid slot*). An
+/// instance of weight 3 so owns three times the points, and about three times the keys,
+/// of one of weight 1 (weights above [`MAX_WEIGHT`](ConsistentHash::MAX_WEIGHT) count as
+/// that much: the points, and the memory, grow with the weight).
 ///
 /// The same key reaches the same instance in every process while the set is unchanged;
-/// adding or removing one of N instances moves only the keys of its arcs, about 1/N of
-/// them. An instance the filter refuses passes its keys to the owner of the next point,
-/// so they come back when it does. Requests without a key go to a [`Random`] instance.
+/// adding or removing one instance moves only the keys of its arcs, about its share of
+/// them, and no other key. An instance the filter refuses passes its keys to the owner of
+/// the next point, so they come back when it does. Requests without a key go to a
+/// [`Random`] instance.
 ///
-/// The grid is fixed (2^22 slots, whatever the set's size), so which instance a key goes
+/// The grid is fixed (2^21 slots, whatever the set's size), so which instance a key goes
 /// to depends only on the set, never on its history or on how the table is stored. A
 /// pick reads one entry of a slot table holding, per slot, the owner of the first point
-/// at or after the slot's start: one cache miss for the slot and one for the instance,
-/// where a search of the ring (1.6 million points at 10,000 instances) cost several.
-/// Below about a million points the table is coarser than the grid, four to eight slots
-/// a point; a coarse slot with a point inside is marked split and its picks search the
-/// ring, which is then small. An instance that joins or leaves rewrites the ring's
-/// buckets of its points and the slots between each of them and the point before it:
-/// O(replicas) per change.
+/// at or after the slot's start: one cache miss for the slot and one for the instance.
+/// The table stores owners in 16 bits while the set has fewer than 65,534 instances, so
+/// it is at most 4 MiB below that (8 MiB above), small enough to stay in a server's
+/// last-level cache. Below 131,072 points the table is coarser than the grid, eight to
+/// sixteen slots a point; a coarse slot with a point inside is marked split and its
+/// picks search the ring, which is then small. An instance that joins or leaves (or
+/// whose weight changes) rewrites the ring's buckets of the points it gains or loses and
+/// the slots between each of them and the point before it: O(its points) per change,
+/// whatever the size of the set.
 #[derive(Debug)]
 pub struct ConsistentHash {
     replicas: u32,
@@ -39,38 +47,56 @@ impl Default for ConsistentHash {
     }
 }
 
-/// The bits of a key that choose its instance: keys are cut to a grid of 2^22 slots.
-const GRID_BITS: u32 = 22;
+/// The bits of a key that choose its instance: keys are cut to a grid of 2^21 slots
+/// (4 MiB of 16-bit owners).
+const GRID_BITS: u32 = 21;
 
 /// The low bits a key loses to the grid.
 const GRID_SHIFT: u32 = 64 - GRID_BITS;
 
 impl ConsistentHash {
-    /// A ring with 160 points per instance (ketama's number), which keeps every share
-    /// within about ±15% of even.
+    /// The weight above which an instance gets no more points.
+    pub const MAX_WEIGHT: u32 = 64;
+
+    /// A ring with 40 points per unit of weight, which keeps the share of an instance of
+    /// weight 1 within about ±16% of its due (one standard deviation) and costs about
+    /// 16 bytes of ring a point; [`replicas`](ConsistentHash::replicas) trades evenness
+    /// for memory.
     pub fn new() -> Self {
         ConsistentHash {
-            replicas: 160,
+            replicas: 40,
             rings: Tables::default(),
         }
     }
 
-    /// Sets the points per instance (at least 1): more spreads load more evenly and
-    /// costs memory and build time.
+    /// Sets the points per unit of weight (at least 1): more spreads load more evenly
+    /// (the spread shrinks as one over the square root) and costs memory and build time.
     pub fn replicas(mut self, replicas: u32) -> Self {
         self.replicas = replicas.max(1);
         self
     }
 
+    /// The points of `instance`: `replicas` per unit of weight. The first ones do not
+    /// depend on the weight, so a weight change adds or removes points at the end.
     fn points<'i>(&self, instance: &'i Instance) -> impl Iterator<Item = u64> + 'i {
-        let id = instance.id().as_str().as_bytes();
-        (0..self.replicas).map(move |r| xxh3_64_with_seed(id, u64::from(r)))
+        self.points_in(instance, 0..self.point_count(instance))
     }
 
-    /// Slot bits of the table for a ring of `points`: four to eight slots a point, at
+    fn point_count(&self, instance: &Instance) -> u32 {
+        self.replicas
+            .saturating_mul(instance.weight().min(Self::MAX_WEIGHT))
+    }
+
+    /// Points `range` of `instance`'s (which has them if its weight is high enough).
+    fn points_in<'i>(&self, instance: &'i Instance, range: Range<u32>) -> impl Iterator<Item = u64> + 'i {
+        let id = instance.id().as_str().as_bytes();
+        range.map(move |r| xxh3_64_with_seed(id, u64::from(r)))
+    }
+
+    /// Slot bits of the table for a ring of `points`: eight to sixteen slots a point, at
     /// least 2^8, at most the grid.
     fn slot_bits(points: usize) -> u32 {
-        (usize::BITS - points.max(1).leading_zeros() + 2).clamp(8, GRID_BITS)
+        (usize::BITS - points.max(1).leading_zeros() + 3).clamp(8, GRID_BITS)
     }
 
     fn build(&self, snapshot: &Snapshot) -> Table {
@@ -112,7 +138,7 @@ impl ConsistentHash {
                 points,
             },
             slot_shift,
-            slots: Paged::from_vec(slots, SLOT_PAGE_BITS),
+            slots: Slots::from_vec(slots, owners.len()),
             owners,
         }
     }
@@ -124,9 +150,16 @@ impl ConsistentHash {
             match change {
                 Change::Added(instance) => next.add(self.points(instance), instance, &mut moved),
                 Change::Removed(instance) => next.remove(self.points(instance), instance, &mut moved),
-                // Same id, same points: only the owner's fields changed.
+                // Same id: the same first points. A new weight adds or removes points at
+                // the end; otherwise only the owner's fields changed.
                 Change::Updated { old, new } if old.id() == new.id() && old.key() == new.key() => {
-                    next.owners.replace(new)
+                    let (was, is) = (self.point_count(old), self.point_count(new));
+                    next.owners.replace(new);
+                    if is > was {
+                        next.add(self.points_in(new, was..is), new, &mut moved);
+                    } else {
+                        next.drop_points(self.points_in(old, is..was), new, &mut moved);
+                    }
                 }
                 Change::Updated { old, new } => {
                     next.remove(self.points(old), old, &mut moved);
@@ -171,8 +204,84 @@ fn slot_entry(point: u64, owner: u32, start: u64, slot_shift: u32) -> u32 {
     }
 }
 
-/// Slots per page of the slot table (8 KiB): a change copies only the pages it writes.
+/// Slots per page of the slot table (4 or 8 KiB): a change copies only the pages it
+/// writes.
 const SLOT_PAGE_BITS: u32 = 11;
+
+/// The slot table, its owners in 16 bits while every owner index fits (the table is
+/// half the size, and more of it stays in cache), else in 32.
+#[derive(Clone)]
+enum Slots {
+    Narrow(Paged<u16>),
+    Wide(Paged<u32>),
+}
+
+/// [`NO_OWNER`] and [`SPLIT`] in a narrow table; owners below them fit.
+const NARROW_NO_OWNER: u16 = u16::MAX;
+const NARROW_SPLIT: u16 = u16::MAX - 1;
+
+impl Slots {
+    /// A table of `entries` for a set whose owner indexes are below `owners`.
+    fn from_vec(entries: Vec<u32>, owners: usize) -> Self {
+        if owners < usize::from(NARROW_SPLIT) {
+            Slots::Narrow(Paged::from_vec(
+                entries.into_iter().map(narrow).collect(),
+                SLOT_PAGE_BITS,
+            ))
+        } else {
+            Slots::Wide(Paged::from_vec(entries, SLOT_PAGE_BITS))
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Slots::Narrow(slots) => slots.len(),
+            Slots::Wide(slots) => slots.len(),
+        }
+    }
+
+    #[inline]
+    fn get(&self, at: usize) -> u32 {
+        match self {
+            Slots::Narrow(slots) => match *slots.get(at) {
+                NARROW_NO_OWNER => NO_OWNER,
+                NARROW_SPLIT => SPLIT,
+                owner => u32::from(owner),
+            },
+            Slots::Wide(slots) => *slots.get(at),
+        }
+    }
+
+    fn set(&mut self, at: usize, entry: u32) {
+        if let Slots::Narrow(slots) = self {
+            if entry >= u32::from(NARROW_SPLIT) && entry < SPLIT {
+                let wide = (0..slots.len()).map(|i| widen(*slots.get(i))).collect();
+                *self = Slots::Wide(Paged::from_vec(wide, SLOT_PAGE_BITS));
+            }
+        }
+        match self {
+            Slots::Narrow(slots) => slots.set(at, narrow(entry)),
+            Slots::Wide(slots) => slots.set(at, entry),
+        }
+    }
+}
+
+/// A wide entry whose owner fits, narrowed.
+fn narrow(entry: u32) -> u16 {
+    match entry {
+        NO_OWNER => NARROW_NO_OWNER,
+        SPLIT => NARROW_SPLIT,
+        owner => owner as u16,
+    }
+}
+
+fn widen(entry: u16) -> u32 {
+    match entry {
+        NARROW_NO_OWNER => NO_OWNER,
+        NARROW_SPLIT => SPLIT,
+        owner => u32::from(owner),
+    }
+}
 
 /// Owners per page of the owner table.
 const OWNER_PAGE_BITS: u32 = 8;
@@ -183,7 +292,7 @@ struct Table {
     ring: Ring,
     slot_shift: u32,
     /// Per slot, the owner of the first point at or after its start.
-    slots: Paged<u32>,
+    slots: Slots,
     owners: Owners,
 }
 
@@ -197,6 +306,12 @@ impl Table {
     }
 
     fn remove(&mut self, points: impl Iterator<Item = u64>, instance: &Instance, moved: &mut Vec<u64>) {
+        self.drop_points(points, instance, moved);
+        self.owners.remove(instance.key());
+    }
+
+    /// Takes `points` of `instance` off the ring, leaving it an owner.
+    fn drop_points(&mut self, points: impl Iterator<Item = u64>, instance: &Instance, moved: &mut Vec<u64>) {
         let Some(at) = self.owners.index(instance.key()) else {
             return;
         };
@@ -204,7 +319,6 @@ impl Table {
             self.ring.remove(point, at);
             moved.push(point);
         }
-        self.owners.remove(instance.key());
     }
 
     /// Rewrites the slots that hold a grid slot whose first point at or after its start
@@ -224,11 +338,24 @@ impl Table {
         } else {
             Box::new((first..n).chain(0..=last))
         };
+        // The first point at or after a slot's start is, for the next slot up, still the
+        // first if it is at or after that slot's start: one search for a run of slots.
+        let mut last: Option<(u64, u64, u32)> = None;
         for slot in slots {
             let start = (slot as u64) << self.slot_shift;
-            let entry = match self.ring.at_or_after(start) {
-                Some(&(p, owner)) if p >= start => slot_entry(p, owner, start, self.slot_shift),
-                Some(&(_, owner)) => owner,
+            let first = match last {
+                Some((previous, p, owner)) if previous < start && p >= start => Some((p, owner)),
+                _ => self.ring.at_or_after(start).copied(),
+            };
+            let entry = match first {
+                Some((p, owner)) if p >= start => {
+                    last = Some((start, p, owner));
+                    slot_entry(p, owner, start, self.slot_shift)
+                }
+                Some((_, owner)) => {
+                    last = None;
+                    owner
+                }
                 None => NO_OWNER,
             };
             self.slots.set(slot, entry);
@@ -238,7 +365,7 @@ impl Table {
     /// The owner of `key`'s grid slot, or of the next points' when the filter refuses it.
     fn pick(&self, key: u64, ctx: &PickContext<'_>) -> Option<Arc<Instance>> {
         let grid_start = key >> GRID_SHIFT << GRID_SHIFT;
-        let owner = match *self.slots.get((key >> self.slot_shift) as usize) {
+        let owner = match self.slots.get((key >> self.slot_shift) as usize) {
             SPLIT => self.ring.at_or_after(grid_start)?.1,
             owner => owner,
         };
@@ -338,6 +465,11 @@ impl Owners {
         };
         self.index.insert(instance.shared_key().clone(), at);
         at
+    }
+
+    /// One more than the highest owner index in use or freed.
+    fn len(&self) -> usize {
+        self.instances.len()
     }
 
     fn replace(&mut self, instance: &Arc<Instance>) {
@@ -662,5 +794,132 @@ mod tests {
             assert!(b == d || b == "i00002", "only the refused instance's keys move");
         }
         assert_eq!(owners(&balancer, &set, 2_000), before);
+    }
+
+    #[test]
+    fn weights_are_honoured_in_proportion() {
+        // Every other instance weighs 3: that half should get three quarters of the keys.
+        let halves = set(40, 0, |i| if i % 2 == 0 { 1 } else { 3 });
+        let picked = counts(&ConsistentHash::new(), &halves, 100_000, |k| {
+            PickContext::new().with_key_hash(super::super::hash_key(&(k as u64).to_le_bytes()))
+        });
+        let heavy: usize = halves
+            .members()
+            .iter()
+            .filter(|i| i.weight() == 3)
+            .map(|i| picked.get(i.id().as_str()).copied().unwrap_or(0))
+            .sum();
+        let share = heavy as f64 / 100_000.0;
+        assert!((0.70..0.80).contains(&share), "weight 3 of 1: {share:.3}");
+
+        let four = set(4, 0, |i| i as u32 + 1);
+        let counts = counts(&ConsistentHash::new().replicas(160), &four, 100_000, |k| {
+            PickContext::new().with_key_hash(super::super::hash_key(&(k as u64).to_le_bytes()))
+        });
+        for instance in four.members().iter() {
+            let due = 100_000.0 * f64::from(instance.weight()) / 10.0;
+            let got = counts[instance.id().as_str()] as f64;
+            assert!((got / due - 1.0).abs() < 0.25, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn when_one_instance_leaves_only_its_keys_move() {
+        let keys = 20_000;
+        let all = set(30, 0, |i| i as u32 % 5 + 1);
+        let leaving = all.members()[7].clone();
+        let rest = of(all
+            .members()
+            .iter()
+            .filter(|i| i.key() != leaving.key())
+            .cloned()
+            .collect());
+        let balancer = ConsistentHash::new();
+        let before = owners(&balancer, &all, keys);
+        let after = owners(&balancer, &rest, keys);
+        let mut moved = 0;
+        for (b, a) in before.iter().zip(&after) {
+            if b != a {
+                assert_eq!(b, leaving.id().as_str(), "a key of another instance moved");
+                moved += 1;
+            }
+        }
+        let had = before.iter().filter(|b| *b == leaving.id().as_str()).count();
+        assert_eq!(moved, had, "every key of the leaver moved");
+        let due = keys as f64 * f64::from(leaving.weight()) / 90.0;
+        assert!(
+            (moved as f64 / due - 1.0).abs() < 0.5,
+            "moved {moved} of a due {due}"
+        );
+    }
+
+    #[test]
+    fn a_weight_change_moves_keys_only_to_or_from_that_instance() {
+        use leasehold::{ConnectionState, InstanceUpdate, ServiceName, SnapshotWriter};
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let base = set(20, 0, |_| 1);
+        for instance in base.members().iter() {
+            writer.insert(instance.clone());
+        }
+        let (first, _) = writer.publish(1, ConnectionState::Live);
+        let incremental = ConsistentHash::new();
+        let before = owners(&incremental, &first, 5_000);
+        let heavier = base.members()[3]
+            .updated(&InstanceUpdate::new().weight(4))
+            .unwrap();
+        writer.insert(Arc::new(heavier));
+        let (second, _) = writer.publish(2, ConnectionState::Live);
+        assert!(second.changes_since(first.version()).is_some());
+        let after = owners(&incremental, &second, 5_000);
+        let fresh = of(second.members().iter().cloned().collect());
+        assert_eq!(after, owners(&ConsistentHash::new(), &fresh, 5_000));
+        let gained = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+        assert!(
+            before.iter().zip(&after).all(|(b, a)| b == a || a == "i00003"),
+            "keys only move to the heavier instance"
+        );
+        assert!(gained > 500, "it took about three twentieths more: {gained}");
+        writer.insert(base.members()[3].clone());
+        let (third, _) = writer.publish(3, ConnectionState::Live);
+        assert_eq!(
+            owners(&incremental, &third, 5_000),
+            before,
+            "back to weight 1, back to its keys"
+        );
+    }
+
+    #[test]
+    fn the_table_widens_past_65_533_owners() {
+        use leasehold::{ConnectionState, ServiceName, SnapshotWriter};
+        let mut writer = SnapshotWriter::new(ServiceName::new("svc").unwrap());
+        let n = usize::from(NARROW_SPLIT) - 1;
+        let all = set(n + 3, 0, |_| 1);
+        for instance in all.members().iter().take(n) {
+            writer.insert(instance.clone());
+        }
+        let (first, _) = writer.publish(1, ConnectionState::Live);
+        let incremental = ConsistentHash::new().replicas(1);
+        let picks = |balancer: &ConsistentHash, set: &Snapshot| -> Vec<String> {
+            keys(2_000)
+                .map(|k| {
+                    let ctx = PickContext::new().with_key_hash(k);
+                    balancer.pick(set, &ctx).unwrap().id().to_string()
+                })
+                .collect()
+        };
+        picks(&incremental, &first);
+        for instance in all.members().iter().skip(n) {
+            writer.insert(instance.clone());
+        }
+        let (second, _) = writer.publish(2, ConnectionState::Live);
+        let table = incremental.rings.last().expect("a table");
+        assert!(matches!(table.value.slots, Slots::Narrow(_)));
+        picks(&incremental, &second);
+        let table = incremental.rings.last().expect("a table");
+        assert!(matches!(table.value.slots, Slots::Wide(_)), "past 65,533 owners");
+        assert_eq!(
+            picks(&incremental, &second),
+            picks(&ConsistentHash::new().replicas(1), &second)
+        );
     }
 }
