@@ -58,6 +58,30 @@ fn balancers() -> Vec<(&'static str, Box<dyn Balancer>)> {
     ]
 }
 
+/// Every balancer as a reader of discovery changes, after `cache-only` (none).
+fn readers() -> Vec<(&'static str, Option<Box<dyn Balancer>>)> {
+    let mut readers: Vec<(&str, Option<Box<dyn Balancer>>)> = vec![("cache-only", None)];
+    readers.extend(balancers().into_iter().map(|(name, b)| (name, Some(b))));
+    readers
+}
+
+/// A discovery cache holding `values`, and `balancer`'s table built from it by one pick.
+fn fed(
+    values: &[(String, Vec<u8>)],
+    balancer: Option<&dyn Balancer>,
+) -> (DiscoveryFeed, leasehold::Discovery) {
+    let (mut feed, discovery) = DiscoveryFeed::new(
+        ServiceName::new("bench").unwrap(),
+        Arc::new(NativeCodec),
+        WatchOptions::default(),
+    );
+    feed.reset(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1);
+    if let Some(balancer) = balancer {
+        balancer.pick(&discovery.snapshot(), &PickContext::new().with_key_hash(7));
+    }
+    (feed, discovery)
+}
+
 /// One pick per iteration from `snapshot`, through `filter` if any.
 fn bench_picks(
     group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
@@ -191,18 +215,8 @@ fn change(c: &mut Criterion) {
                     .collect()
             })
             .collect();
-        let mut runs: Vec<(&str, Option<Box<dyn Balancer>>)> = vec![("cache-only", None)];
-        runs.extend(balancers().into_iter().map(|(name, b)| (name, Some(b))));
-        for (name, balancer) in runs {
-            let (mut feed, discovery) = DiscoveryFeed::new(
-                ServiceName::new("bench").unwrap(),
-                Arc::new(NativeCodec),
-                WatchOptions::default(),
-            );
-            feed.reset(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1);
-            if let Some(balancer) = &balancer {
-                balancer.pick(&discovery.snapshot(), &PickContext::new().with_key_hash(7));
-            }
+        for (name, balancer) in readers() {
+            let (mut feed, discovery) = fed(&values, balancer.as_deref());
             let mut step = 0usize;
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| {
@@ -234,18 +248,8 @@ fn leave_or_return(c: &mut Criterion) {
             })
             .collect();
         let moving = n.min(1_000);
-        let mut runs: Vec<(&str, Option<Box<dyn Balancer>>)> = vec![("cache-only", None)];
-        runs.extend(balancers().into_iter().map(|(name, b)| (name, Some(b))));
-        for (name, balancer) in runs {
-            let (mut feed, discovery) = DiscoveryFeed::new(
-                ServiceName::new("bench").unwrap(),
-                Arc::new(NativeCodec),
-                WatchOptions::default(),
-            );
-            feed.reset(values.iter().map(|(k, v)| (k.as_str(), v.as_slice())), 1);
-            if let Some(balancer) = &balancer {
-                balancer.pick(&discovery.snapshot(), &PickContext::new().with_key_hash(7));
-            }
+        for (name, balancer) in readers() {
+            let (mut feed, discovery) = fed(&values, balancer.as_deref());
             let mut step = 0usize;
             group.bench_function(BenchmarkId::new(name, n), |b| {
                 b.iter(|| {

@@ -27,15 +27,12 @@ fn connect() -> Connect {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     let connect = connect();
-    let logs =
-        || tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env());
-    if std::env::var_os(soak::registrant::CHILD_VAR).is_some() {
-        // A registrant process (the soak runs this binary again): its log goes to the
-        // test's stderr, which it shares, and this never returns.
-        let _ = logs().with_writer(std::io::stderr).try_init();
-        soak::registrant::run_if_child(&connect).await;
-    }
-    let _ = logs().with_test_writer().try_init();
+    // In a registrant process (the soak runs this binary again) this never returns.
+    soak::registrant::run_if_child(&connect).await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let config = SoakConfig::from_env(2, 45, 10);
     let zk = ZkEnsemble::start(3).await.unwrap();
     soak::run(ZkSoak::new(zk), config, "soak", connect)

@@ -68,13 +68,19 @@ impl RegistrantSpec {
 /// instances and never returns (the process exits when the soak closes its stdin);
 /// otherwise returns at once.
 ///
-/// Call it first thing in the soak test, with the same `connect` the soak gets.
+/// Call it first thing in the soak test, with the same `connect` the soak gets. The
+/// registrant logs to the stderr it shares with the test, filtered by `RUST_LOG`.
 pub async fn run_if_child(connect: &Connect) {
     let Ok(value) = std::env::var(CHILD_VAR) else {
         return;
     };
     let spec = RegistrantSpec::decode(&value)
         .unwrap_or_else(|| panic!("{CHILD_VAR}={value:?} is not a registrant spec"));
+    // Its log (with `RUST_LOG`) goes to the stderr it shares with the test.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     tokio::spawn(async {
         // EOF (or an error) on stdin: the soak is gone or done with us.
         let mut sink = Vec::new();
