@@ -213,10 +213,11 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, mut term: u64, ev
         // The answer that opened the stream is not shown: on another member (after a
         // leader change, likely) the next keepalive goes at the first tick, to learn
         // its term soon.
+        let now = Instant::now();
         let mut last_sent = if opened_before {
-            Instant::now() - period
+            now.checked_sub(period).unwrap_or(now)
         } else {
-            Instant::now()
+            now
         };
         opened_before = true;
         let mut unanswered: Option<Instant> = None;
