@@ -4,6 +4,8 @@
 //! Endpoints here are in-process tower services that answer or fail on command, so every
 //! attempt can be counted; the example's test covers real tonic servers.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Discovery, Instance, RegisterOptions, Registration, Registry, ServiceName, WatchOptions};
+use leasehold::{Discovery, Instance, RegisterOptions, Registration, Registry};
 use leasehold_tower::balance::RoundRobin;
 use leasehold_tower::{
     BalanceOptions, Balanced, BoxError, ClassifiedBody, Error, MakeEndpoint, OutlierPolicy, RequestBody,
@@ -98,27 +100,13 @@ struct Setup {
 
 async fn setup(service: &str, ids: &[&str]) -> Setup {
     let registry = MemoryRegistry::new();
-    let mut registrations = Vec::new();
-    for (n, id) in ids.iter().enumerate() {
-        let instance = Instance::builder(service, format!("127.0.0.1:{}", 7000 + n))
+    let instances = ids.iter().enumerate().map(|(n, id)| {
+        Instance::builder(service, format!("127.0.0.1:{}", 7000 + n))
             .id(*id)
             .build()
-            .unwrap();
-        registrations.push(
-            registry
-                .register(instance, RegisterOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
-    let discovery = registry
-        .watch(&ServiceName::new(service).unwrap(), WatchOptions::default())
-        .await
-        .unwrap();
-    discovery
-        .wait_for(Duration::from_secs(10), |s| s.len() == ids.len())
-        .await
-        .expect("all instances discovered");
+            .unwrap()
+    });
+    let (registrations, discovery) = support::registered(&registry, service, instances).await;
     Setup {
         registry,
         discovery,
@@ -220,28 +208,17 @@ async fn channels_made_from_one_options_value_keep_their_own_turns() {
 #[tokio::test]
 async fn a_zone_per_request_picks_within_that_zone() {
     let registry = MemoryRegistry::new();
-    let mut registrations = Vec::new();
-    for (n, zone) in ["east", "west", "east", "west"].iter().enumerate() {
-        let instance = Instance::builder("zoned", format!("127.0.0.1:{}", 7300 + n))
-            .id(format!("{zone}-{n}"))
-            .zone(*zone)
-            .build()
-            .unwrap();
-        registrations.push(
-            registry
-                .register(instance, RegisterOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
-    let discovery = registry
-        .watch(&ServiceName::new("zoned").unwrap(), WatchOptions::default())
-        .await
-        .unwrap();
-    discovery
-        .wait_for(Duration::from_secs(10), |s| s.len() == 4)
-        .await
-        .unwrap();
+    let instances = ["east", "west", "east", "west"]
+        .iter()
+        .enumerate()
+        .map(|(n, zone)| {
+            Instance::builder("zoned", format!("127.0.0.1:{}", 7300 + n))
+                .id(format!("{zone}-{n}"))
+                .zone(*zone)
+                .build()
+                .unwrap()
+        });
+    let (_registrations, discovery) = support::registered(&registry, "zoned", instances).await;
     let fleet = Fleet::default();
     let options = BalanceOptions::default()
         .balancer(|| leasehold_tower::balance::ZoneAware::new(None, RoundRobin::new));

@@ -6,12 +6,11 @@ mod support;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, StreamBody};
 use leasehold::memory::MemoryRegistry;
-use leasehold::{Instance, RegisterOptions, Registry, ServiceName, WatchOptions};
+use leasehold::Instance;
 use leasehold_tower::balance::RoundRobin;
 use leasehold_tower::{BalanceOptions, Balanced, BoxError, RequestBody};
 use support::greeter::greeter_client::GreeterClient;
@@ -60,27 +59,16 @@ type Endpoint = BoxCloneService<http::Request<RequestBody>, http::Response<Reque
 #[tokio::test]
 async fn a_failure_in_the_trailers_of_a_streamed_response_counts_when_the_body_ends() {
     let registry = MemoryRegistry::new();
-    let mut registrations = Vec::new();
-    for id in ["ok", "unavailable-in-trailers"] {
-        let instance = Instance::builder("trailers", format!("127.0.0.1:{}", 7400 + registrations.len()))
-            .id(id)
-            .build()
-            .unwrap();
-        registrations.push(
-            registry
-                .register(instance, RegisterOptions::default())
-                .await
-                .unwrap(),
-        );
-    }
-    let discovery = registry
-        .watch(&ServiceName::new("trailers").unwrap(), WatchOptions::default())
-        .await
-        .unwrap();
-    discovery
-        .wait_for(Duration::from_secs(10), |s| s.len() == 2)
-        .await
-        .unwrap();
+    let instances = ["ok", "unavailable-in-trailers"]
+        .iter()
+        .enumerate()
+        .map(|(n, id)| {
+            Instance::builder("trailers", format!("127.0.0.1:{}", 7400 + n))
+                .id(*id)
+                .build()
+                .unwrap()
+        });
+    let (_registrations, discovery) = support::registered(&registry, "trailers", instances).await;
     let calls: Arc<Mutex<Vec<String>>> = Arc::default();
     let seen = calls.clone();
     let make = move |instance: &Instance| -> Result<Endpoint, BoxError> {

@@ -117,6 +117,32 @@ pub async fn fleet(service: &str, n: usize) -> (MemoryRegistry, Vec<Server>, Dis
     for i in 0..n {
         servers.push(Server::start(&registry, service, &format!("{service}-{i}")).await);
     }
+    let discovery = discovered(&registry, service, n).await;
+    (registry, servers, discovery)
+}
+
+/// Registers `instances`, all of `service`, and returns their handles and a discovery
+/// that sees them all.
+pub async fn registered(
+    registry: &MemoryRegistry,
+    service: &str,
+    instances: impl IntoIterator<Item = Instance>,
+) -> (Vec<Registration>, Discovery) {
+    let mut registrations = Vec::new();
+    for instance in instances {
+        registrations.push(
+            registry
+                .register(instance, RegisterOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let discovery = discovered(registry, service, registrations.len()).await;
+    (registrations, discovery)
+}
+
+/// A discovery of `service` once it sees `n` instances.
+pub async fn discovered(registry: &MemoryRegistry, service: &str, n: usize) -> Discovery {
     let discovery = registry
         .watch(&ServiceName::new(service).unwrap(), WatchOptions::default())
         .await
@@ -124,6 +150,6 @@ pub async fn fleet(service: &str, n: usize) -> (MemoryRegistry, Vec<Server>, Dis
     discovery
         .wait_for(Duration::from_secs(10), |s| s.len() == n)
         .await
-        .expect("every server discovered");
-    (registry, servers, discovery)
+        .expect("every instance discovered");
+    discovery
 }
