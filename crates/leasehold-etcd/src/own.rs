@@ -11,8 +11,12 @@
 //! ([`LeaseEvents::drain_changed`]). After any gap in a watch (a broken stream, a
 //! compacted revision) the own keys of that service and its markers are read once, in
 //! batched transactions of gets, before the watch resumes after that read.
+//!
+//! It also orders the writes of one key: each write expects the lease and version the
+//! key will have once the writes of it sent before have landed ([`Expect`]), so a later
+//! write can be sent before an earlier one is answered and still never lands first.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -39,15 +43,61 @@ const GETS_PER_TXN: usize = 120;
 /// What this client knows about one key it wrote.
 #[derive(Clone, Debug)]
 enum Held {
-    /// Written under `lease` at `revision`; a later change by anyone else is reported.
+    /// Written under `lease` at `revision`, where it has `version`; a later change by
+    /// anyone else is reported.
     Ours {
         lease: i64,
         revision: i64,
+        version: i64,
         events: LeaseEvents,
     },
     /// A write under `lease` whose outcome is unknown and whose caller was told it
     /// failed: if it shows up under that lease, it is deleted.
     Disowned { lease: i64 },
+}
+
+/// What a write of a key expects to find there; anything else fails its compare. So a
+/// copy that lands late (sent to a frozen member, resent elsewhere, applied when the
+/// member resumes) changes nothing, and neither does a write that overtakes an earlier
+/// one of the same key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Expect {
+    /// No such key.
+    Absent,
+    /// The key under `lease` (0: none) at `version` (modifications since it was
+    /// created; a deleted and recreated key counts again from 1, which is why the lease
+    /// is compared too).
+    At { lease: i64, version: i64 },
+}
+
+impl Expect {
+    /// What a key found like `kv` (or absent) is expected to be.
+    pub(crate) fn found(kv: Option<&KeyValue>) -> Expect {
+        match kv {
+            Some(kv) => Expect::At {
+                lease: kv.lease(),
+                version: kv.version(),
+            },
+            None => Expect::Absent,
+        }
+    }
+
+    /// The key's version once a write that expects this lands.
+    pub(crate) fn next_version(self) -> i64 {
+        match self {
+            Expect::Absent => 1,
+            Expect::At { version, .. } => version + 1,
+        }
+    }
+}
+
+/// The writes of one key sent and not yet answered.
+#[derive(Debug)]
+struct Writing {
+    /// Their tickets, in the order they were sent.
+    tickets: BTreeSet<u64>,
+    /// What the key is once they have all landed: what the next write expects.
+    then: Expect,
 }
 
 /// The owner of a registration, for routing drain markers.
@@ -71,6 +121,10 @@ struct State {
     leases: HashMap<i64, u64>,
     /// Leases granted so far.
     grants: u64,
+    /// Writes of a key in flight, by key.
+    writing: HashMap<String, Writing>,
+    /// Tickets handed out so far.
+    tickets: u64,
 }
 
 /// The own keys of one [`EtcdRegistry`](crate::EtcdRegistry) and their watches.
@@ -86,6 +140,9 @@ pub(crate) struct OwnKeys {
     /// Signalled after a batch is written: a given-up lease is revoked once its
     /// registrations are written under the next one, so they never vanish in between.
     settled: tokio::sync::Notify,
+    /// Signalled when a write of any key is answered, for a write waiting on an earlier
+    /// one of its key.
+    answered: tokio::sync::Notify,
 }
 
 impl Drop for OwnKeys {
@@ -105,6 +162,7 @@ impl OwnKeys {
             starting: tokio::sync::Mutex::new(()),
             events_seen: AtomicU64::new(0),
             settled: tokio::sync::Notify::new(),
+            answered: tokio::sync::Notify::new(),
         })
     }
 
@@ -195,13 +253,95 @@ impl OwnKeys {
         );
     }
 
-    /// `key` was written under `lease` at `revision`.
-    pub(crate) fn written(&self, key: &str, lease: i64, revision: i64, events: &LeaseEvents) {
-        self.state.lock().unwrap().keys.insert(
+    /// A write of `key` under `lease` is about to be sent: its ticket, and what it
+    /// expects to find. That is what the writes of the key still in flight leave behind
+    /// once they land, or else what this client last wrote there, or else no key.
+    pub(crate) fn begin_write(&self, key: &str, lease: i64) -> (u64, Expect) {
+        let mut state = self.state.lock().unwrap();
+        state.tickets += 1;
+        let ticket = state.tickets;
+        let expect = match state.writing.get(key) {
+            Some(writing) => writing.then,
+            None => Self::last_written(&state, key),
+        };
+        let then = Expect::At {
+            lease,
+            version: expect.next_version(),
+        };
+        let writing = state.writing.entry(key.to_owned()).or_insert_with(|| Writing {
+            tickets: BTreeSet::new(),
+            then,
+        });
+        writing.tickets.insert(ticket);
+        writing.then = then;
+        (ticket, expect)
+    }
+
+    /// The write of `key` with `ticket` was answered (or given up).
+    pub(crate) fn end_write(&self, key: &str, ticket: u64) {
+        {
+            let mut state = self.state.lock().unwrap();
+            if let Some(writing) = state.writing.get_mut(key) {
+                writing.tickets.remove(&ticket);
+                if writing.tickets.is_empty() {
+                    state.writing.remove(key);
+                }
+            }
+        }
+        self.answered.notify_waiters();
+    }
+
+    /// Whether a write of `key` sent before `ticket` is still unanswered.
+    pub(crate) fn writes_before(&self, key: &str, ticket: u64) -> bool {
+        self.state
+            .lock()
+            .unwrap()
+            .writing
+            .get(key)
+            .and_then(|writing| writing.tickets.first())
+            .is_some_and(|first| *first < ticket)
+    }
+
+    /// Returns once every write of `key` sent before `ticket` is answered, with what the
+    /// write of `ticket` should now expect.
+    pub(crate) async fn after_writes_before(&self, key: &str, ticket: u64) -> Expect {
+        loop {
+            let answered = self.answered.notified();
+            tokio::pin!(answered);
+            answered.as_mut().enable();
+            if !self.writes_before(key, ticket) {
+                return Self::last_written(&self.state.lock().unwrap(), key);
+            }
+            answered.await;
+        }
+    }
+
+    /// What this client last wrote at `key`, as far as it knows.
+    fn last_written(state: &State, key: &str) -> Expect {
+        match state.keys.get(key) {
+            Some(Held::Ours { lease, version, .. }) => Expect::At {
+                lease: *lease,
+                version: *version,
+            },
+            _ => Expect::Absent,
+        }
+    }
+
+    /// `key` was written under `lease` at `revision`, where it now has `version`. Writes
+    /// of a key may be answered out of order: the latest revision is kept.
+    pub(crate) fn written(&self, key: &str, lease: i64, revision: i64, version: i64, events: &LeaseEvents) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(Held::Ours { revision: known, .. }) = state.keys.get(key) {
+            if *known > revision {
+                return;
+            }
+        }
+        state.keys.insert(
             key.to_owned(),
             Held::Ours {
                 lease,
                 revision,
+                version,
                 events: events.clone(),
             },
         );
@@ -307,6 +447,7 @@ impl OwnKeys {
                     lease,
                     revision,
                     events,
+                    ..
                 }),
                 kind,
             ) if kv.mod_revision() > revision && (kind == EventType::Delete || kv.lease() != lease) => {

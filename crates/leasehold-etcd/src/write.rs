@@ -1,15 +1,19 @@
 //! Writes under a lease: batched into transactions bounded in operations and bytes,
 //! each write conditional on the lease its key is under, each with its own outcome.
 //!
-//! Every put is a transaction `if lease(key) == expected then put else get` (nested in
-//! one transaction per batch when there are several),
-//! where `expected` is our lease for a key we hold under it and 0 (no lease, or no key)
-//! otherwise. So a copy of a write that lands late (sent to a frozen member, resent
-//! elsewhere, applied when the member resumes) cannot bind a key to a lease that was
-//! given up, and a key another live client holds is never overwritten: its owner's
-//! lease is reported back as [`Error::Conflict`]. A key found under one of our own
-//! leases (this one, another TTL's, or one given up and not yet gone) is written
-//! again, comparing that lease.
+//! Every put is a transaction `if key is as expected then put else get` (nested in one
+//! transaction per batch when there are several). What a write expects
+//! ([`Expect`]) is no key, or the lease and version our last write of the key left
+//! (or the writes of it still in flight will leave). So a copy of a write that lands
+//! late (sent to a frozen member, resent elsewhere, applied when the member resumes)
+//! changes nothing: it cannot bind a key to a lease that was given up, nor put an older
+//! value back over a newer one. Writes of one key may be in flight together (an update
+//! sent before the one before it is answered); one that overtakes an earlier one fails
+//! its compare, waits for it, and is sent again. A key another live client holds is
+//! never overwritten: its owner's lease is reported back as [`Error::Conflict`]. A key
+//! found as we did not expect but under one of our own leases, or under none (this
+//! lease, another TTL's, one given up and not yet gone, a write that got no answer and
+//! landed) is written again, expecting what was found.
 //!
 //! A transaction etcd refuses as a whole (too large for the cluster's limit, a key the
 //! user may not write) changes nothing; it is split in two until the write at fault is
@@ -25,7 +29,7 @@ use leasehold::registrar::{LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Error, Instance, InvalidInput};
 
 use crate::connection::{Connection, Failure};
-use crate::own::OwnKeys;
+use crate::own::{Expect, OwnKeys};
 
 /// Writes per transaction. etcd allows 128 operations per transaction level, and a
 /// nested transaction may use only what its parent left: 120 leaves each write room for
@@ -42,8 +46,9 @@ const WRITE_OVERHEAD: usize = 48;
 const TXN_CONCURRENCY: usize = 4;
 
 /// How often a write is tried again with what it found under its key (our own key
-/// under another of our leases, a key deleted meanwhile) before it fails.
-const ROUNDS: usize = 3;
+/// under another of our leases, a key deleted meanwhile, an earlier write of the key
+/// landing after it) before it fails.
+const ROUNDS: usize = 4;
 
 /// One write as it goes to etcd.
 struct Item<'a> {
@@ -54,8 +59,10 @@ struct Item<'a> {
     value: Vec<u8>,
     /// Old keys of this registration to delete with it (keys named after a lease).
     stale: Vec<String>,
-    /// The lease the key must be under (0: no lease or no key) for the put to go.
-    expect: i64,
+    /// Its place among the writes of its key ([`OwnKeys::begin_write`]).
+    ticket: u64,
+    /// What the key must be for the put to go.
+    expect: Expect,
 }
 
 impl Item<'_> {
@@ -67,7 +74,7 @@ impl Item<'_> {
             + WRITE_OVERHEAD
     }
 
-    /// `if lease(key) == expect then put (and delete stale keys) else get`.
+    /// `if key is as expected then put (and delete stale keys) else get`.
     fn txn(&self, lease: i64) -> Txn {
         let mut ops: Vec<TxnOp> = self
             .stale
@@ -79,8 +86,15 @@ impl Item<'_> {
             self.value.clone(),
             Some(PutOptions::new().with_lease(lease)),
         ));
+        let compares = match self.expect {
+            Expect::Absent => vec![Compare::version(self.key.as_str(), CompareOp::Equal, 0)],
+            Expect::At { lease, version } => vec![
+                Compare::lease(self.key.as_str(), CompareOp::Equal, lease),
+                Compare::version(self.key.as_str(), CompareOp::Equal, version),
+            ],
+        };
         Txn::new()
-            .when([Compare::lease(self.key.as_str(), CompareOp::Equal, self.expect)])
+            .when(compares)
             .and_then(ops)
             .or_else([TxnOp::get(self.key.as_str(), None)])
     }
@@ -118,6 +132,7 @@ pub(crate) async fn put(
     let mut outcomes: Vec<Option<WriteOutcome>> = writes.iter().map(|_| None).collect();
     let mut prefixes = HashMap::new();
     let mut items = Vec::with_capacity(writes.len());
+    let mut in_flight = InFlight(Vec::new(), own);
     for (at, (write, key)) in writes.iter().zip(&keys).enumerate() {
         let instance = write.instance;
         if !prefixes.contains_key(instance.service()) {
@@ -160,14 +175,11 @@ pub(crate) async fn put(
             .filter(|stale| !last.contains_key(stale) && deleting.insert(*stale))
             .map(str::to_owned)
             .collect();
-        let item = Item {
+        let mut item = Item {
             at,
             instance,
-            expect: if write.current == Some(key.as_str()) {
-                lease
-            } else {
-                0
-            },
+            ticket: 0,
+            expect: Expect::Absent,
             key: key.clone(),
             value,
             stale,
@@ -185,6 +197,8 @@ pub(crate) async fn put(
             .into()));
             continue;
         }
+        (item.ticket, item.expect) = own.begin_write(&item.key, lease);
+        in_flight.0.push((item.key.clone(), item.ticket));
         items.push(item);
     }
     for stale in items.iter().flat_map(|item| &item.stale) {
@@ -199,11 +213,12 @@ pub(crate) async fn put(
         for (mut item, verdict) in transact(conn, lease, items, budget).await? {
             let outcome = match verdict {
                 Verdict::Written(revision) => {
-                    own.written(&item.key, lease, revision, events);
+                    own.written(&item.key, lease, revision, item.expect.next_version(), events);
                     Ok(item.key.clone())
                 }
                 Verdict::Failed { error, unknown } => {
-                    if unknown && item.expect == 0 {
+                    let new_key = matches!(item.expect, Expect::Absent | Expect::At { lease: 0, .. });
+                    if unknown && new_key {
                         own.disown(&item.key, lease);
                         unanswered.push(item.key.clone());
                     }
@@ -213,7 +228,7 @@ pub(crate) async fn put(
                     let holder = found.as_ref().map_or(0, KeyValue::lease);
                     if holder == 0 || holder == lease || own.is_ours(holder) {
                         if round < ROUNDS {
-                            item.expect = holder;
+                            item.expect = Expect::found(found.as_ref());
                             again.push(item);
                             continue;
                         }
@@ -232,8 +247,16 @@ pub(crate) async fn put(
             };
             outcomes[item.at] = Some(outcome);
         }
+        for item in &mut again {
+            // It overtook an earlier write of its key: what it found is not the end of
+            // that write's story.
+            if own.writes_before(&item.key, item.ticket) {
+                item.expect = own.after_writes_before(&item.key, item.ticket).await;
+            }
+        }
         items = again;
     }
+    drop(in_flight);
     if !unanswered.is_empty() {
         // Their callers are told they failed: remove what may have landed. A copy that
         // lands later still is deleted by the own-key watch.
@@ -258,6 +281,18 @@ pub(crate) async fn put(
             .unwrap_or_else(|| Err(Error::backend(conn.endpoints(), format!("{key}: not written"))))
         })
         .collect())
+}
+
+/// The tickets of a batch's writes, given back when the batch is answered or dropped,
+/// so later writes of the same keys never wait on them for nothing.
+struct InFlight<'a>(Vec<(String, u64)>, &'a OwnKeys);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        for (key, ticket) in self.0.drain(..) {
+            self.1.end_write(&key, ticket);
+        }
+    }
 }
 
 /// Sends `items` as transactions that fit `budget` bytes and [`WRITES_PER_TXN`]

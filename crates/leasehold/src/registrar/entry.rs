@@ -19,6 +19,9 @@ pub(super) struct Entry {
     pub(super) drained: bool,
     /// Needs writing: new, updated, resumed, or lost with its lease or key.
     pub(super) dirty: bool,
+    /// Counts its owner's changes (updates, resumes): a write that lands clears `dirty`
+    /// only if it carried the latest, since a later one may be in flight behind it.
+    pub(super) change: u64,
     /// The key it was last written at, and the lease generation it was written under.
     pub(super) key: Option<(u64, String)>,
     /// The key of another client's registration of the same id that refused our last
@@ -44,6 +47,7 @@ impl Entry {
             paused: false,
             drained: false,
             dirty: true,
+            change: 0,
             key: None,
             conflict: None,
             due: None,
@@ -85,7 +89,7 @@ impl Entry {
         }
     }
 
-    /// Written: its backoff starts over.
+    /// Written with its latest change: its backoff starts over.
     pub(super) fn written(&mut self, generation: u64, key: String) {
         self.key = Some((generation, key));
         self.dirty = false;
@@ -93,6 +97,22 @@ impl Entry {
         self.due = None;
         self.delays = Box::new(self.backoff.delays());
         self.set_state(RegistrationState::Registered);
+    }
+
+    /// Written with an earlier change: that is where it is in the registry, and what
+    /// it still owes (and its state) is the later change's.
+    pub(super) fn landed(&mut self, generation: u64, key: String) {
+        self.key = Some((generation, key));
+    }
+
+    /// The key to overwrite under lease `generation`, and the key of an earlier lease
+    /// that may still show (see [`Write`](super::Write)).
+    pub(super) fn keys_under(&self, generation: u64) -> (Option<&str>, Option<&str>) {
+        match &self.key {
+            Some((g, key)) if *g == generation => (Some(key.as_str()), None),
+            Some((_, key)) => (None, Some(key.as_str())),
+            None => (None, None),
+        }
     }
 
     /// Its next backoff delay.

@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::claims::Claim;
 use super::entry::Entry;
+use super::flight::Flights;
 use super::leftover::Leftovers;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
 use crate::registration::{Command, CommandSender};
@@ -41,7 +43,8 @@ pub(super) struct Group<B: LeaseBackend> {
     pub(super) backend: Arc<B>,
     pub(super) ttl: Duration,
     pub(super) backoff: Backoff,
-    pub(super) lease: Option<B::Lease>,
+    /// Shared with the writes in flight; theirs are gone whenever the group settles.
+    pub(super) lease: Option<Arc<B::Lease>>,
     /// Counts leases granted; events and keys carry the generation they belong to.
     pub(super) generation: u64,
     /// Backoff of lease grants (a registry that is down, or loses every lease).
@@ -56,6 +59,8 @@ pub(super) struct Group<B: LeaseBackend> {
     pub(super) recovering_since: Option<Instant>,
     /// Keys of deregistered registrations whose delete is still to land.
     pub(super) leftovers: Leftovers,
+    /// Writes sent and not yet answered (see [`flight`](super::flight)).
+    pub(super) flights: Flights,
     commands: CommandSender,
     next_key: Arc<AtomicU64>,
 }
@@ -87,6 +92,7 @@ impl<B: LeaseBackend> Group<B> {
             events_tx,
             recovering_since: None,
             leftovers: Leftovers::default(),
+            flights: Flights::new(),
             commands,
             next_key,
         };
@@ -100,11 +106,13 @@ impl<B: LeaseBackend> Group<B> {
         mut events: EventReceiver,
     ) {
         let mut control_open = true;
-        while control_open || !self.entries.is_empty() {
+        while control_open || !self.entries.is_empty() || !self.flights.is_empty() {
             let wake = self.next_wakeup();
             tokio::select! {
+                Some(flight) = self.flights.next(), if !self.flights.is_empty() => self.land(flight),
                 message = control.recv(), if control_open => match message {
                     Some(Control::Register { instance, claim, reply }) => {
+                        self.settle().await;
                         // Registrations that arrive together are written together: one
                         // batch, as few round trips as the backend needs.
                         let mut batch = vec![(instance, claim, reply)];
@@ -132,6 +140,7 @@ impl<B: LeaseBackend> Group<B> {
                         }
                     }
                     Some(Control::Shutdown(done)) => {
+                        self.settle().await;
                         self.shutdown().await;
                         let _ = done.send(());
                     }
@@ -147,10 +156,17 @@ impl<B: LeaseBackend> Group<B> {
                     }
                     self.commands(batch).await;
                 }
-                Some((generation, event)) = events.recv() => self.event(generation, event).await,
-                () = sleep_until(wake), if wake.is_some() => self.repair().await,
+                Some((generation, event)) = events.recv() => {
+                    self.settle().await;
+                    self.event(generation, event).await;
+                }
+                () = sleep_until(wake), if wake.is_some() => {
+                    self.settle().await;
+                    self.repair().await;
+                }
             }
         }
+        self.settle().await;
         if let Err(e) = self.revoke().await {
             tracing::warn!(error = %e, "revoking an idle lease failed; it expires by itself");
         }
@@ -267,10 +283,12 @@ impl<B: LeaseBackend> Group<B> {
                 },
                 Command::Pause(reply) => {
                     self.flush(&mut waiting).await;
+                    self.settle().await;
                     let _ = reply.send(self.pause(key).await);
                 }
                 Command::Deregister(reply) => {
                     self.flush(&mut waiting).await;
+                    self.settle().await;
                     let result = self.deregister(key).await;
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, "deregistration did not reach the registry; the key expires with its lease");
@@ -288,6 +306,7 @@ impl<B: LeaseBackend> Group<B> {
         let next = entry.instance.updated(update)?;
         entry.instance = next.clone();
         entry.shown.send_replace(next);
+        entry.change += 1;
         if entry.is_out() {
             return Ok(false);
         }
@@ -303,6 +322,7 @@ impl<B: LeaseBackend> Group<B> {
             return Ok(false);
         }
         entry.paused = false;
+        entry.change += 1;
         if entry.drained {
             entry.set_state(RegistrationState::Drained);
             return Ok(false);
@@ -505,6 +525,13 @@ impl<B: LeaseBackend> Group<B> {
             .collect();
         keys.sort_unstable();
         keys.dedup();
+        if self.backend.pipelines_writes() && self.lease.is_some() {
+            self.launch(&keys, std::mem::take(waiting));
+            return;
+        }
+        // Without a lease, the writes in flight are about one that is gone: their
+        // answers come first, and the new grant after.
+        self.settle().await;
         let written = match self.ensure_lease().await {
             Ok(()) => self.write(&keys).await,
             Err(e) => {
@@ -517,16 +544,24 @@ impl<B: LeaseBackend> Group<B> {
                 Err(e)
             }
         };
-        for (key, reply) in waiting.drain(..) {
-            let answer = match &written {
-                Ok(failed) => match failed.iter().find(|(k, _)| *k == key) {
-                    Some((_, e)) => Err(e.duplicate()),
-                    None => Ok(()),
-                },
-                Err(e) => Err(e.duplicate()),
-            };
-            let _ = reply.send(answer);
-        }
+        answer_writes(&written, std::mem::take(waiting));
+    }
+}
+
+/// Answers the callers of a write: each with its own failure, the batch's, or `Ok`.
+pub(super) fn answer_writes(
+    written: &Result<Vec<(u64, Error)>>,
+    replies: Vec<(u64, oneshot::Sender<Result<()>>)>,
+) {
+    for (key, reply) in replies {
+        let answer = match written {
+            Ok(failed) => match failed.iter().find(|(k, _)| *k == key) {
+                Some((_, e)) => Err(e.duplicate()),
+                None => Ok(()),
+            },
+            Err(e) => Err(e.duplicate()),
+        };
+        let _ = reply.send(answer);
     }
 }
 

@@ -18,12 +18,14 @@
 //!
 //! The pieces: `claims` (which ids this client holds), `group` (the task that owns
 //! the registrations of one TTL and its lifecycle commands), `batch` (writing many
-//! registrations in one request and answering each alone) and `recovery` (leases,
-//! backoff, repairs).
+//! registrations in one request and answering each alone), `flight` (updates written
+//! without waiting for the write before, on backends that keep their order) and
+//! `recovery` (leases, backoff, repairs).
 
 mod batch;
 mod claims;
 mod entry;
+mod flight;
 mod group;
 mod leftover;
 mod recovery;
@@ -176,6 +178,16 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// reports their markers ([`drained_set`](LeaseEvents::drained_set) when it starts,
     /// before `put` returns; [`drain_changed`](LeaseEvents::drain_changed) after).
     async fn put(&self, lease: &Self::Lease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError>;
+
+    /// Whether [`put`](Self::put) may be called for a registration while an earlier
+    /// call writing it is still unanswered (an update sent before the one before it has
+    /// landed), so a registration updated often is not held up by each write's round
+    /// trip. A backend that says so makes sure the later call's value is the one that
+    /// stays, whatever order the calls land and are answered in. The default says no:
+    /// the registrar then waits for each write before it sends the next.
+    fn pipelines_writes(&self) -> bool {
+        false
+    }
 
     /// Deletes keys written under the lease.
     async fn delete(&self, lease: &Self::Lease, keys: &[String]) -> Result<(), LeaseError>;

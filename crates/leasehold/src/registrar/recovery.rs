@@ -1,6 +1,7 @@
 //! Leases and repairs: granting a lease, noticing it is lost, writing back what is
 //! missing, each registration on its own backoff and lease grants on the group's.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,9 +24,8 @@ impl<B: LeaseBackend> Group<B> {
     /// the background) and writes every registration again under a new one: the lease
     /// may hold keys nobody owns, or may be revoked by the registry.
     pub(super) fn abandon_lease(&mut self, reason: &str) {
-        if let Some(lease) = self.lease.take() {
+        if let Some(lease) = self.take_lease() {
             tracing::warn!(ttl = ?self.ttl, %reason, "giving up the lease; its registrations are written again under a new one");
-            self.generation += 1;
             let backend = self.backend.clone();
             tokio::spawn(async move { backend.give_up(lease).await });
         }
@@ -91,7 +91,7 @@ impl<B: LeaseBackend> Group<B> {
                 tracing::warn!(error = %e, "cannot follow the drain markers of drained registrations yet");
             }
         }
-        self.lease = Some(lease);
+        self.lease = Some(Arc::new(lease));
         let now = Instant::now();
         let live = self.live();
         for key in live {
@@ -196,12 +196,23 @@ impl<B: LeaseBackend> Group<B> {
 
     /// Revokes the lease, if there is one.
     pub(super) async fn revoke(&mut self) -> Result<()> {
-        match self.lease.take() {
-            Some(lease) => {
-                self.generation += 1;
-                self.backend.revoke(lease).await
-            }
+        match self.take_lease() {
+            Some(lease) => self.backend.revoke(lease).await,
             None => Ok(()),
         }
+    }
+
+    /// Takes the lease out of the group, to give it up or revoke it; what is written
+    /// afterwards goes under a new generation. The group settles its writes in flight
+    /// before, so it holds the lease's only reference; were one still held, the lease
+    /// would be dropped with it (no longer kept alive, its keys expiring).
+    fn take_lease(&mut self) -> Option<B::Lease> {
+        let lease = self.lease.take()?;
+        self.generation += 1;
+        let lease = Arc::into_inner(lease);
+        if lease.is_none() {
+            tracing::warn!(ttl = ?self.ttl, "a lease given up while a write still uses it; it expires by itself");
+        }
+        lease
     }
 }

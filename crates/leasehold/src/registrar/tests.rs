@@ -177,3 +177,213 @@ async fn a_registration_that_keeps_failing_backs_off_alone() {
     );
     assert_eq!(bad.state(), RegistrationState::Recovering);
 }
+
+/// How the test answers one held write.
+type Answer = oneshot::Sender<Result<(), Error>>;
+
+/// A backend that pipelines writes and holds each one until the test answers it, to
+/// land writes of one registration in any order.
+#[derive(Default)]
+struct HeldWrites {
+    /// Each write sent and not yet answered: the version it carried, and its answer.
+    held: Mutex<Vec<(String, Answer)>>,
+    /// What happened, in order: `put <version>` and `delete`.
+    log: Mutex<Vec<String>>,
+}
+
+impl HeldWrites {
+    /// The versions of the writes waiting for an answer, in the order they were sent.
+    fn waiting(&self) -> Vec<String> {
+        self.held.lock().unwrap().iter().map(|(v, _)| v.clone()).collect()
+    }
+
+    /// Answers the write of `version`.
+    fn answer(&self, version: &str, answer: Result<(), Error>) {
+        let mut held = self.held.lock().unwrap();
+        let at = held
+            .iter()
+            .position(|(v, _)| v == version)
+            .expect("a write of that version waits");
+        let _ = held.remove(at).1.send(answer);
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[async_trait]
+impl LeaseBackend for HeldWrites {
+    type Lease = ();
+
+    async fn grant(&self, _ttl: Duration, _events: LeaseEvents) -> Result<()> {
+        Ok(())
+    }
+
+    async fn put(&self, _: &(), writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError> {
+        let [write] = writes else {
+            panic!("one registration, one write at a time");
+        };
+        let version = write.instance.version().unwrap_or("").to_owned();
+        self.log.lock().unwrap().push(format!("put {version}"));
+        let (answer, answered) = oneshot::channel();
+        self.held.lock().unwrap().push((version, answer));
+        let outcome = answered.await.expect("the test answers every write");
+        Ok(vec![outcome.map(|()| write.instance.id().to_string())])
+    }
+
+    fn pipelines_writes(&self) -> bool {
+        true
+    }
+
+    async fn delete(&self, _: &(), _: &[String]) -> Result<(), LeaseError> {
+        self.log.lock().unwrap().push("delete".into());
+        Ok(())
+    }
+
+    async fn revoke(&self, _: ()) -> Result<()> {
+        self.log.lock().unwrap().push("revoke".into());
+        Ok(())
+    }
+}
+
+/// Registers one instance on a [`HeldWrites`] and answers its first write.
+async fn held_registration(backend: &Arc<HeldWrites>) -> (Registrar<HeldWrites>, Registration) {
+    let instance = Instance::builder("echo", "127.0.0.1:1")
+        .version("0")
+        .build()
+        .unwrap();
+    let registering = tokio::spawn({
+        let registrar = Registrar::new(backend.clone(), Backoff::default());
+        async move {
+            let registration = registrar.register(instance, RegisterOptions::default()).await;
+            (registrar, registration)
+        }
+    });
+    until(|| backend.waiting() == ["0"]).await;
+    backend.answer("0", Ok(()));
+    let (registrar, registration) = registering.await.unwrap();
+    (registrar, registration.unwrap())
+}
+
+/// Starts `update(version)` in the background.
+fn update(registration: &Registration, version: &str) -> tokio::task::JoinHandle<Result<()>> {
+    let registration = registration.clone();
+    let update = crate::InstanceUpdate::new().version(Some(version.to_owned()));
+    tokio::spawn(async move { registration.update(update).await })
+}
+
+/// Polls `done` until it holds, for up to a (paused) minute.
+async fn until(done: impl Fn() -> bool) {
+    for _ in 0..6_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_is_sent_before_the_one_before_it_is_answered() {
+    let backend = Arc::new(HeldWrites::default());
+    let (_registrar, registration) = held_registration(&backend).await;
+
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    until(|| backend.waiting() == ["1", "2"]).await;
+
+    // Answered the other way round: the registration is written, with nothing to retry.
+    backend.answer("2", Ok(()));
+    backend.answer("1", Ok(()));
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        backend.log(),
+        ["put 0", "put 1", "put 2"],
+        "no write after both landed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_update_that_fails_leaves_the_later_one_to_decide() {
+    let backend = Arc::new(HeldWrites::default());
+    let (_registrar, registration) = held_registration(&backend).await;
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    until(|| backend.waiting() == ["1", "2"]).await;
+
+    backend.answer("1", Err(Error::backend("test://", "no answer")));
+    assert!(first.await.unwrap().is_err(), "its caller learns it failed");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        registration.state(),
+        RegistrationState::Registered,
+        "the later write is still in flight: nothing to recover yet"
+    );
+    backend.answer("2", Ok(()));
+    second.await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    assert_eq!(
+        backend.log(),
+        ["put 0", "put 1", "put 2"],
+        "the failed one is not written again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_later_update_that_fails_is_written_again_with_the_latest_value() {
+    let backend = Arc::new(HeldWrites::default());
+    let (_registrar, registration) = held_registration(&backend).await;
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    until(|| backend.waiting() == ["1", "2"]).await;
+
+    backend.answer("2", Err(Error::backend("test://", "no answer")));
+    backend.answer("1", Ok(()));
+    first.await.unwrap().unwrap();
+    assert!(second.await.unwrap().is_err());
+    assert_eq!(registration.state(), RegistrationState::Recovering);
+    until(|| backend.waiting() == ["2"]).await;
+    backend.answer("2", Ok(()));
+    until(|| registration.state() == RegistrationState::Registered).await;
+    assert_eq!(backend.log(), ["put 0", "put 1", "put 2", "put 2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deregistration_waits_for_the_updates_in_flight() {
+    let backend = Arc::new(HeldWrites::default());
+    let (registrar, registration) = held_registration(&backend).await;
+    // A second registration keeps the lease, so the first one's key is deleted alone.
+    let other = Instance::builder("echo", "127.0.0.1:2")
+        .version("other")
+        .build()
+        .unwrap();
+    let registering = tokio::spawn(async move {
+        let other = registrar.register(other, RegisterOptions::default()).await;
+        (registrar, other)
+    });
+    until(|| backend.waiting() == ["other"]).await;
+    backend.answer("other", Ok(()));
+    let (_registrar, _other) = registering.await.unwrap();
+
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let deregistering = tokio::spawn(async move { registration.deregister().await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        backend.log().last().map(String::as_str),
+        Some("put 1"),
+        "no delete before the update lands"
+    );
+    backend.answer("1", Ok(()));
+    first.await.unwrap().unwrap();
+    deregistering.await.unwrap().unwrap();
+    assert_eq!(backend.log(), ["put 0", "put other", "put 1", "delete"]);
+}
