@@ -1,15 +1,18 @@
 //! `Registration::update` latency under load: an open loop of one update every 2 ms,
 //! timed from the call until a watcher of the key sees that value (or a later one: the
-//! registrar may write updates that arrive together as one), beside a raw etcd-client
-//! put of the same values in the same loop, measured in the same run on the same etcd.
+//! registrar may write updates that arrive together as one), beside raw etcd-client puts
+//! of the same values in the same loop, measured in the same run on the same etcd.
+//!
+//! The baseline is a raw put under a lease, as a registration is written; a raw put
+//! without one is shown too (etcd attaches no lease to it, a little less work).
 //!
 //! `cargo bench -p leasehold-etcd --bench update_latency` prints p50, p99 and max for
-//! both in each round, and the ratio of the median p99s.
+//! each side in each round, and the ratios of the median p99s.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, WatchOptions};
+use etcd_client::{Client, PutOptions, WatchOptions};
 use leasehold::{Codec, Instance, InstanceUpdate, NativeCodec, RegisterOptions, Registry};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
@@ -18,6 +21,8 @@ use tokio::time::MissedTickBehavior;
 const UPDATES: usize = 2_000;
 const PERIOD: Duration = Duration::from_millis(2);
 const ROOT: &str = "/bench";
+/// The registration's TTL, and the raw side's lease.
+const TTL: Duration = Duration::from_secs(30);
 
 /// When each update was called, by sequence number.
 type Sent = Arc<Mutex<Vec<Option<Instant>>>>;
@@ -83,14 +88,23 @@ fn summary(mut latencies: Vec<Duration>) -> (Duration, Duration, Duration) {
     (at(0.5), at(0.99), *latencies.last().unwrap())
 }
 
-async fn raw_side(etcd: &EtcdCluster) -> Vec<Duration> {
+/// Raw puts of the same values, under a lease of the registration's TTL (`leased`) or
+/// under none.
+async fn raw_side(etcd: &EtcdCluster, leased: bool) -> Vec<Duration> {
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
     let key = format!("{ROOT}/bench/raw");
+    let options = match leased {
+        true => {
+            let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap();
+            Some(PutOptions::new().with_lease(lease.id()))
+        }
+        false => None,
+    };
     client
         .put(
             key.clone(),
             NativeCodec.encode(&instance("raw", 0)).unwrap(),
-            None,
+            options.clone(),
         )
         .await
         .unwrap();
@@ -98,11 +112,10 @@ async fn raw_side(etcd: &EtcdCluster) -> Vec<Duration> {
     let watcher = watch_latencies(&mut client, &key, sent.clone()).await;
     open_loop(
         |seq| {
-            let mut client = client.clone();
-            let key = key.clone();
+            let (mut client, key, options) = (client.clone(), key.clone(), options.clone());
             tokio::spawn(async move {
                 let value = NativeCodec.encode(&instance("raw", seq)).unwrap();
-                client.put(key, value, None).await.unwrap();
+                client.put(key, value, options).await.unwrap();
             });
         },
         &sent,
@@ -116,7 +129,7 @@ async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
         .await
         .unwrap();
     let registration = registry
-        .register(instance("ours", 0), RegisterOptions::ttl(Duration::from_secs(30)))
+        .register(instance("ours", 0), RegisterOptions::ttl(TTL))
         .await
         .unwrap();
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
@@ -154,10 +167,11 @@ async fn main() {
     let etcd = EtcdCluster::start_single().await.expect("etcd starts");
     println!("one update every {PERIOD:?}, {UPDATES} updates, latency from the call to the watcher's event");
     println!("{:<14} {:>10} {:>10} {:>10}", "side", "p50", "p99", "max");
-    let mut p99s: [Vec<Duration>; 2] = Default::default();
+    let mut p99s: [Vec<Duration>; 3] = Default::default();
     for round in 0..ROUNDS {
         for (side, (name, latencies)) in [
-            ("raw put", raw_side(&etcd).await),
+            ("raw put", raw_side(&etcd, true).await),
+            ("unleased", raw_side(&etcd, false).await),
             ("leasehold", leasehold_side(&etcd).await),
         ]
         .into_iter()
@@ -174,9 +188,10 @@ async fn main() {
             p99s[side].push(p99);
         }
     }
-    let [raw, ours] = p99s.map(median);
+    let [raw, unleased, ours] = p99s.map(median);
     println!(
-        "median p99 over {ROUNDS} rounds: leasehold {ours:.2?}, raw put {raw:.2?}: {:.2}x",
-        ours.as_secs_f64() / raw.as_secs_f64()
+        "median p99 over {ROUNDS} rounds: leasehold {ours:.2?}, raw put under a lease {raw:.2?}: {:.2}x; raw put without one {unleased:.2?}: {:.2}x",
+        ours.as_secs_f64() / raw.as_secs_f64(),
+        ours.as_secs_f64() / unleased.as_secs_f64()
     );
 }

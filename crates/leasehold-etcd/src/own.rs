@@ -302,17 +302,34 @@ impl OwnKeys {
             .is_some_and(|first| *first < ticket)
     }
 
-    /// Returns once every write of `key` sent before `ticket` is answered, with what the
-    /// write of `ticket` should now expect.
-    pub(crate) async fn after_writes_before(&self, key: &str, ticket: u64) -> Expect {
+    /// Returns once every write of `key` sent before `ticket` is answered.
+    pub(crate) async fn after_writes_before(&self, key: &str, ticket: u64) {
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
             if !self.writes_before(key, ticket) {
-                return Self::last_written(&self.state.lock().unwrap(), key);
+                return;
             }
             answered.await;
+        }
+    }
+
+    /// What a write of `key` should expect after finding it like `found` (or absent) at
+    /// revision `at`: that, unless this client wrote it since (an earlier write of the
+    /// key that landed after the read).
+    pub(crate) fn expect_after(&self, key: &str, found: Option<&KeyValue>, at: i64) -> Expect {
+        match self.state.lock().unwrap().keys.get(key) {
+            Some(Held::Ours {
+                lease,
+                revision,
+                version,
+                ..
+            }) if *revision > at => Expect::At {
+                lease: *lease,
+                version: *version,
+            },
+            _ => Expect::found(found),
         }
     }
 

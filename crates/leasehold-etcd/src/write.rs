@@ -104,8 +104,8 @@ impl Item<'_> {
 enum Verdict {
     /// Written at this revision.
     Written(i64),
-    /// The compare failed; the key was found like this (or absent).
-    Found(Option<KeyValue>),
+    /// The compare failed; the key was found like this (or absent) at revision `at`.
+    Found { kv: Option<KeyValue>, at: i64 },
     /// Failed alone; `unknown` when it may still land.
     Failed { error: Error, unknown: bool },
 }
@@ -224,12 +224,12 @@ pub(crate) async fn put(
                     }
                     Err(error)
                 }
-                Verdict::Found(found) => {
-                    let holder = found.as_ref().map_or(0, KeyValue::lease);
+                Verdict::Found { kv, at } => {
+                    let holder = kv.as_ref().map_or(0, KeyValue::lease);
                     if holder == 0 || holder == lease || own.is_ours(holder) {
                         if round < ROUNDS {
-                            item.expect = Expect::found(found.as_ref());
-                            again.push(item);
+                            item.expect = own.expect_after(&item.key, kv.as_ref(), at);
+                            again.push((item, kv, at));
                             continue;
                         }
                         Err(Error::backend(
@@ -247,14 +247,15 @@ pub(crate) async fn put(
             };
             outcomes[item.at] = Some(outcome);
         }
-        for item in &mut again {
+        for (item, kv, at) in &mut again {
             // It overtook an earlier write of its key: what it found is not the end of
             // that write's story.
             if own.writes_before(&item.key, item.ticket) {
-                item.expect = own.after_writes_before(&item.key, item.ticket).await;
+                own.after_writes_before(&item.key, item.ticket).await;
+                item.expect = own.expect_after(&item.key, kv.as_ref(), *at);
             }
         }
-        items = again;
+        items = again.into_iter().map(|(item, _, _)| item).collect();
     }
     drop(in_flight);
     if !unanswered.is_empty() {
@@ -387,10 +388,13 @@ fn verdicts<'a>(mut chunk: Vec<Item<'a>>, answer: &TxnResponse) -> Vec<(Item<'a>
         if txn.succeeded() {
             return Verdict::Written(revision);
         }
-        Verdict::Found(txn.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(got) => got.kvs().first().cloned(),
-            _ => None,
-        }))
+        Verdict::Found {
+            kv: txn.op_responses().into_iter().find_map(|r| match r {
+                TxnOpResponse::Get(got) => got.kvs().first().cloned(),
+                _ => None,
+            }),
+            at: revision,
+        }
     };
     if chunk.len() == 1 {
         let item = chunk.pop().expect("one write");
@@ -401,7 +405,13 @@ fn verdicts<'a>(mut chunk: Vec<Item<'a>>, answer: &TxnResponse) -> Vec<(Item<'a>
         .zip(answer.op_responses())
         .map(|(item, response)| match response {
             TxnOpResponse::Txn(nested) => (item, verdict(&nested)),
-            _ => (item, Verdict::Found(None)),
+            _ => (
+                item,
+                Verdict::Found {
+                    kv: None,
+                    at: revision,
+                },
+            ),
         })
         .collect()
 }
