@@ -93,9 +93,9 @@ async fn version_via(etcd: &EtcdCluster, index: usize, key: &str) -> Option<Stri
 /// those proposals and they reach the new leader: such a late copy must change nothing,
 /// or watchers see the instance go back to old metadata.
 ///
-/// Before writes compared more than the key's lease, 32 rounds of 52 showed the old
-/// value (every run of this test failed), the registration's client on the leader or
-/// on a follower alike, for about 0.26 s each time: until the registration was moved
+/// Before writes compared more than the key's lease, 42 rounds of 68 showed the old
+/// value (each of 6 runs of this test failed), the registration's client on the leader
+/// or on a follower alike, for about 0.26 s each time: until the registration was moved
 /// to a new lease after the leader change (etcd before 3.4.28; later versions would
 /// keep the old value until the next update). So the watch is what sees it, not a
 /// read after the round. Freezing a follower the client used never showed it (0 rounds
