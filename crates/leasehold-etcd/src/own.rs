@@ -234,11 +234,9 @@ impl OwnKeys {
 
     /// Whether an operator's marker drains `id` of the service at `prefix`.
     pub(crate) fn is_drained(&self, prefix: &str, id: &InstanceId) -> bool {
-        self.state
-            .lock()
-            .unwrap()
-            .drained
-            .contains(&(prefix.to_owned(), id.clone()))
+        let drained = &self.state.lock().unwrap().drained;
+        // Most services have no marker: no key to build for them.
+        !drained.is_empty() && drained.contains(&(prefix.to_owned(), id.clone()))
     }
 
     /// The registration `id` of `service` is written (or kept out, drained) by the
