@@ -12,7 +12,10 @@
 //!   own write fails (too large, denied, its id held by another client) backs off on its
 //!   own and never holds up the others;
 //! - pause, resume, update and deregister, serialized per lease so they never race a
-//!   recovery; updates that arrive together are written together;
+//!   recovery; updates that arrive together are written together, and on a backend
+//!   that keeps the order of one registration's writes
+//!   ([`pipelines_writes`](LeaseBackend::pipelines_writes)) an update is sent without
+//!   waiting for the write before it;
 //! - an operator's drain marker keeps a registration out of the registry until it is
 //!   removed.
 //!
