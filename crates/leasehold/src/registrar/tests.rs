@@ -267,11 +267,26 @@ async fn held_registration(backend: &Arc<HeldWrites>) -> (Registrar<HeldWrites>,
 }
 
 /// Starts `update(version)` in the background.
-fn update(registration: &Registration, version: &str) -> tokio::task::JoinHandle<Result<()>> {
+fn update(registration: &Registration, version: &str) -> Pending {
     let registration = registration.clone();
     let update = crate::InstanceUpdate::new().version(Some(version.to_owned()));
     tokio::spawn(async move { registration.update(update).await })
 }
+
+/// A registration with two updates in flight, "1" sent before "2", neither answered.
+async fn two_updates_in_flight(
+    backend: &Arc<HeldWrites>,
+) -> (Registrar<HeldWrites>, Registration, Pending, Pending) {
+    let (registrar, registration) = held_registration(backend).await;
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    until(|| backend.waiting() == ["1", "2"]).await;
+    (registrar, registration, first, second)
+}
+
+/// An update call running in the background.
+type Pending = tokio::task::JoinHandle<Result<()>>;
 
 /// Polls `done` until it holds, for up to a (paused) minute.
 async fn until(done: impl Fn() -> bool) {
@@ -287,12 +302,8 @@ async fn until(done: impl Fn() -> bool) {
 #[tokio::test(start_paused = true)]
 async fn an_update_is_sent_before_the_one_before_it_is_answered() {
     let backend = Arc::new(HeldWrites::default());
-    let (_registrar, registration) = held_registration(&backend).await;
-
-    let first = update(&registration, "1");
-    until(|| backend.waiting() == ["1"]).await;
-    let second = update(&registration, "2");
-    until(|| backend.waiting() == ["1", "2"]).await;
+    // `two_updates_in_flight` shows the second sent before the first is answered.
+    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
 
     // Answered the other way round: the registration is written, with nothing to retry.
     backend.answer("2", Ok(()));
@@ -311,11 +322,7 @@ async fn an_update_is_sent_before_the_one_before_it_is_answered() {
 #[tokio::test(start_paused = true)]
 async fn an_earlier_update_that_fails_leaves_the_later_one_to_decide() {
     let backend = Arc::new(HeldWrites::default());
-    let (_registrar, registration) = held_registration(&backend).await;
-    let first = update(&registration, "1");
-    until(|| backend.waiting() == ["1"]).await;
-    let second = update(&registration, "2");
-    until(|| backend.waiting() == ["1", "2"]).await;
+    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
 
     backend.answer("1", Err(Error::backend("test://", "no answer")));
     assert!(first.await.unwrap().is_err(), "its caller learns it failed");
@@ -339,11 +346,7 @@ async fn an_earlier_update_that_fails_leaves_the_later_one_to_decide() {
 #[tokio::test(start_paused = true)]
 async fn a_later_update_that_fails_is_written_again_with_the_latest_value() {
     let backend = Arc::new(HeldWrites::default());
-    let (_registrar, registration) = held_registration(&backend).await;
-    let first = update(&registration, "1");
-    until(|| backend.waiting() == ["1"]).await;
-    let second = update(&registration, "2");
-    until(|| backend.waiting() == ["1", "2"]).await;
+    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
 
     backend.answer("2", Err(Error::backend("test://", "no answer")));
     backend.answer("1", Ok(()));
