@@ -1,15 +1,13 @@
 //! `Registration::update` latency under load: an open loop of one update every 2 ms,
 //! timed from the call until a watcher of the key sees that value (or a later one: the
 //! registrar may write updates that arrive together as one), beside raw etcd-client puts
-//! of the same values under a lease, as a registration is written.
+//! of the same values in the same loop, measured in the same run on the same etcd.
 //!
-//! Both loops run at once on the same etcd, each one change every 2 ms, the raw one half
-//! a period after ours: a stall of the shared machine (an fsync held up by another
-//! process) hits both alike, where rounds taken in turn measured the machine's mood as
-//! much as either side.
+//! The baseline is a raw put under a lease, as a registration is written; a raw put
+//! without one is shown too (etcd attaches no lease to it, a little less work).
 //!
 //! `cargo bench -p leasehold-etcd --bench update_latency` prints p50, p99 and max for
-//! each side in each round, and the ratio of the median p99s.
+//! each side in each round, and the ratios of the median p99s.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,8 +23,6 @@ const PERIOD: Duration = Duration::from_millis(2);
 const ROOT: &str = "/bench";
 /// The registration's TTL, and the raw side's lease.
 const TTL: Duration = Duration::from_secs(30);
-/// Rounds, each on a fresh registration and lease; the figures are the medians.
-const ROUNDS: usize = 5;
 
 /// When each update was called, by sequence number.
 type Sent = Arc<Mutex<Vec<Option<Instant>>>>;
@@ -49,7 +45,7 @@ async fn watch_latencies(
     let mut stream = client.watch(key, Some(WatchOptions::new())).await.unwrap();
     tokio::spawn(async move {
         let mut latencies = Vec::with_capacity(UPDATES);
-        let mut next = 1;
+        let mut next = 0;
         while next < UPDATES {
             let Some(Ok(response)) = stream.message().await.transpose() else {
                 panic!("the watch ended");
@@ -76,45 +72,71 @@ async fn watch_latencies(
     })
 }
 
+async fn open_loop(mut call: impl FnMut(usize), sent: &Sent) {
+    let mut tick = tokio::time::interval(PERIOD);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    for seq in 1..UPDATES {
+        tick.tick().await;
+        sent.lock().unwrap()[seq] = Some(Instant::now());
+        call(seq);
+    }
+}
+
 fn summary(mut latencies: Vec<Duration>) -> (Duration, Duration, Duration) {
     latencies.sort();
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     (at(0.5), at(0.99), *latencies.last().unwrap())
 }
 
-/// One round: both open loops at once, ours on the tick and the raw one half a period
-/// later. Returns the latencies of the raw side and of ours.
-async fn round(etcd: &EtcdCluster, round: usize) -> (Vec<Duration>, Vec<Duration>) {
+/// Raw puts of the same values, under a lease of the registration's TTL (`leased`) or
+/// under none.
+async fn raw_side(etcd: &EtcdCluster, leased: bool) -> Vec<Duration> {
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
-    let raw_key = format!("{ROOT}/bench/raw{round}");
-    let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
-    let options = Some(PutOptions::new().with_lease(lease));
-    let encode = |id: &str, seq| NativeCodec.encode(&instance(id, seq)).unwrap();
+    let key = format!("{ROOT}/bench/raw");
+    let options = match leased {
+        true => {
+            let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap();
+            Some(PutOptions::new().with_lease(lease.id()))
+        }
+        false => None,
+    };
     client
-        .put(raw_key.clone(), encode("raw", 0), options.clone())
+        .put(
+            key.clone(),
+            NativeCodec.encode(&instance("raw", 0)).unwrap(),
+            options.clone(),
+        )
         .await
         .unwrap();
+    let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
+    let watcher = watch_latencies(&mut client, &key, sent.clone()).await;
+    open_loop(
+        |seq| {
+            let (mut client, key, options) = (client.clone(), key.clone(), options.clone());
+            tokio::spawn(async move {
+                let value = NativeCodec.encode(&instance("raw", seq)).unwrap();
+                client.put(key, value, options).await.unwrap();
+            });
+        },
+        &sent,
+    )
+    .await;
+    watcher.await.unwrap()
+}
+
+async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
     let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap())
         .await
         .unwrap();
-    let ours_id = format!("ours{round}");
     let registration = registry
-        .register(instance(&ours_id, 0), RegisterOptions::ttl(TTL))
+        .register(instance("ours", 0), RegisterOptions::ttl(TTL))
         .await
         .unwrap();
-
-    let raw_sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
-    let ours_sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
-    let raw_watch = watch_latencies(&mut client, &raw_key, raw_sent.clone()).await;
-    let ours_watch =
-        watch_latencies(&mut client, &format!("{ROOT}/bench/{ours_id}"), ours_sent.clone()).await;
-    let mut tick = tokio::time::interval(PERIOD / 2);
-    tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    for n in 2..2 * UPDATES {
-        tick.tick().await;
-        let seq = n / 2;
-        if n % 2 == 0 {
-            ours_sent.lock().unwrap()[seq] = Some(Instant::now());
+    let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
+    let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
+    let watcher = watch_latencies(&mut client, &format!("{ROOT}/bench/ours"), sent.clone()).await;
+    open_loop(
+        |seq| {
             let registration = registration.clone();
             tokio::spawn(async move {
                 registration
@@ -122,24 +144,20 @@ async fn round(etcd: &EtcdCluster, round: usize) -> (Vec<Duration>, Vec<Duration
                     .await
                     .unwrap();
             });
-        } else {
-            raw_sent.lock().unwrap()[seq] = Some(Instant::now());
-            let (mut client, key, options, value) = (
-                client.clone(),
-                raw_key.clone(),
-                options.clone(),
-                encode("raw", seq),
-            );
-            tokio::spawn(async move {
-                client.put(key, value, options).await.unwrap();
-            });
-        }
-    }
-    let latencies = (raw_watch.await.unwrap(), ours_watch.await.unwrap());
+        },
+        &sent,
+    )
+    .await;
+    let latencies = watcher.await.unwrap();
     registry.shutdown().await;
-    client.lease_revoke(lease).await.unwrap();
     latencies
 }
+
+/// Rounds per side, taking turns, so a stall of the shared machine (an fsync held up
+/// by other processes) hits both; the figures are the medians over the rounds. The
+/// sides do not run at once: running together, each slows the other with its own load,
+/// and the ratio says less about either.
+const ROUNDS: usize = 7;
 
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
@@ -149,16 +167,22 @@ fn median(mut values: Vec<Duration>) -> Duration {
 #[tokio::main]
 async fn main() {
     let etcd = EtcdCluster::start_single().await.expect("etcd starts");
-    println!("one update every {PERIOD:?} on each side at once, {UPDATES} updates, latency from the call to the watcher's event");
+    println!("one update every {PERIOD:?}, {UPDATES} updates, latency from the call to the watcher's event");
     println!("{:<14} {:>10} {:>10} {:>10}", "side", "p50", "p99", "max");
-    let mut p99s: [Vec<Duration>; 2] = Default::default();
-    for n in 0..ROUNDS {
-        let (raw, ours) = round(&etcd, n).await;
-        for (side, (name, latencies)) in [("raw put", raw), ("leasehold", ours)].into_iter().enumerate() {
+    let mut p99s: [Vec<Duration>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for (side, (name, latencies)) in [
+            ("raw put", raw_side(&etcd, true).await),
+            ("unleased", raw_side(&etcd, false).await),
+            ("leasehold", leasehold_side(&etcd).await),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let (p50, p99, max) = summary(latencies);
             println!(
                 "{:<14} {:>10.2?} {:>10.2?} {:>10.2?}",
-                format!("{name} #{n}"),
+                format!("{name} #{round}"),
                 p50,
                 p99,
                 max
@@ -166,9 +190,10 @@ async fn main() {
             p99s[side].push(p99);
         }
     }
-    let [raw, ours] = p99s.map(median);
+    let [raw, unleased, ours] = p99s.map(median);
     println!(
-        "median p99 over {ROUNDS} rounds: leasehold {ours:.2?}, raw put under a lease {raw:.2?}: {:.2}x",
-        ours.as_secs_f64() / raw.as_secs_f64()
+        "median p99 over {ROUNDS} rounds: leasehold {ours:.2?}, raw put under a lease {raw:.2?}: {:.2}x; raw put without one {unleased:.2?}: {:.2}x",
+        ours.as_secs_f64() / raw.as_secs_f64(),
+        ours.as_secs_f64() / unleased.as_secs_f64()
     );
 }
