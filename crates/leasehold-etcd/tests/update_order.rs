@@ -257,3 +257,52 @@ async fn rapid_updates_end_at_the_last_value() {
     );
     eprintln!("{} puts for {UPDATES} updates, in order", seen.len());
 }
+
+/// A late copy of an update made before a pause, applied after the resume: the resume
+/// created the key again under the same lease, where it counts its versions from 1
+/// again, so the copy's compare (that lease, version 1) holds once more. It must still
+/// change nothing: the registration shows the update made while paused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_copy_from_before_a_pause_never_overwrites_the_resumed_value() {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let registry = connect(&etcd).await;
+    let registration = register(&registry, "c").await;
+    let mut client = raw(&etcd).await;
+    let found = client.get(key("c"), None).await.unwrap();
+    let created = found.kvs().first().expect("registered").clone();
+    assert_eq!(created.version(), 1, "a registration is created at version 1");
+    let lease = created.lease();
+
+    // The first update's transaction, as the registry sends it: that lease, version 1.
+    set_version(&registration, "old").await;
+    let stored = client.get(key("c"), None).await.unwrap();
+    let old_value = stored.kvs().first().expect("updated").value().to_vec();
+    assert_eq!(version_of(&old_value).as_deref(), Some("old"));
+    let late_copy = etcd_client::Txn::new()
+        .when([
+            etcd_client::Compare::lease(key("c"), etcd_client::CompareOp::Equal, lease),
+            etcd_client::Compare::version(key("c"), etcd_client::CompareOp::Equal, 1),
+        ])
+        .and_then([etcd_client::TxnOp::put(
+            key("c"),
+            old_value,
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )]);
+
+    registration.pause().await.unwrap();
+    set_version(&registration, "new").await;
+    registration.resume().await.unwrap();
+    registered(&registration).await;
+    let resumed = etcd.get(key("c")).await.unwrap().expect("resumed");
+    assert_eq!(version_of(&resumed).as_deref(), Some("new"));
+
+    // The copy a frozen member held since before the pause lands now.
+    let landed = client.txn(late_copy).await.unwrap().succeeded();
+    let stored = etcd.get(key("c")).await.unwrap().expect("registered");
+    assert_eq!(registration.state(), leasehold::RegistrationState::Registered);
+    assert_eq!(
+        version_of(&stored).as_deref(),
+        Some("new"),
+        "a late copy from before the pause (its compare held: {landed}) put the older update back while the registration shows the newer one"
+    );
+}
