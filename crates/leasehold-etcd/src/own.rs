@@ -12,11 +12,13 @@
 //! compacted revision) the own keys of that service and its markers are read once, in
 //! batched transactions of gets, before the watch resumes after that read.
 //!
-//! It also orders the writes of one key: each write expects the lease and version the
-//! key will have once the writes of it sent before have landed ([`Expect`]), so a later
-//! write can be sent before an earlier one is answered and still never lands first.
+//! It also orders the writes of one key ([`Expect`]): a write expects the exact state
+//! this client last left the key in (its mod revision), or, behind writes of it still
+//! in flight, the lease, version and life (create revision) they will leave. A write
+//! with a lower [`change`](leasehold::registrar::Write::change) that finds a higher one
+//! landed or on its way is dropped, never retried over it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -43,17 +45,29 @@ const GETS_PER_TXN: usize = 120;
 /// What this client knows about one key it wrote.
 #[derive(Clone, Debug)]
 enum Held {
-    /// Written under `lease` at `revision`, where it has `version`; a later change by
-    /// anyone else is reported.
+    /// Written by this client (the write of `change`) and left as `state`; a later
+    /// change by anyone else is reported.
     Ours {
-        lease: i64,
-        revision: i64,
-        version: i64,
+        state: Landed,
+        change: u64,
         events: LeaseEvents,
     },
     /// A write under `lease` whose outcome is unknown and whose caller was told it
     /// failed: if it shows up under that lease, it is deleted.
     Disowned { lease: i64 },
+}
+
+/// A key as a write of this client left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Landed {
+    pub(crate) lease: i64,
+    /// Its mod revision: the one state of the key this is.
+    pub(crate) revision: i64,
+    /// Modifications since it was created.
+    pub(crate) version: i64,
+    /// Its create revision: which life of the key (deleted and created again, it counts
+    /// its versions from 1 again).
+    pub(crate) created: i64,
 }
 
 /// What a write of a key expects to find there; anything else fails its compare. So a
@@ -64,41 +78,63 @@ enum Held {
 pub(crate) enum Expect {
     /// No such key.
     Absent,
-    /// The key under `lease` (0: none) at `version` (modifications since it was
-    /// created; a deleted and recreated key counts again from 1, which is why the lease
-    /// is compared too).
-    At { lease: i64, version: i64 },
+    /// Exactly this state of the key (compared by its mod revision).
+    Exactly(Landed),
+    /// What writes of this client still in flight will leave: the key under `lease` at
+    /// `version`, in the life begun at `created` when that is known yet.
+    Behind {
+        lease: i64,
+        version: i64,
+        created: Option<i64>,
+    },
 }
 
 impl Expect {
     /// What a key found like `kv` (or absent) is expected to be.
     pub(crate) fn found(kv: Option<&KeyValue>) -> Expect {
         match kv {
-            Some(kv) => Expect::At {
+            Some(kv) => Expect::Exactly(Landed {
                 lease: kv.lease(),
+                revision: kv.mod_revision(),
                 version: kv.version(),
-            },
+                created: kv.create_revision(),
+            }),
             None => Expect::Absent,
         }
     }
 
-    /// The key's version once a write that expects this lands.
-    pub(crate) fn next_version(self) -> i64 {
-        match self {
-            Expect::Absent => 1,
-            Expect::At { version, .. } => version + 1,
+    /// What the key is once a write under `lease` that expects this lands (before its
+    /// revision is known): what a write sent behind it expects.
+    fn then(self, lease: i64) -> Expect {
+        let (version, created) = match self {
+            Expect::Absent => (0, None),
+            Expect::Exactly(landed) => (landed.version, Some(landed.created)),
+            Expect::Behind { version, created, .. } => (version, created),
+        };
+        Expect::Behind {
+            lease,
+            version: version + 1,
+            created,
+        }
+    }
+
+    /// The key as a write under `lease` that expects this left it, landing at `revision`.
+    pub(crate) fn landed(self, lease: i64, revision: i64) -> Landed {
+        let Expect::Behind { version, created, .. } = self.then(lease) else {
+            unreachable!("then is always Behind")
+        };
+        Landed {
+            lease,
+            revision,
+            version,
+            created: created.unwrap_or(revision),
         }
     }
 }
 
-/// The writes of one key sent and not yet answered.
-#[derive(Debug)]
-struct Writing {
-    /// Their tickets, in the order they were sent.
-    tickets: BTreeSet<u64>,
-    /// What the key is once they have all landed: what the next write expects.
-    then: Expect,
-}
+/// The writes of one key sent and not yet answered, by change and ticket (the order
+/// they were sent in), each with what it leaves the key as once it lands.
+type Writing = BTreeMap<(u64, u64), Expect>;
 
 /// The owner of a registration, for routing drain markers.
 #[derive(Clone, Debug)]
@@ -251,37 +287,35 @@ impl OwnKeys {
         );
     }
 
-    /// A write of `key` under `lease` is about to be sent: its ticket, and what it
-    /// expects to find. That is what the writes of the key still in flight leave behind
-    /// once they land, or else what this client last wrote there, or else no key.
-    pub(crate) fn begin_write(&self, key: &str, lease: i64) -> (u64, Expect) {
+    /// A write of `key` under `lease`, carrying `change`, is about to be sent: its
+    /// ticket, and what it expects to find. That is what the writes of the key with a
+    /// lower change still in flight leave once they land, or else what this client last
+    /// left there, or else no key.
+    pub(crate) fn begin_write(&self, key: &str, lease: i64, change: u64) -> (u64, Expect) {
         let mut state = self.state.lock().unwrap();
         state.tickets += 1;
         let ticket = state.tickets;
-        let expect = match state.writing.get(key) {
-            Some(writing) => writing.then,
-            None => Self::last_written(&state, key),
-        };
-        let then = Expect::At {
-            lease,
-            version: expect.next_version(),
-        };
-        let writing = state.writing.entry(key.to_owned()).or_insert_with(|| Writing {
-            tickets: BTreeSet::new(),
-            then,
-        });
-        writing.tickets.insert(ticket);
-        writing.then = then;
+        let before = state
+            .writing
+            .get(key)
+            .and_then(|writing| writing.range(..(change, ticket)).next_back())
+            .map(|(_, then)| *then);
+        let expect = before.unwrap_or_else(|| Self::last_written(&state, key));
+        state
+            .writing
+            .entry(key.to_owned())
+            .or_default()
+            .insert((change, ticket), expect.then(lease));
         (ticket, expect)
     }
 
-    /// The write of `key` with `ticket` was answered (or given up).
-    pub(crate) fn end_write(&self, key: &str, ticket: u64) {
+    /// The write of `key` with `change` and `ticket` was answered (or given up).
+    pub(crate) fn end_write(&self, key: &str, change: u64, ticket: u64) {
         {
             let mut state = self.state.lock().unwrap();
             if let Some(writing) = state.writing.get_mut(key) {
-                writing.tickets.remove(&ticket);
-                if writing.tickets.is_empty() {
+                writing.remove(&(change, ticket));
+                if writing.is_empty() {
                     state.writing.remove(key);
                 }
             }
@@ -289,28 +323,42 @@ impl OwnKeys {
         self.answered.notify_waiters();
     }
 
-    /// Whether a write of `key` sent before `ticket` is still unanswered.
-    pub(crate) fn writes_before(&self, key: &str, ticket: u64) -> bool {
+    /// Whether a write of `key` with a lower change (or sent before, with the same)
+    /// is still unanswered.
+    pub(crate) fn writes_before(&self, key: &str, change: u64, ticket: u64) -> bool {
         self.state
             .lock()
             .unwrap()
             .writing
             .get(key)
-            .and_then(|writing| writing.tickets.first())
-            .is_some_and(|first| *first < ticket)
+            .and_then(|writing| writing.keys().next())
+            .is_some_and(|first| *first < (change, ticket))
     }
 
-    /// Returns once every write of `key` sent before `ticket` is answered.
-    pub(crate) async fn after_writes_before(&self, key: &str, ticket: u64) {
+    /// Returns once every write of `key` before (`change`, `ticket`) is answered.
+    pub(crate) async fn after_writes_before(&self, key: &str, change: u64, ticket: u64) {
         loop {
             let answered = self.answered.notified();
             tokio::pin!(answered);
             answered.as_mut().enable();
-            if !self.writes_before(key, ticket) {
+            if !self.writes_before(key, change, ticket) {
                 return;
             }
             answered.await;
         }
+    }
+
+    /// Whether a write of `key` with a higher change than `change` has landed or is on
+    /// its way: it carries everything this one does, and this one must not land over it.
+    pub(crate) fn superseded(&self, key: &str, change: u64) -> bool {
+        let state = self.state.lock().unwrap();
+        let landed = matches!(state.keys.get(key), Some(Held::Ours { change: c, .. }) if *c > change);
+        let sent = state
+            .writing
+            .get(key)
+            .and_then(|writing| writing.keys().next_back())
+            .is_some_and(|(c, _)| *c > change);
+        landed || sent
     }
 
     /// What a write of `key` should expect after finding it like `found` (or absent) at
@@ -318,45 +366,33 @@ impl OwnKeys {
     /// key that landed after the read).
     pub(crate) fn expect_after(&self, key: &str, found: Option<&KeyValue>, at: i64) -> Expect {
         match self.state.lock().unwrap().keys.get(key) {
-            Some(Held::Ours {
-                lease,
-                revision,
-                version,
-                ..
-            }) if *revision > at => Expect::At {
-                lease: *lease,
-                version: *version,
-            },
+            Some(Held::Ours { state, .. }) if state.revision > at => Expect::Exactly(*state),
             _ => Expect::found(found),
         }
     }
 
-    /// What this client last wrote at `key`, as far as it knows.
+    /// What this client last left at `key`, as far as it knows.
     fn last_written(state: &State, key: &str) -> Expect {
         match state.keys.get(key) {
-            Some(Held::Ours { lease, version, .. }) => Expect::At {
-                lease: *lease,
-                version: *version,
-            },
+            Some(Held::Ours { state, .. }) => Expect::Exactly(*state),
             _ => Expect::Absent,
         }
     }
 
-    /// `key` was written under `lease` at `revision`, where it now has `version`. Writes
-    /// of a key may be answered out of order: the latest revision is kept.
-    pub(crate) fn written(&self, key: &str, lease: i64, revision: i64, version: i64, events: &LeaseEvents) {
+    /// The write of `change` left `key` as `landed`. Writes of a key may be answered out
+    /// of order: the latest revision is kept.
+    pub(crate) fn written(&self, key: &str, landed: Landed, change: u64, events: &LeaseEvents) {
         let mut state = self.state.lock().unwrap();
-        if let Some(Held::Ours { revision: known, .. }) = state.keys.get(key) {
-            if *known > revision {
+        if let Some(Held::Ours { state: known, .. }) = state.keys.get(key) {
+            if known.revision > landed.revision {
                 return;
             }
         }
         state.keys.insert(
             key.to_owned(),
             Held::Ours {
-                lease,
-                revision,
-                version,
+                state: landed,
+                change,
                 events: events.clone(),
             },
         );
@@ -402,7 +438,7 @@ impl OwnKeys {
             .unwrap()
             .keys
             .values()
-            .any(|held| matches!(held, Held::Ours { lease: l, .. } if *l == lease))
+            .any(|held| matches!(held, Held::Ours { state, .. } if state.lease == lease))
     }
 
     /// `lease` was granted to this client: keys under it are this client's until it is
@@ -424,7 +460,8 @@ impl OwnKeys {
         let mut state = self.state.lock().unwrap();
         state.leases.remove(&lease);
         state.keys.retain(|_, held| match held {
-            Held::Ours { lease: l, .. } | Held::Disowned { lease: l } => *l != lease,
+            Held::Ours { state, .. } => state.lease != lease,
+            Held::Disowned { lease: l } => *l != lease,
         });
     }
 
@@ -445,8 +482,8 @@ impl OwnKeys {
             let state = self.state.lock().unwrap();
             let held = state.keys.get(key).cloned();
             let newer = match (&held, state.leases.get(&kv.lease())) {
-                (Some(Held::Ours { lease, .. }), Some(order)) => {
-                    state.leases.get(lease).is_some_and(|held| order > held)
+                (Some(Held::Ours { state: ours, .. }), Some(order)) => {
+                    state.leases.get(&ours.lease).is_some_and(|held| order > held)
                 }
                 _ => false,
             };
@@ -457,15 +494,10 @@ impl OwnKeys {
             return;
         }
         match (held, event_type) {
-            (
-                Some(Held::Ours {
-                    lease,
-                    revision,
-                    events,
-                    ..
-                }),
-                kind,
-            ) if kv.mod_revision() > revision && (kind == EventType::Delete || kv.lease() != lease) => {
+            (Some(Held::Ours { state, events, .. }), kind)
+                if kv.mod_revision() > state.revision
+                    && (kind == EventType::Delete || kv.lease() != state.lease) =>
+            {
                 tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
                 events.key_deleted(key);
             }
@@ -564,8 +596,8 @@ impl OwnKeys {
                 };
                 let found = found.kvs().first();
                 match held {
-                    Held::Ours { lease, events, .. } => {
-                        if found.is_none_or(|kv| kv.lease() != *lease) {
+                    Held::Ours { state, events, .. } => {
+                        if found.is_none_or(|kv| kv.lease() != state.lease) {
                             tracing::info!(%key, "etcd: own key missing or not ours after a watch gap");
                             events.key_deleted(key.as_str());
                         }

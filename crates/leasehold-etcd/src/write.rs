@@ -29,7 +29,7 @@ use leasehold::registrar::{LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Error, Instance, InvalidInput};
 
 use crate::connection::{Connection, Failure};
-use crate::own::{Expect, OwnKeys};
+use crate::own::{Expect, Landed, OwnKeys};
 
 /// Writes per transaction. etcd allows 128 operations per transaction level, and a
 /// nested transaction may use only what its parent left: 120 leaves each write room for
@@ -59,6 +59,8 @@ struct Item<'a> {
     value: Vec<u8>,
     /// Old keys of this registration to delete with it (keys named after a lease).
     stale: Vec<String>,
+    /// Its registration's change ([`Write::change`]): orders the writes of its key.
+    change: u64,
     /// Its place among the writes of its key ([`OwnKeys::begin_write`]).
     ticket: u64,
     /// What the key must be for the put to go.
@@ -86,12 +88,23 @@ impl Item<'_> {
             self.value.clone(),
             Some(PutOptions::new().with_lease(lease)),
         ));
+        let key = self.key.as_str();
         let compares = match self.expect {
-            Expect::Absent => vec![Compare::version(self.key.as_str(), CompareOp::Equal, 0)],
-            Expect::At { lease, version } => vec![
-                Compare::lease(self.key.as_str(), CompareOp::Equal, lease),
-                Compare::version(self.key.as_str(), CompareOp::Equal, version),
-            ],
+            Expect::Absent => vec![Compare::version(key, CompareOp::Equal, 0)],
+            Expect::Exactly(landed) => vec![Compare::mod_revision(key, CompareOp::Equal, landed.revision)],
+            Expect::Behind {
+                lease,
+                version,
+                created,
+            } => {
+                let mut compares = vec![
+                    Compare::lease(key, CompareOp::Equal, lease),
+                    Compare::version(key, CompareOp::Equal, version),
+                ];
+                compares
+                    .extend(created.map(|created| Compare::create_revision(key, CompareOp::Equal, created)));
+                compares
+            }
         };
         Txn::new()
             .when(compares)
@@ -178,6 +191,7 @@ pub(crate) async fn put(
         let mut item = Item {
             at,
             instance,
+            change: write.change,
             ticket: 0,
             expect: Expect::Absent,
             key: key.clone(),
@@ -197,8 +211,8 @@ pub(crate) async fn put(
             .into()));
             continue;
         }
-        (item.ticket, item.expect) = own.begin_write(&item.key, lease);
-        in_flight.0.push((item.key.clone(), item.ticket));
+        (item.ticket, item.expect) = own.begin_write(&item.key, lease, item.change);
+        in_flight.0.push((item.key.clone(), item.change, item.ticket));
         items.push(item);
     }
     for stale in items.iter().flat_map(|item| &item.stale) {
@@ -213,12 +227,24 @@ pub(crate) async fn put(
         for (mut item, verdict) in transact(conn, lease, items, budget).await? {
             let outcome = match verdict {
                 Verdict::Written(revision) => {
-                    own.written(&item.key, lease, revision, item.expect.next_version(), events);
+                    own.written(
+                        &item.key,
+                        item.expect.landed(lease, revision),
+                        item.change,
+                        events,
+                    );
                     Ok(item.key.clone())
                 }
                 Verdict::Failed { error, unknown } => {
-                    let new_key = matches!(item.expect, Expect::Absent | Expect::At { lease: 0, .. });
-                    if unknown && new_key {
+                    let new_key = matches!(
+                        item.expect,
+                        Expect::Absent
+                            | Expect::Exactly(Landed { lease: 0, .. })
+                            | Expect::Behind { lease: 0, .. }
+                    );
+                    // A later write of the key lands only where this one did, and then
+                    // holds the key: it must not be deleted as this one's leftover.
+                    if unknown && new_key && !own.superseded(&item.key, item.change) {
                         own.disown(&item.key, lease);
                         unanswered.push(item.key.clone());
                     }
@@ -227,6 +253,12 @@ pub(crate) async fn put(
                 Verdict::Found { kv, at } => {
                     let holder = kv.as_ref().map_or(0, KeyValue::lease);
                     if holder == 0 || holder == lease || own.is_ours(holder) {
+                        if own.superseded(&item.key, item.change) {
+                            // A later write carries what this one did: it stays, and this
+                            // one is done. Were it written again, it would land over it.
+                            outcomes[item.at] = Some(Ok(item.key.clone()));
+                            continue;
+                        }
                         if round < ROUNDS {
                             item.expect = own.expect_after(&item.key, kv.as_ref(), at);
                             again.push((item, kv, at));
@@ -250,8 +282,8 @@ pub(crate) async fn put(
         for (item, kv, at) in &mut again {
             // It overtook an earlier write of its key: what it found is not the end of
             // that write's story.
-            if own.writes_before(&item.key, item.ticket) {
-                own.after_writes_before(&item.key, item.ticket).await;
+            if own.writes_before(&item.key, item.change, item.ticket) {
+                own.after_writes_before(&item.key, item.change, item.ticket).await;
                 item.expect = own.expect_after(&item.key, kv.as_ref(), *at);
             }
         }
@@ -286,12 +318,12 @@ pub(crate) async fn put(
 
 /// The tickets of a batch's writes, given back when the batch is answered or dropped,
 /// so later writes of the same keys never wait on them for nothing.
-struct InFlight<'a>(Vec<(String, u64)>, &'a OwnKeys);
+struct InFlight<'a>(Vec<(String, u64, u64)>, &'a OwnKeys);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        for (key, ticket) in self.0.drain(..) {
-            self.1.end_write(&key, ticket);
+        for (key, change, ticket) in self.0.drain(..) {
+            self.1.end_write(&key, change, ticket);
         }
     }
 }

@@ -260,8 +260,10 @@ async fn rapid_updates_end_at_the_last_value() {
 
 /// A late copy of an update made before a pause, applied after the resume: the resume
 /// created the key again under the same lease, where it counts its versions from 1
-/// again, so the copy's compare (that lease, version 1) holds once more. It must still
-/// change nothing: the registration shows the update made while paused.
+/// again, so a compare of the lease and version would hold once more. The update's
+/// transaction compares the key's mod revision (the exact state the registry last left
+/// it in), which no later life of the key has: the copy changes nothing, and the
+/// registration shows the update made while paused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_copy_from_before_a_pause_never_overwrites_the_resumed_value() {
     let etcd = EtcdCluster::start_single().await.unwrap();
@@ -273,16 +275,18 @@ async fn late_copy_from_before_a_pause_never_overwrites_the_resumed_value() {
     assert_eq!(created.version(), 1, "a registration is created at version 1");
     let lease = created.lease();
 
-    // The first update's transaction, as the registry sends it: that lease, version 1.
+    // The first update's transaction, as the registry sends it: the key as the
+    // registration left it.
     set_version(&registration, "old").await;
     let stored = client.get(key("c"), None).await.unwrap();
     let old_value = stored.kvs().first().expect("updated").value().to_vec();
     assert_eq!(version_of(&old_value).as_deref(), Some("old"));
     let late_copy = etcd_client::Txn::new()
-        .when([
-            etcd_client::Compare::lease(key("c"), etcd_client::CompareOp::Equal, lease),
-            etcd_client::Compare::version(key("c"), etcd_client::CompareOp::Equal, 1),
-        ])
+        .when([etcd_client::Compare::mod_revision(
+            key("c"),
+            etcd_client::CompareOp::Equal,
+            created.mod_revision(),
+        )])
         .and_then([etcd_client::TxnOp::put(
             key("c"),
             old_value,

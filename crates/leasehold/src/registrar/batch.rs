@@ -44,6 +44,7 @@ impl<B: LeaseBackend> Group<B> {
                         instance: &entry.instance,
                         current,
                         previous,
+                        change: entry.change,
                     }
                 })
                 .collect();

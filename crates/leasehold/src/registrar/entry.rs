@@ -19,8 +19,9 @@ pub(super) struct Entry {
     pub(super) drained: bool,
     /// Needs writing: new, updated, resumed, or lost with its lease or key.
     pub(super) dirty: bool,
-    /// Counts its owner's changes (updates, resumes): a write that lands clears `dirty`
-    /// only if it carried the latest, since a later one may be in flight behind it.
+    /// Its latest change ([`Write::change`](super::Write::change), new at creation,
+    /// update and resume): a write that lands clears `dirty` only if it carried the
+    /// latest, since a later one may be in flight behind it.
     pub(super) change: u64,
     /// The key it was last written at, and the lease generation it was written under.
     pub(super) key: Option<(u64, String)>,
@@ -47,7 +48,7 @@ impl Entry {
             paused: false,
             drained: false,
             dirty: true,
-            change: 0,
+            change: super::next_change(),
             key: None,
             conflict: None,
             due: None,

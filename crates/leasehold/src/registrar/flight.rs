@@ -32,6 +32,7 @@ struct Owned {
     instance: Instance,
     current: Option<String>,
     previous: Option<String>,
+    change: u64,
 }
 
 pub(super) type Flights = futures::stream::FuturesUnordered<BoxFuture<'static, Flight>>;
@@ -52,6 +53,7 @@ impl<B: LeaseBackend> Group<B> {
                     instance: entry.instance.clone(),
                     current: current.map(str::to_owned),
                     previous: previous.map(str::to_owned),
+                    change: entry.change,
                 }
             })
             .collect();
@@ -66,6 +68,7 @@ impl<B: LeaseBackend> Group<B> {
                         instance: &w.instance,
                         current: w.current.as_deref(),
                         previous: w.previous.as_deref(),
+                        change: w.change,
                     })
                     .collect();
                 backend.put(&lease, &writes).await

@@ -306,7 +306,7 @@ impl<B: LeaseBackend> Group<B> {
         let next = entry.instance.updated(update)?;
         entry.instance = next.clone();
         entry.shown.send_replace(next);
-        entry.change += 1;
+        entry.change = super::next_change();
         if entry.is_out() {
             return Ok(false);
         }
@@ -322,7 +322,7 @@ impl<B: LeaseBackend> Group<B> {
             return Ok(false);
         }
         entry.paused = false;
-        entry.change += 1;
+        entry.change = super::next_change();
         if entry.drained {
             entry.set_state(RegistrationState::Drained);
             return Ok(false);

@@ -70,6 +70,18 @@ pub struct Write<'a> {
     /// a session not yet expired). A backend whose keys do not depend on the lease can
     /// ignore it. It is this client's own and never a conflict.
     pub previous: Option<&'a str>,
+    /// Orders the writes of one key: a write with a higher `change` carries everything
+    /// one with a lower `change` did (updates are cumulative). Increases over the
+    /// process's life, also across registrations of the same id, so a backend that
+    /// [pipelines writes](LeaseBackend::pipelines_writes) never lets a lower one land
+    /// over, or remove, a higher one.
+    pub change: u64,
+}
+
+/// The next [`Write::change`]: one counter for the process.
+pub(crate) fn next_change() -> u64 {
+    static CHANGES: AtomicU64 = AtomicU64::new(1);
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The outcome of one write of a batch: the key written, or why this write alone failed.
@@ -185,9 +197,11 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// Whether [`put`](Self::put) may be called for a registration while an earlier
     /// call writing it is still unanswered (an update sent before the one before it has
     /// landed), so a registration updated often is not held up by each write's round
-    /// trip. A backend that says so makes sure the later call's value is the one that
-    /// stays, whatever order the calls land and are answered in. The default says no:
-    /// the registrar then waits for each write before it sends the next.
+    /// trip. A backend that says so makes sure the write with the highest
+    /// [`change`](Write::change) is the one that stays, whatever order the calls land and
+    /// are answered in: a lower one that fails, or whose outcome is unknown, never
+    /// removes or overwrites a higher one. The default says no: the registrar then waits
+    /// for each write before it sends the next.
     fn pipelines_writes(&self) -> bool {
         false
     }
