@@ -31,6 +31,19 @@
 //!
 //! A watcher that says it is live and differs from the plain listing about one id for
 //! longer than `watch`, while quorum holds, is *stale*.
+//!
+//! # Updated values
+//!
+//! Every registration's owner bumps its metadata entry `seq` all the time and tells the
+//! checker each value it *called* `update` with. Ids are never reused (a restarted
+//! registrant and a re-registration in the test process take fresh ids), so a
+//! registration's `seq` only grows over its whole life:
+//!
+//! - a watcher, or the plain listing, that shows a lower `seq` for an id than it showed
+//!   before, while the id's owner is not killed or deregistered, went *backwards*;
+//! - once the faults have ended and the owners stopped updating, convergence also needs
+//!   the registry and every watcher to show each live registration with the last `seq`
+//!   its owner called.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -99,9 +112,12 @@ pub enum ViolationKind {
     Ghost,
     /// A live watcher that differed from the registry for too long.
     StaleWatcher,
-    /// The registry or a watcher did not show exactly the live set in time after the
-    /// faults ended.
+    /// The registry or a watcher did not show exactly the live set, each with the last
+    /// value its owner called, in time after the faults ended.
     NotConverged,
+    /// A watcher or the registry showed a registration's `seq` lower than it had shown
+    /// before, while its owner lived.
+    SeqBackwards,
 }
 
 impl fmt::Display for ViolationKind {
@@ -111,6 +127,7 @@ impl fmt::Display for ViolationKind {
             ViolationKind::Ghost => "ghost",
             ViolationKind::StaleWatcher => "stale watcher",
             ViolationKind::NotConverged => "not converged",
+            ViolationKind::SeqBackwards => "seq backwards",
         })
     }
 }
@@ -166,6 +183,8 @@ struct Reg {
     ghost_reported: bool,
     /// The handle's states, for in-process registrations.
     states: Option<watch::Receiver<RegistrationState>>,
+    /// The last `seq` its owner called `update` with (0: registered, not updated).
+    called: u64,
 }
 
 /// What a watcher showed at one observation.
@@ -174,7 +193,8 @@ pub(crate) struct WatcherView {
     pub(crate) name: String,
     pub(crate) service: String,
     pub(crate) live: bool,
-    pub(crate) ids: BTreeSet<String>,
+    /// Each id it shows, with the `seq` of its value (`None` if it has none).
+    pub(crate) ids: BTreeMap<String, Option<u64>>,
 }
 
 /// A key the plain client listed, decoded as far as it could be.
@@ -183,6 +203,8 @@ pub(crate) struct Seen {
     pub(crate) key: String,
     /// `(service, id)` from the value; `None` when it is not a native instance.
     pub(crate) instance: Option<(String, String)>,
+    /// The `seq` metadata entry of the value, if it has one.
+    pub(crate) seq: Option<u64>,
 }
 
 /// What the run did and saw, in order, for a failure to be read and reproduced.
@@ -223,6 +245,15 @@ pub(crate) struct Checker {
     observations: u64,
     failed_observations: u64,
     last_seen: Vec<Seen>,
+    /// `(watcher or "the registry", id)` → the highest `seq` it showed.
+    highest_seq: HashMap<(String, String), u64>,
+    /// `(watcher or "the registry", id)` already reported as going backwards.
+    backwards_reported: BTreeSet<(String, String)>,
+    updates_called: u64,
+    /// Whether the owners were told to stop updating.
+    quiescing: bool,
+    /// Registrant processes that said they stopped updating.
+    quiet: BTreeSet<Owner>,
 }
 
 impl Checker {
@@ -243,6 +274,11 @@ impl Checker {
             observations: 0,
             failed_observations: 0,
             last_seen: Vec::new(),
+            highest_seq: HashMap::new(),
+            backwards_reported: BTreeSet::new(),
+            updates_called: 0,
+            quiescing: false,
+            quiet: BTreeSet::new(),
         }
     }
 
@@ -317,8 +353,28 @@ impl Checker {
                 gap: None,
                 ghost_reported: false,
                 states: None,
+                called: 0,
             },
         );
+    }
+
+    /// The owner of `id` called `update` with `seq`.
+    pub(crate) fn updated(&mut self, id: &str, seq: u64) {
+        self.updates_called += 1;
+        if let Some(reg) = self.regs.get_mut(id) {
+            reg.called = reg.called.max(seq);
+        }
+    }
+
+    /// Every owner is being told to stop updating (the test process has stopped already).
+    pub(crate) fn quiescing(&mut self, t: Instant) {
+        self.quiescing = true;
+        self.note(t, "owners told to stop updating");
+    }
+
+    /// `owner` calls no more updates.
+    pub(crate) fn owner_quiet(&mut self, owner: Owner) {
+        self.quiet.insert(owner);
     }
 
     /// `register` returned for `id` (its first `Registered`).
@@ -516,7 +572,44 @@ impl Checker {
             self.violate(t, kind, detail);
         }
         self.check_watchers(t, quorum, &seen, watchers);
+        self.check_seq_order(t, &seen, watchers);
         self.last_seen = seen;
+    }
+
+    /// Whether the registry or a watcher showed an id's `seq` lower than before while
+    /// its owner lived.
+    fn check_seq_order(&mut self, t: Instant, seen: &[Seen], watchers: &[WatcherView]) {
+        let registry = seen.iter().filter_map(|s| {
+            let (_, id) = s.instance.as_ref()?;
+            Some(("the registry", id.as_str(), s.seq?))
+        });
+        let watched = watchers.iter().flat_map(|view| {
+            view.ids
+                .iter()
+                .filter_map(|(id, seq)| Some((view.name.as_str(), id.as_str(), (*seq)?)))
+        });
+        let mut violations = Vec::new();
+        for (who, id, seq) in registry.chain(watched) {
+            let Some(reg) = self.regs.get(id) else { continue };
+            if matches!(reg.life, Life::Dead(_)) {
+                continue;
+            }
+            let key = (who.to_owned(), id.to_owned());
+            let highest = self.highest_seq.entry(key.clone()).or_insert(seq);
+            if seq < *highest {
+                if self.backwards_reported.insert(key) {
+                    violations.push(format!(
+                        "{who} shows {id} ({}, {}) with seq {seq} after it showed seq {highest}; its owner last called seq {}",
+                        reg.service, reg.owner, reg.called
+                    ));
+                }
+            } else {
+                *highest = seq;
+            }
+        }
+        for detail in violations {
+            self.violate(t, ViolationKind::SeqBackwards, detail);
+        }
     }
 
     fn check_watchers(&mut self, t: Instant, quorum: Quorum, seen: &[Seen], watchers: &[WatcherView]) {
@@ -529,7 +622,7 @@ impl Checker {
                 .filter(|(service, _)| *service == view.service)
                 .map(|(_, id)| id.as_str())
                 .collect();
-            let watched: BTreeSet<&str> = view.ids.iter().map(String::as_str).collect();
+            let watched: BTreeSet<&str> = view.ids.keys().map(String::as_str).collect();
             for id in listed.symmetric_difference(&watched) {
                 let key = (view.name.clone(), (*id).to_owned());
                 still.insert(key.clone());
@@ -588,9 +681,14 @@ impl Checker {
     pub(crate) fn unconverged(&self, seen: &[Seen], watchers: &[WatcherView]) -> Option<String> {
         let mut problems = Vec::new();
         let mut keys_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        let mut seq_of: BTreeMap<&str, Option<u64>> = BTreeMap::new();
+        let mut updating = BTreeSet::new();
         for s in seen {
             match &s.instance {
-                Some((_, id)) => keys_of.entry(id.as_str()).or_default().push(&s.key),
+                Some((_, id)) => {
+                    keys_of.entry(id.as_str()).or_default().push(&s.key);
+                    seq_of.insert(id.as_str(), s.seq);
+                }
                 None => problems.push(format!("undecodable key {}", s.key)),
             }
         }
@@ -607,7 +705,21 @@ impl Checker {
                 Life::Dead(_) if keys > 0 => {
                     problems.push(format!("{id} ({}, ended) still listed", reg.owner))
                 }
+                Life::Live | Life::Frozen if seq_of.get(id.as_str()) != Some(&Some(reg.called)) => problems
+                    .push(format!(
+                        "{id} ({}) listed with seq {}, its owner last called seq {}",
+                        reg.owner,
+                        show_seq(seq_of[id.as_str()]),
+                        reg.called
+                    )),
                 _ => {}
+            }
+            if matches!(reg.owner, Owner::Process(_))
+                && self.quiescing
+                && reg.life == Life::Live
+                && !self.quiet.contains(&reg.owner)
+            {
+                updating.insert(reg.owner);
             }
             if let Some(states) = &reg.states {
                 let state = *states.borrow();
@@ -615,6 +727,9 @@ impl Checker {
                     problems.push(format!("{id}'s handle says {state:?}"));
                 }
             }
+        }
+        for owner in updating {
+            problems.push(format!("{owner} has not stopped updating yet"));
         }
         for id in keys_of.keys() {
             if !self.regs.contains_key(*id) {
@@ -628,7 +743,23 @@ impl Checker {
                 .filter(|(_, r)| r.service == view.service && matches!(r.life, Life::Live | Life::Frozen))
                 .map(|(id, _)| id.as_str())
                 .collect();
-            let watched: BTreeSet<&str> = view.ids.iter().map(String::as_str).collect();
+            let watched: BTreeSet<&str> = view.ids.keys().map(String::as_str).collect();
+            for (id, seq) in &view.ids {
+                if let Some(reg) = self
+                    .regs
+                    .get(id)
+                    .filter(|r| matches!(r.life, Life::Live | Life::Frozen))
+                {
+                    if *seq != Some(reg.called) {
+                        problems.push(format!(
+                            "{} shows {id} with seq {}, its owner last called seq {}",
+                            view.name,
+                            show_seq(*seq),
+                            reg.called
+                        ));
+                    }
+                }
+            }
             if !view.live {
                 problems.push(format!("{} is not live", view.name));
             }
@@ -666,8 +797,13 @@ impl Checker {
             timeline: self.timeline,
             observations: self.observations,
             failed_observations: self.failed_observations,
+            updates_called: self.updates_called,
         }
     }
+}
+
+fn show_seq(seq: Option<u64>) -> String {
+    seq.map_or_else(|| "(none)".to_owned(), |s| s.to_string())
 }
 
 /// What the checker found over a whole run.
@@ -683,6 +819,8 @@ pub struct Findings {
     pub observations: u64,
     /// Observations that got no answer (no member could serve a linearizable read).
     pub failed_observations: u64,
+    /// Updates the registrations' owners called.
+    pub updates_called: u64,
 }
 
 #[cfg(test)]
@@ -698,8 +836,19 @@ mod tests {
             .map(|id| Seen {
                 key: format!("/soak/a/{id}"),
                 instance: Some(("a".to_owned(), (*id).to_owned())),
+                seq: Some(0),
             })
             .collect()
+    }
+
+    fn seen_seq(id: &str, seq: u64) -> Vec<Seen> {
+        let mut seen = seen(&[id]);
+        seen[0].seq = Some(seq);
+        seen
+    }
+
+    fn ids(ids: &[&str]) -> BTreeMap<String, Option<u64>> {
+        ids.iter().map(|s| ((*s).to_owned(), Some(0))).collect()
     }
 
     fn kinds(checker: &Checker) -> Vec<ViolationKind> {
@@ -836,11 +985,11 @@ mod tests {
         let mut c = Checker::new(graces(), 3, t0);
         c.pending("x", "a", Owner::InProcess);
         c.registered("x", t0, None);
-        let view = |live, ids: &[&str]| WatcherView {
+        let view = |live, ids_: &[&str]| WatcherView {
             name: "w".to_owned(),
             service: "a".to_owned(),
             live,
-            ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            ids: ids(ids_),
         };
         c.observe(t0 + secs(1.0), seen(&["x"]), &[view(true, &[])]);
         c.observe(t0 + secs(2.0), seen(&["x"]), &[view(true, &["x"])]);
@@ -860,16 +1009,70 @@ mod tests {
         c.pending("y", "a", Owner::Process(1));
         c.registered("y", t0, None);
         c.owner_killed(Owner::Process(1), t0);
-        let view = |ids: &[&str]| WatcherView {
+        let view = |ids_: &[&str]| WatcherView {
             name: "w".to_owned(),
             service: "a".to_owned(),
             live: true,
-            ids: ids.iter().map(|s| (*s).to_owned()).collect(),
+            ids: ids(ids_),
         };
         assert!(c.unconverged(&seen(&["x"]), &[view(&["x"])]).is_none());
         assert!(c.unconverged(&seen(&["x", "y"]), &[view(&["x"])]).is_some());
         assert!(c.unconverged(&seen(&["x", "x"]), &[view(&["x"])]).is_some());
         assert!(c.unconverged(&seen(&["x"]), &[view(&["x", "y"])]).is_some());
         assert!(c.unconverged(&seen(&[]), &[view(&["x"])]).is_some());
+    }
+
+    #[test]
+    fn convergence_needs_the_last_called_seq_everywhere() {
+        let t0 = Instant::now();
+        let mut c = Checker::new(graces(), 3, t0);
+        c.pending("x", "a", Owner::Process(1));
+        c.registered("x", t0, None);
+        c.updated("x", 1);
+        c.updated("x", 2);
+        let view = |seq| WatcherView {
+            name: "w".to_owned(),
+            service: "a".to_owned(),
+            live: true,
+            ids: [("x".to_owned(), Some(seq))].into(),
+        };
+        assert!(
+            c.unconverged(&seen_seq("x", 1), &[view(2)]).is_some(),
+            "registry behind"
+        );
+        assert!(
+            c.unconverged(&seen_seq("x", 2), &[view(1)]).is_some(),
+            "watcher behind"
+        );
+        assert!(c.unconverged(&seen_seq("x", 2), &[view(2)]).is_none());
+        c.quiescing(t0);
+        let why = c.unconverged(&seen_seq("x", 2), &[view(2)]);
+        assert!(why.is_some_and(|w| w.contains("not stopped updating")));
+        c.owner_quiet(Owner::Process(1));
+        assert!(c.unconverged(&seen_seq("x", 2), &[view(2)]).is_none());
+        assert_eq!(c.finish().updates_called, 2);
+    }
+
+    #[test]
+    fn a_seq_that_goes_backwards_while_its_owner_lives_is_a_violation() {
+        let t0 = Instant::now();
+        let mut c = Checker::new(graces(), 3, t0);
+        c.pending("x", "a", Owner::Process(1));
+        c.registered("x", t0, None);
+        c.observe(t0 + secs(1.0), seen_seq("x", 3), &[]);
+        c.observe(t0 + secs(1.1), seen_seq("x", 3), &[]);
+        c.observe(t0 + secs(1.2), seen_seq("x", 5), &[]);
+        assert!(kinds(&c).is_empty());
+        c.observe(t0 + secs(1.3), seen_seq("x", 4), &[]);
+        c.observe(t0 + secs(1.4), seen_seq("x", 2), &[]);
+        assert_eq!(kinds(&c), [ViolationKind::SeqBackwards], "reported once");
+        // A killed owner's key may show anything until it expires.
+        let mut c = Checker::new(graces(), 3, t0);
+        c.pending("y", "a", Owner::Process(2));
+        c.registered("y", t0, None);
+        c.observe(t0 + secs(1.5), seen_seq("y", 5), &[]);
+        c.owner_killed(Owner::Process(2), t0 + secs(1.6));
+        c.observe(t0 + secs(1.7), seen_seq("y", 1), &[]);
+        assert!(kinds(&c).is_empty());
     }
 }

@@ -5,7 +5,9 @@
 //! from a seed: members killed, frozen, wiped, the whole cluster restarted, the history
 //! compacted (etcd), registered keys deleted by an operator, and registrant processes
 //! killed (SIGKILL) and frozen (SIGSTOP). Faults overlap. The registrations are held by
-//! separate registrant processes ([`registrant`]) and by the test process itself; two
+//! separate registrant processes ([`registrant`]) and by the test process itself, which
+//! all update them all the time (a metadata `seq` bumped every 50–150 ms, sometimes
+//! several times without awaiting, so writes of one registration overlap); two
 //! leasehold watchers per service (one on the registering client, one on a watch-only
 //! client) follow them.
 //!
@@ -16,8 +18,11 @@
 //!   "live" and "quorum holds" mean and the graces allowed);
 //! - no key is left without a live owner beyond its TTL (ghosts);
 //! - no watcher that says it is live lags the registry for long;
-//! - after the last fault, the registry and every watcher converge to exactly the live
-//!   set (every killed registrant's keys gone after its TTL).
+//! - no watcher, nor the registry, shows a registration's `seq` lower than it showed
+//!   before while its owner lives;
+//! - after the last fault, once the owners stopped updating, the registry and every
+//!   watcher converge to exactly the live set (every killed registrant's keys gone after
+//!   its TTL), each registration with the last `seq` its owner called.
 //!
 //! A failing run prints the seed, the violations and a timeline of every fault and
 //! finding ([`SoakReport::assert_held`]); the same seed gives the same fault plan.

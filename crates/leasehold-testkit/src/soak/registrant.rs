@@ -8,18 +8,37 @@
 //! testkit depending on any backend crate, and needs no second build step: the binary is
 //! the one `cargo test` just built.
 //!
+//! While it holds them it updates them all the time ([`keep_updating`]): each
+//! registration's metadata entry [`SEQ`] is bumped every 50–150 ms, sometimes several
+//! times back to back without awaiting the previous update, so that writes of one
+//! registration overlap (the registrar pipelines them on etcd).
+//!
 //! Protocol: the child prints `leasehold-soak-registrant: registered {id}` on stdout when
-//! `register` for `id` returns, and exits when its stdin closes, so it never outlives the
-//! test (also when the test is SIGKILLed).
+//! `register` for `id` returns, and `leasehold-soak-registrant: updated {id} {seq}` when it
+//! has *called* `update` with `seq` (the registrar applies an update to the handle at once
+//! and owes the registry that value, whether or not the call has returned). When it reads
+//! the line [`STOP_UPDATING`] on stdin it calls no more updates and prints
+//! `leasehold-soak-registrant: quiet`. It exits when its stdin closes, so it never outlives
+//! the test (also when the test is SIGKILLed).
 
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use leasehold::{Instance, RegisterOptions, Registry};
+use leasehold::{
+    Instance, InstanceUpdate, Metadata, RegisterOptions, Registration, RegistrationState, Registry,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, RwLock};
 
 use super::Connect;
 
@@ -27,8 +46,48 @@ use super::Connect;
 /// TTL and instances it registers (see [`RegistrantSpec::encode`]).
 pub const CHILD_VAR: &str = "LEASEHOLD_SOAK_REGISTRANT";
 
-/// Marker of the child's reports on stdout (anything else there is libtest's).
-const REPORT: &str = "leasehold-soak-registrant: registered ";
+/// Markers of the child's reports on stdout (anything else there is libtest's).
+const REGISTERED: &str = "leasehold-soak-registrant: registered ";
+const UPDATED: &str = "leasehold-soak-registrant: updated ";
+const QUIET: &str = "leasehold-soak-registrant: quiet";
+
+/// The line on a registrant's stdin that makes it stop updating.
+const STOP_UPDATING: &str = "stop-updating";
+
+/// The metadata entry every update bumps: a registration's `seq` only grows (it is 0 when
+/// registered), so the value the registry shows says which update it carries.
+pub const SEQ: &str = "seq";
+
+/// Pause between two rounds of updates of one registration (drawn uniformly).
+const UPDATE_EVERY_MS: std::ops::RangeInclusive<u64> = 50..=150;
+
+/// One report of a registrant process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Report {
+    /// `register` returned for this id.
+    Registered(String),
+    /// `update` was called for this id with this `seq`.
+    Updated(String, u64),
+    /// It calls no more updates.
+    Quiet,
+}
+
+impl Report {
+    /// The report in a line of the child's stdout, if any (libtest may have written
+    /// `test soak ... ` before it on the same line).
+    fn parse(line: &str) -> Option<Report> {
+        if let Some(at) = line.find(REGISTERED) {
+            return Some(Report::Registered(
+                line[at + REGISTERED.len()..].trim().to_owned(),
+            ));
+        }
+        if let Some(at) = line.find(UPDATED) {
+            let (id, seq) = line[at + UPDATED.len()..].trim().split_once(' ')?;
+            return Some(Report::Updated(id.to_owned(), seq.parse().ok()?));
+        }
+        line.contains(QUIET).then_some(Report::Quiet)
+    }
+}
 
 /// How long a failed connect or register waits before it is tried again.
 const RETRY: Duration = Duration::from_millis(500);
@@ -81,10 +140,18 @@ pub async fn run_if_child(connect: &Connect) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    tokio::spawn(async {
+    let updating = Arc::new(RwLock::new(true));
+    let stop = Arc::clone(&updating);
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(tokio::io::stdin()).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.trim() == STOP_UPDATING {
+                // Taken for writing: no updater is between its check and its report.
+                *stop.write().await = false;
+                println!("{QUIET}");
+            }
+        }
         // EOF (or an error) on stdin: the soak is gone or done with us.
-        let mut sink = Vec::new();
-        let _ = tokio::io::stdin().read_to_end(&mut sink).await;
         std::process::exit(0);
     });
     let registry = loop {
@@ -96,13 +163,79 @@ pub async fn run_if_child(connect: &Connect) {
             }
         }
     };
+    // Held to the end: the last handle of a registration dropped deregisters it, and the
+    // updaters end (with their clones) when told to stop.
     let mut held = Vec::new();
     for (service, id) in &spec.instances {
-        held.push(register(&*registry, service, id, spec.ttl).await);
-        println!("{REPORT}{id}");
+        let registration = register(&*registry, service, id, spec.ttl).await;
+        println!("{REGISTERED}{id}");
+        let report_id = id.clone();
+        held.push(registration.clone());
+        tokio::spawn(keep_updating(
+            registration,
+            jitter_seed(id, std::process::id()),
+            Arc::clone(&updating),
+            move |seq| println!("{UPDATED}{report_id} {seq}"),
+        ));
     }
     std::future::pending::<()>().await;
     drop(held);
+}
+
+/// A seed for [`keep_updating`]'s jitter: the child has no seed of the run, and needs
+/// none (the soak's fault plan is what a seed reproduces).
+pub(crate) fn jitter_seed(id: &str, salt: u32) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (id, salt).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Bumps `registration`'s [`SEQ`] every 50–150 ms, a quarter of the rounds 2–4 times back
+/// to back without awaiting the previous update, until `updating` is false or the
+/// registration is deregistered. Each update's result is ignored (one may fail during a
+/// fault; the registrar retries on its own). `on_called(seq)` runs right after `update`
+/// was called with `seq`, under the read lock of `updating`: once a writer has set it to
+/// false, no update is called and none reported.
+pub(crate) async fn keep_updating(
+    registration: Registration,
+    jitter: u64,
+    updating: Arc<RwLock<bool>>,
+    on_called: impl Fn(u64) + Send + 'static,
+) {
+    let mut rng = StdRng::seed_from_u64(jitter);
+    let mut seq = 0u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(UPDATE_EVERY_MS))).await;
+        let burst = if rng.random_ratio(1, 4) {
+            rng.random_range(2..=4)
+        } else {
+            1
+        };
+        let updating = updating.read().await;
+        if !*updating || registration.state() == RegistrationState::Deregistered {
+            return;
+        }
+        for _ in 0..burst {
+            seq += 1;
+            call_update(&registration, seq).await;
+            on_called(seq);
+        }
+    }
+}
+
+/// Calls `update` with `seq` and returns once the call has reached the registrar (its
+/// first poll sends the command), leaving the reply to a task of its own: the next update
+/// is called before this one has returned.
+async fn call_update(registration: &Registration, seq: u64) {
+    let handle = registration.clone();
+    let update = InstanceUpdate::new().metadata(Metadata::from([(SEQ.to_owned(), seq.to_string())]));
+    let mut call: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+        let _ = handle.update(update).await;
+    });
+    let done = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_ready())).await;
+    if !done {
+        tokio::spawn(call);
+    }
 }
 
 /// Registers one instance, retrying until it is registered, as a service would at
@@ -115,6 +248,7 @@ pub(crate) async fn register(
 ) -> leasehold::Registration {
     let instance = Instance::builder(service, "127.0.0.1:7000")
         .id(id)
+        .metadata(SEQ, "0")
         .build()
         .expect("the soak's service names and ids are valid");
     loop {
@@ -135,17 +269,19 @@ pub(crate) async fn register(
 #[derive(Debug)]
 pub(crate) struct RegistrantProcess {
     child: Child,
-    /// Held open: the child exits when it closes.
-    _stdin: ChildStdin,
+    /// Lines for the child's stdin; the task that writes them holds stdin open until
+    /// this is dropped (the child exits when it closes).
+    stdin: mpsc::UnboundedSender<&'static str>,
 }
 
 impl RegistrantProcess {
     /// Starts the test binary as a registrant for `spec`, re-running test `test` (its
-    /// full name in the binary). `on_registered` is called with each id the child reports.
+    /// full name in the binary). `on_report` is called with each report of the child, in
+    /// order.
     pub(crate) fn spawn(
         test: &str,
         spec: &RegistrantSpec,
-        on_registered: impl Fn(String) + Send + 'static,
+        on_report: impl Fn(Report) + Send + 'static,
     ) -> std::io::Result<Self> {
         let exe = std::env::current_exe()?;
         let mut child = Command::new(exe)
@@ -162,18 +298,31 @@ impl RegistrantProcess {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()?;
-        let stdin = child.stdin.take().expect("piped");
+        let mut stdin = child.stdin.take().expect("piped");
         let stdout = child.stdout.take().expect("piped");
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                // libtest may have written `test soak ... ` on the same line.
-                if let Some(at) = line.find(REPORT) {
-                    on_registered(line[at + REPORT.len()..].trim().to_owned());
+                if let Some(report) = Report::parse(&line) {
+                    on_report(report);
                 }
             }
         });
-        Ok(RegistrantProcess { child, _stdin: stdin })
+        let (sender, mut to_write) = mpsc::unbounded_channel::<&'static str>();
+        tokio::spawn(async move {
+            while let Some(line) = to_write.recv().await {
+                if stdin.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                    break;
+                }
+                let _ = stdin.flush().await;
+            }
+        });
+        Ok(RegistrantProcess { child, stdin: sender })
+    }
+
+    /// Tells the child to call no more updates; it reports [`Report::Quiet`] when done.
+    pub(crate) fn stop_updating(&self) {
+        let _ = self.stdin.send(STOP_UPDATING);
     }
 
     /// The process id, while it runs.
@@ -206,8 +355,26 @@ impl RegistrantProcess {
 
 #[cfg(test)]
 mod tests {
-    use super::RegistrantSpec;
+    use super::{RegistrantSpec, Report};
     use std::time::Duration;
+
+    #[test]
+    fn reports_parse_also_after_libtest_output() {
+        assert_eq!(
+            Report::parse("test soak ... leasehold-soak-registrant: registered r1-0"),
+            Some(Report::Registered("r1-0".into()))
+        );
+        assert_eq!(
+            Report::parse("leasehold-soak-registrant: updated r1-0 42"),
+            Some(Report::Updated("r1-0".into(), 42))
+        );
+        assert_eq!(
+            Report::parse("leasehold-soak-registrant: quiet"),
+            Some(Report::Quiet)
+        );
+        assert_eq!(Report::parse("leasehold-soak-registrant: updated r1-0 x"), None);
+        assert_eq!(Report::parse("running 1 test"), None);
+    }
 
     #[test]
     fn spec_round_trips() {

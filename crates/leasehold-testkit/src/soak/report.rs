@@ -95,7 +95,7 @@ impl SoakReport {
             .map(|(k, n)| format!("{}:{n}", k.to_string().replace(' ', "-")))
             .collect();
         format!(
-            "SOAK backend={} seed={} secs={} ttl={} faults={injected} by_kind={} gaps={} gaps_violating={} \
+            "SOAK backend={} seed={} secs={} ttl={} faults={injected} by_kind={} updates={} gaps={} gaps_violating={} \
              longest_gap={} longest_gap_quorum_held={} longest_violating_gap={} converge={} violations={} harness_errors={} \
              observations={} failed_observations={} load_before=[{}] load_after=[{}]",
             self.backend,
@@ -103,6 +103,7 @@ impl SoakReport {
             self.duration.as_secs(),
             self.ttl.as_secs(),
             by_kind.join(","),
+            self.findings.updates_called,
             gaps.len(),
             gaps.iter().filter(|g| g.violating).count(),
             fmt_gap(longest),
@@ -166,6 +167,7 @@ impl fmt::Display for SoakReport {
         for (kind, (injected, skipped)) in &self.faults {
             writeln!(f, "  {kind:<28} {injected:>4} / {skipped}")?;
         }
+        writeln!(f, "updates called: {}", self.findings.updates_called)?;
         let gaps = &self.findings.gaps;
         writeln!(f, "registrations missing: {} gaps", gaps.len())?;
         for quorum in [Quorum::Held, Quorum::Settling, Quorum::Lost] {

@@ -6,14 +6,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use leasehold::{Discovery, Registration, Registry, ServiceName, WatchOptions};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use tokio::sync::{watch, RwLock};
+use tokio::task::{AbortHandle, JoinSet};
 
 use super::checker::{Checker, Owner, Seen, WatcherView};
 use super::cluster::SoakCluster;
 use super::config::{Graces, SoakConfig};
 use super::plan::{plan, FaultKind, PlannedFault};
-use super::registrant::{self, RegistrantProcess, RegistrantSpec};
+use super::registrant::{self, RegistrantProcess, RegistrantSpec, Report, SEQ};
 use super::report::SoakReport;
 use super::Connect;
 use crate::MemberState;
@@ -88,6 +88,12 @@ struct RegistrantSlot {
     frozen: bool,
 }
 
+/// A registration the test process holds, and the task that keeps updating it.
+struct InProcess {
+    registration: Registration,
+    updater: AbortHandle,
+}
+
 /// A leasehold watcher, with the name the report gives it.
 struct NamedWatcher {
     name: String,
@@ -113,7 +119,10 @@ struct Soak<C> {
     registrants: Mutex<BTreeMap<usize, RegistrantSlot>>,
     next_registrant: AtomicUsize,
     /// The test process's own registered handles, by id (`p{k}`).
-    in_process: Mutex<BTreeMap<String, Registration>>,
+    in_process: Mutex<BTreeMap<String, InProcess>>,
+    /// Whether the test process's registrations are still being updated (see
+    /// [`registrant::keep_updating`]).
+    updating: Arc<RwLock<bool>>,
     next_in_process: AtomicUsize,
     /// The client the test process registers through (and watches on).
     registry: Arc<dyn Registry>,
@@ -153,7 +162,12 @@ async fn connect_retrying(connect: &Connect, url: &str) -> Arc<dyn Registry> {
     }
 }
 
-/// The plain client's listing, decoded: a native value names its service and id.
+/// The `seq` an instance's metadata carries, if any.
+fn seq_of(metadata: &leasehold::Metadata) -> Option<u64> {
+    metadata.get(SEQ)?.parse().ok()
+}
+
+/// The plain client's listing, decoded: a native value names its service, id and `seq`.
 fn decode(listed: Vec<super::cluster::ListedKey>) -> Vec<Seen> {
     listed
         .into_iter()
@@ -166,9 +180,16 @@ fn decode(listed: Vec<super::cluster::ListedKey>) -> Vec<Seen> {
                     .and_then(|v| v.as_str())
                     .map(str::to_owned)
             };
+            let seq = value
+                .as_ref()
+                .and_then(|v| v.get("metadata"))
+                .and_then(|m| m.get(SEQ))
+                .and_then(|s| s.as_str())
+                .and_then(|s| s.parse().ok());
             Seen {
                 instance: field("service").zip(field("id")),
                 key: k.key,
+                seq,
             }
         })
         .collect()
@@ -220,6 +241,7 @@ impl<C: SoakCluster> Soak<C> {
             next_registrant: AtomicUsize::new(0),
             in_process: Mutex::new(BTreeMap::new()),
             next_in_process: AtomicUsize::new(0),
+            updating: Arc::new(RwLock::new(true)),
             registry,
             watch_registry,
             watchers,
@@ -298,6 +320,7 @@ impl<C: SoakCluster> Soak<C> {
         while faults.join_next().await.is_some() {}
         let faults_ended = Instant::now();
         self.note("every fault ended");
+        self.stop_updating().await;
 
         let converged_after = self.converge(faults_ended).await;
         observer.abort();
@@ -361,7 +384,7 @@ impl<C: SoakCluster> Soak<C> {
                     ids: snapshot
                         .instances()
                         .iter()
-                        .map(|i| i.id().as_str().to_owned())
+                        .map(|i| (i.id().as_str().to_owned(), seq_of(i.metadata())))
                         .collect(),
                 }
             })
@@ -401,9 +424,24 @@ impl<C: SoakCluster> Soak<C> {
         }
     }
 
+    /// Ends the updates: the test process calls no more at once, and every registrant
+    /// process is told to stop (convergence waits for each to say it did).
+    async fn stop_updating(&self) {
+        *self.updating.write().await = false;
+        let registrants = lock(&self.registrants);
+        lock(&self.checker).quiescing(Instant::now());
+        for slot in registrants.values() {
+            slot.process.stop_updating();
+        }
+    }
+
     async fn teardown(&self) {
         let handles: Vec<Registration> = std::mem::take(&mut *lock(&self.in_process))
             .into_values()
+            .map(|held| {
+                held.updater.abort();
+                held.registration
+            })
             .collect();
         for handle in handles {
             let _ = tokio::time::timeout(DEREGISTER_TIMEOUT, handle.deregister()).await;
@@ -443,11 +481,19 @@ impl<C: SoakCluster> Soak<C> {
             instances,
         };
         let soak = Arc::downgrade(self);
-        let spawned = RegistrantProcess::spawn(&self.test, &spec, move |id| {
-            if let Some(soak) = soak.upgrade() {
-                let mut checker = lock(&soak.checker);
-                checker.registered(&id, Instant::now(), None);
-                checker.note(Instant::now(), format!("registrant {number} registered {id}"));
+        let spawned = RegistrantProcess::spawn(&self.test, &spec, move |report| {
+            let Some(soak) = soak.upgrade() else { return };
+            let mut checker = lock(&soak.checker);
+            match report {
+                Report::Registered(id) => {
+                    checker.registered(&id, Instant::now(), None);
+                    checker.note(Instant::now(), format!("registrant {number} registered {id}"));
+                }
+                Report::Updated(id, seq) => checker.updated(&id, seq),
+                Report::Quiet => {
+                    checker.owner_quiet(Owner::Process(number));
+                    checker.note(Instant::now(), format!("registrant {number} stopped updating"));
+                }
             }
         });
         match spawned {
@@ -473,10 +519,28 @@ impl<C: SoakCluster> Soak<C> {
         let soak = Arc::clone(self);
         let task = tokio::spawn(async move {
             let registration = registrant::register(&*soak.registry, &service, &id, soak.config.ttl).await;
+            let reporter = Arc::downgrade(&soak);
+            let reported_id = id.clone();
+            let updater = tokio::spawn(registrant::keep_updating(
+                registration.clone(),
+                registrant::jitter_seed(&id, soak.config.seed as u32),
+                Arc::clone(&soak.updating),
+                move |seq| {
+                    if let Some(soak) = reporter.upgrade() {
+                        lock(&soak.checker).updated(&reported_id, seq);
+                    }
+                },
+            ));
             let mut checker = lock(&soak.checker);
             checker.registered(&id, Instant::now(), Some(registration.states()));
             checker.note(Instant::now(), format!("in-process {id} registered"));
-            lock(&soak.in_process).insert(id, registration);
+            lock(&soak.in_process).insert(
+                id,
+                InProcess {
+                    registration,
+                    updater: updater.abort_handle(),
+                },
+            );
         });
         self.background(task.abort_handle());
     }
@@ -764,7 +828,10 @@ impl<C: SoakCluster> Soak<C> {
                 None
             } else {
                 let id = ids[fault.pick as usize % ids.len()].clone();
-                in_process.remove(&id).map(|handle| (id, handle))
+                in_process.remove(&id).map(|held| {
+                    held.updater.abort();
+                    (id, held.registration)
+                })
             }
         };
         let Some((id, handle)) = chosen else {
