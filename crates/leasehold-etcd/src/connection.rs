@@ -312,7 +312,7 @@ impl Connection {
     /// soak found a registrant whose grant went that way and missed the TTL with
     /// halves). That is safe because every write
     /// leasehold makes is conditional on what it expects to find (a write under a lease
-    /// compares the key's lease), so a copy that lands late, after the first one or
+    /// compares the state it expects the key in: see [`write`](crate::write)), so a copy that lands late, after the first one or
     /// after the lease was given up, changes nothing or fails; the rest are reads,
     /// grants (a spare lease expires) and revokes.
     pub(crate) async fn attempt<T, F, Fut>(&self, request: F) -> Result<T, Failure>

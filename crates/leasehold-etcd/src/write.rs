@@ -1,19 +1,21 @@
 //! Writes under a lease: batched into transactions bounded in operations and bytes,
-//! each write conditional on the lease its key is under, each with its own outcome.
+//! each write conditional on the state it expects its key in, each with its own outcome.
 //!
 //! Every put is a transaction `if key is as expected then put else get` (nested in one
-//! transaction per batch when there are several). What a write expects
-//! ([`Expect`]) is no key, or the lease and version our last write of the key left
-//! (or the writes of it still in flight will leave). So a copy of a write that lands
-//! late (sent to a frozen member, resent elsewhere, applied when the member resumes)
-//! changes nothing: it cannot bind a key to a lease that was given up, nor put an older
-//! value back over a newer one. Writes of one key may be in flight together (an update
-//! sent before the one before it is answered); one that overtakes an earlier one fails
-//! its compare, waits for it, and is sent again. A key another live client holds is
-//! never overwritten: its owner's lease is reported back as [`Error::Conflict`]. A key
-//! found as we did not expect but under one of our own leases, or under none (this
-//! lease, another TTL's, one given up and not yet gone, a write that got no answer and
-//! landed) is written again, expecting what was found.
+//! transaction per batch when there are several). What a write expects ([`Expect`]) is
+//! no key, or the exact state (mod revision) this client last left the key in, or,
+//! behind writes of the key still in flight, the lease, version and life they will
+//! leave. So a copy of a write that lands late (sent to a frozen member, resent
+//! elsewhere, applied when the member resumes) changes nothing: it cannot bind a key to
+//! a lease that was given up, nor put an older value back over a newer one. Writes of
+//! one key may be in flight together (an update sent before the one before it is
+//! answered) and are ordered by their registration's change: one that finds a later
+//! change landed or on its way is done, never retried nor cleaned up over it; one that
+//! overtook an earlier one waits for it and is sent again. A key another live client
+//! holds is never overwritten: its owner's lease is reported back as
+//! [`Error::Conflict`]. A key found as we did not expect but under one of our own
+//! leases, or under none (this lease, another TTL's, one given up and not yet gone, a
+//! write that got no answer and landed) is written again, expecting what was found.
 //!
 //! A transaction etcd refuses as a whole (too large for the cluster's limit, a key the
 //! user may not write) changes nothing; it is split in two until the write at fault is

@@ -68,8 +68,8 @@ impl<B: LeaseBackend> Group<B> {
     /// Applies the answer to a write under lease `generation` that carried `sent`.
     /// An answer about a lease that is no longer the group's changes no registration:
     /// they are written again under the new one anyway. A registration changed again
-    /// since (its later write still in flight) is left to that write, unless this one
-    /// landed: then it is in the registry.
+    /// since (its later write still in flight) is left to that write; if this one
+    /// landed, only the key it is at is recorded.
     pub(super) fn apply_written(
         &mut self,
         generation: u64,

@@ -513,7 +513,8 @@ impl<B: LeaseBackend> Group<B> {
         }
     }
 
-    /// Writes now the registrations that `waiting` callers changed, and answers them.
+    /// Sends now the writes of the registrations that `waiting` callers changed, and
+    /// answers them when they land (as a flight, on a backend that pipelines writes).
     async fn flush(&mut self, waiting: &mut Vec<(u64, oneshot::Sender<Result<()>>)>) {
         if waiting.is_empty() {
             return;

@@ -91,9 +91,9 @@ pub type WriteOutcome = Result<String, Error>;
 ///
 /// Each lease gets its own `LeaseEvents`; events from a lease that has since been
 /// replaced are ignored, so a backend never needs to know whether its lease is current.
-/// Events sent before [`LeaseBackend::put`] returns are applied before the callers of
-/// that write are answered (so a registration whose drain marker exists is `Drained`
-/// when `register` returns).
+/// Events sent before [`LeaseBackend::put`] returns for new registrations are applied
+/// before their `register` calls are answered (so a registration whose drain marker
+/// exists is `Drained` when `register` returns).
 #[derive(Clone, Debug)]
 pub struct LeaseEvents {
     generation: u64,
