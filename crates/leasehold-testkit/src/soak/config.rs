@@ -9,6 +9,8 @@ pub const SEED_VAR: &str = "LEASEHOLD_SOAK_SEED";
 pub const SECS_VAR: &str = "LEASEHOLD_SOAK_SECS";
 /// Environment variable: the registrations' TTL, in seconds.
 pub const TTL_VAR: &str = "LEASEHOLD_SOAK_TTL";
+/// Environment variable: `1` to update every registration all the time, `0` not to.
+pub const UPDATES_VAR: &str = "LEASEHOLD_SOAK_UPDATES";
 
 /// One soak run.
 ///
@@ -35,11 +37,16 @@ pub struct SoakConfig {
     pub services: Vec<String>,
     /// The registry root everything is written under.
     pub root: String,
+    /// Whether every registration is updated all the time (see
+    /// [`registrant::keep_updating`](super::registrant::keep_updating)), and the values
+    /// held to order and convergence.
+    pub updates: bool,
 }
 
 impl SoakConfig {
     /// A run with these defaults, each overridden by its environment variable when set
-    /// ([`SEED_VAR`], [`SECS_VAR`], [`TTL_VAR`]).
+    /// ([`SEED_VAR`], [`SECS_VAR`], [`TTL_VAR`]; updates on unless [`UPDATES_VAR`] is
+    /// `0`).
     ///
     /// # Panics
     ///
@@ -58,7 +65,14 @@ impl SoakConfig {
             in_process: 6,
             services: vec!["soak-a".to_owned(), "soak-b".to_owned()],
             root: "/soak".to_owned(),
+            updates: env_number(UPDATES_VAR).is_none_or(|on| on != 0),
         }
+    }
+
+    /// This run without updates unless [`UPDATES_VAR`] asks for them.
+    pub fn without_updates_by_default(mut self) -> Self {
+        self.updates = env_number(UPDATES_VAR).is_some_and(|on| on != 0);
+        self
     }
 
     /// The graces the invariants allow for this TTL.

@@ -56,7 +56,7 @@ use leasehold::Registry;
 
 pub use checker::{Findings, GapRecord, Quorum, Timeline, Violation, ViolationKind};
 pub use cluster::{EtcdSoak, ListedKey, SoakCluster, ZkSoak};
-pub use config::{Graces, SoakConfig, SECS_VAR, SEED_VAR, TTL_VAR};
+pub use config::{Graces, SoakConfig, SECS_VAR, SEED_VAR, TTL_VAR, UPDATES_VAR};
 pub use plan::{plan, FaultKind, PlannedFault};
 pub use report::SoakReport;
 pub use run::run;

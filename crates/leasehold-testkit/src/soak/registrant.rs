@@ -101,12 +101,18 @@ pub struct RegistrantSpec {
     pub ttl: Duration,
     /// `(service, id)` of each instance.
     pub instances: Vec<(String, String)>,
+    /// Whether it updates them all the time.
+    pub updates: bool,
 }
 
 impl RegistrantSpec {
-    /// The value of [`CHILD_VAR`]: `ttl_ms|url|service/id|service/id…`.
+    /// The value of [`CHILD_VAR`]: `ttl_ms|updates (0 or 1)|url|service/id|service/id…`.
     pub fn encode(&self) -> String {
-        let mut parts = vec![self.ttl.as_millis().to_string(), self.url.clone()];
+        let mut parts = vec![
+            self.ttl.as_millis().to_string(),
+            u8::from(self.updates).to_string(),
+            self.url.clone(),
+        ];
         parts.extend(self.instances.iter().map(|(s, id)| format!("{s}/{id}")));
         parts.join("|")
     }
@@ -115,11 +121,21 @@ impl RegistrantSpec {
     pub fn decode(value: &str) -> Option<Self> {
         let mut parts = value.split('|');
         let ttl = Duration::from_millis(parts.next()?.parse().ok()?);
+        let updates = match parts.next()? {
+            "0" => false,
+            "1" => true,
+            _ => return None,
+        };
         let url = parts.next()?.to_owned();
         let instances = parts
             .map(|p| p.split_once('/').map(|(s, id)| (s.to_owned(), id.to_owned())))
             .collect::<Option<Vec<_>>>()?;
-        Some(RegistrantSpec { url, ttl, instances })
+        Some(RegistrantSpec {
+            url,
+            ttl,
+            instances,
+            updates,
+        })
     }
 }
 
@@ -140,7 +156,7 @@ pub async fn run_if_child(connect: &Connect) {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let updating = Arc::new(RwLock::new(true));
+    let updating = Arc::new(RwLock::new(spec.updates));
     let stop = Arc::clone(&updating);
     tokio::spawn(async move {
         let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -382,6 +398,7 @@ mod tests {
             url: "etcd://127.0.0.1:1,127.0.0.1:2/soak".to_owned(),
             ttl: Duration::from_secs(3),
             instances: vec![("soak-a".into(), "r1-0".into()), ("soak-b".into(), "r1-1".into())],
+            updates: true,
         };
         assert_eq!(RegistrantSpec::decode(&spec.encode()), Some(spec));
         assert_eq!(RegistrantSpec::decode("x|y"), None);

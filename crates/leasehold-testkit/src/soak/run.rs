@@ -241,7 +241,7 @@ impl<C: SoakCluster> Soak<C> {
             next_registrant: AtomicUsize::new(0),
             in_process: Mutex::new(BTreeMap::new()),
             next_in_process: AtomicUsize::new(0),
-            updating: Arc::new(RwLock::new(true)),
+            updating: Arc::new(RwLock::new(config.updates)),
             registry,
             watch_registry,
             watchers,
@@ -479,6 +479,7 @@ impl<C: SoakCluster> Soak<C> {
             url: self.url.clone(),
             ttl: self.config.ttl,
             instances,
+            updates: self.config.updates,
         };
         let soak = Arc::downgrade(self);
         let spawned = RegistrantProcess::spawn(&self.test, &spec, move |report| {
