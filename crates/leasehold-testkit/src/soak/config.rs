@@ -38,7 +38,7 @@ pub struct SoakConfig {
     /// The registry root everything is written under.
     pub root: String,
     /// Whether every registration is updated all the time (see
-    /// [`registrant::keep_updating`](super::registrant::keep_updating)), and the values
+    /// `registrant::keep_updating`), and the values
     /// held to order and convergence.
     pub updates: bool,
 }

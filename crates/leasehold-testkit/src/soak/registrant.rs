@@ -8,7 +8,7 @@
 //! testkit depending on any backend crate, and needs no second build step: the binary is
 //! the one `cargo test` just built.
 //!
-//! While it holds them it updates them all the time ([`keep_updating`]): each
+//! While it holds them it updates them all the time (`keep_updating`): each
 //! registration's metadata entry [`SEQ`] is bumped every 50–150 ms, sometimes several
 //! times back to back without awaiting the previous update, so that writes of one
 //! registration overlap (the registrar pipelines them on etcd).
@@ -17,7 +17,7 @@
 //! `register` for `id` returns, and `leasehold-soak-registrant: updated {id} {seq}` when it
 //! has *called* `update` with `seq` (the registrar applies an update to the handle at once
 //! and owes the registry that value, whether or not the call has returned). When it reads
-//! the line [`STOP_UPDATING`] on stdin it calls no more updates and prints
+//! the line `stop-updating` on stdin it calls no more updates and prints
 //! `leasehold-soak-registrant: quiet`. It exits when its stdin closes, so it never outlives
 //! the test (also when the test is SIGKILLed).
 
