@@ -26,14 +26,16 @@ fn connect() -> Connect {
 /// just before the session times out); `scripts/soak` runs both.
 ///
 /// Without updates unless `LEASEHOLD_SOAK_UPDATES=1` (`scripts/soak` sets it): with
-/// registrations updated all the time, this seed fails, not yet explained. Right after
-/// a server that was killed for 11 s comes back (another had been frozen for 8 s
-/// before), every client and watcher sees the registrations as they were about 5 s into
-/// the run: values ~90 updates old, and those registered since missing, for up to 2 s,
-/// until the owners write again. 3 runs of 3 without logs; it held with debug logs on.
-/// The ZooKeeper path of the registrar is the same as before updates were pipelined on
-/// etcd; what the ensemble served there is still to be found (its own logs, and whether
-/// ZooKeeper 3.8.0 of Debian 12 lost committed transactions while servers rejoined).
+/// registrations updated all the time, this seed fails 3 runs of 3 on ZooKeeper's own
+/// defect. A server frozen while it synced with a new leader (it had taken the new
+/// epoch, "Getting a diff from the leader 0x100000548", but not written the diff) wins a
+/// later election with its higher epoch and an older history (zxid 0x100000287), and
+/// the others truncate committed transactions to match it ("Truncating log to get in
+/// sync with the leader 0x100000287"): every client then sees the registrations as
+/// they were seconds earlier, old values and missing nodes, until their owners write
+/// again. This is ZOOKEEPER-4643 / ZOOKEEPER-4646 (a follower takes the new epoch
+/// before it persists the leader's history), present in the ZooKeeper 3.8.0 of
+/// Debian 12. Without updates the rolled-back window holds no write and the run holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     let connect = connect();
