@@ -35,7 +35,7 @@ fn connect() -> Connect {
 /// they were seconds earlier, old values and missing nodes, until their owners write
 /// again. This is ZOOKEEPER-4643 / ZOOKEEPER-4646 (a follower takes the new epoch
 /// before it persists the leader's history), present in the ZooKeeper 3.8.0 of
-/// Debian 12. Without updates the rolled-back window holds no write and the run holds.
+/// Debian 12. Without updates this seed holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak() {
     let connect = connect();
