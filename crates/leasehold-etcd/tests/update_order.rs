@@ -45,28 +45,35 @@ async fn set_version(registration: &Registration, version: &str) {
     }
 }
 
-/// Records the version of every put of `key` that a plain etcd watch sees, in the
-/// order etcd sends them (revision order).
-async fn record_versions(etcd: &EtcdCluster, key: String) -> Seen {
-    let seen = Seen::default();
+/// Records what `record` makes of every put of `key` that a plain etcd watch sees, in
+/// the order etcd sends them (revision order).
+async fn record<T: Send + 'static>(
+    etcd: &EtcdCluster,
+    key: String,
+    record: impl Fn(&etcd_client::KeyValue) -> T + Send + 'static,
+) -> Arc<Mutex<Vec<T>>> {
+    let recorded = Arc::new(Mutex::new(Vec::new()));
     let mut client = raw(etcd).await;
     let mut stream = client.watch(key, Some(WatchOptions::new())).await.unwrap();
     tokio::spawn({
-        let seen = seen.clone();
+        let recorded = recorded.clone();
         async move {
             let _client = client;
             while let Ok(Some(answer)) = stream.message().await {
                 for event in answer.events() {
                     if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
-                        seen.lock()
-                            .unwrap()
-                            .push((Instant::now(), version_of(kv.value())));
+                        recorded.lock().unwrap().push(record(kv));
                     }
                 }
             }
         }
     });
-    seen
+    recorded
+}
+
+/// When each put of `key` was seen, and the version it carries.
+async fn record_versions(etcd: &EtcdCluster, key: String) -> Seen {
+    record(etcd, key, |kv| (Instant::now(), version_of(kv.value()))).await
 }
 
 /// The versions in `seen` from `from` on.
@@ -393,26 +400,11 @@ struct Put {
 
 /// Every put of `key` a plain etcd watch sees, with its revision, version and lease.
 async fn record_puts(etcd: &EtcdCluster, key: String) -> Arc<Mutex<Vec<Put>>> {
-    let puts = Arc::new(Mutex::new(Vec::new()));
-    let mut client = raw(etcd).await;
-    let mut stream = client.watch(key, Some(WatchOptions::new())).await.unwrap();
-    tokio::spawn({
-        let puts = puts.clone();
-        async move {
-            let _client = client;
-            while let Ok(Some(answer)) = stream.message().await {
-                for event in answer.events() {
-                    if let (EventType::Put, Some(kv)) = (event.event_type(), event.kv()) {
-                        puts.lock().unwrap().push(Put {
-                            value: version_of(kv.value()),
-                            revision: kv.mod_revision(),
-                            version: kv.version(),
-                            lease: kv.lease(),
-                        });
-                    }
-                }
-            }
-        }
-    });
-    puts
+    record(etcd, key, |kv| Put {
+        value: version_of(kv.value()),
+        revision: kv.mod_revision(),
+        version: kv.version(),
+        lease: kv.lease(),
+    })
+    .await
 }
