@@ -123,12 +123,6 @@ impl LeaseBackend for EtcdBackend {
         write::put(&self.conn, &self.own, lease.id, &lease.events, writes).await
     }
 
-    /// Each write of a key expects the version the writes before it leave, so one
-    /// that overtakes an earlier one fails, waits for it, and is sent again.
-    fn pipelines_writes(&self) -> bool {
-        true
-    }
-
     async fn delete(&self, lease: &EtcdLease, keys: &[String]) -> Result<(), LeaseError> {
         write::delete(&self.conn, &self.own, lease.id, keys).await
     }

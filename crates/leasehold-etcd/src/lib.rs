@@ -9,12 +9,13 @@
 //!   within one keepalive period; the shared [`Registrar`](leasehold::registrar::Registrar)
 //!   grants a new one and writes every registration again, in transactions bounded in
 //!   operations and bytes, retrying with backoff for as long as the handle lives. Every
-//!   write is conditional on the lease and version its key is expected at, so a late
-//!   copy cannot bind a key to a lease given up nor put an older value back over a newer
-//!   one, and a key another live client holds is refused
-//!   ([`Error::Conflict`](leasehold::Error::Conflict)). Updates are sent without waiting
-//!   for the write before them; one that overtakes an earlier write of its key waits for
-//!   it and is sent again. Own keys are watched per
+//!   write is conditional on the exact state (mod revision) its key was left in, so a
+//!   late copy cannot bind a key to a lease given up nor put an older value back over a
+//!   newer one, and a key another live client holds is refused
+//!   ([`Error::Conflict`](leasehold::Error::Conflict)). A registration's writes go one
+//!   at a time (updates made meanwhile go together in the next): a write sent behind an
+//!   unanswered one could only expect a lease and version, and a late copy of it can
+//!   find them again. Own keys are watched per
 //!   service prefix: one deleted, expired or taken over is written again; an operator's
 //!   drain marker keeps it out ([`Registry::drain`](leasehold::Registry::drain)).
 //! - **discovery**: one range of the service's prefix, then a watch from the next

@@ -13,12 +13,11 @@
 //! batched transactions of gets, before the watch resumes after that read.
 //!
 //! It also orders the writes of one key ([`Expect`]): a write expects the exact state
-//! this client last left the key in (its mod revision), or, behind writes of it still
-//! in flight, the lease, version and life (create revision) they will leave. A write
-//! with a lower [`change`](leasehold::registrar::Write::change) that finds a higher one
-//! landed or on its way is dropped, never retried over it.
+//! this client last left the key in (its mod revision), or no key. A write with a lower
+//! [`change`](leasehold::registrar::Write::change) that finds a higher one landed or on
+//! its way is dropped, never retried over it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -70,23 +69,23 @@ pub(crate) struct Landed {
     pub(crate) created: i64,
 }
 
-/// What a write of a key expects to find there; anything else fails its compare. So a
+/// What a write of a key expects to find there; anything else fails its compare. Both
+/// name one state of the key that can never come back: no key, or the exact state this
+/// client last saw it in (its mod revision, unique for the life of the cluster). So a
 /// copy that lands late (sent to a frozen member, resent elsewhere, applied when the
-/// member resumes) changes nothing, and neither does a write that overtakes an earlier
-/// one of the same key.
+/// member resumes) changes nothing once the key has moved on.
+///
+/// There is deliberately no way to expect what a write still in flight will leave: a
+/// lease and version do not name one state. A write sent behind an unanswered one and
+/// expecting its version was resent after a member froze; the key then moved on along
+/// other writes to that same version, and the late copy put an older value back over a
+/// newer one (the etcd soak's `seq backwards`). So etcd does not pipeline a key's writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Expect {
     /// No such key.
     Absent,
     /// Exactly this state of the key (compared by its mod revision).
     Exactly(Landed),
-    /// What writes of this client still in flight will leave: the key under `lease` at
-    /// `version`, in the life begun at `created` when that is known yet.
-    Behind {
-        lease: i64,
-        version: i64,
-        created: Option<i64>,
-    },
 }
 
 impl Expect {
@@ -103,38 +102,24 @@ impl Expect {
         }
     }
 
-    /// What the key is once a write under `lease` that expects this lands (before its
-    /// revision is known): what a write sent behind it expects.
-    fn then(self, lease: i64) -> Expect {
-        let (version, created) = match self {
-            Expect::Absent => (0, None),
-            Expect::Exactly(landed) => (landed.version, Some(landed.created)),
-            Expect::Behind { version, created, .. } => (version, created),
-        };
-        Expect::Behind {
-            lease,
-            version: version + 1,
-            created,
-        }
-    }
-
-    /// The key as a write under `lease` that expects this left it, landing at `revision`.
+    /// The key as a put under `lease` that expected this left it, landing at `revision`.
     pub(crate) fn landed(self, lease: i64, revision: i64) -> Landed {
-        let Expect::Behind { version, created, .. } = self.then(lease) else {
-            unreachable!("then is always Behind")
+        let (version, created) = match self {
+            Expect::Absent => (1, revision),
+            Expect::Exactly(before) => (before.version + 1, before.created),
         };
         Landed {
             lease,
             revision,
             version,
-            created: created.unwrap_or(revision),
+            created,
         }
     }
 }
 
 /// The writes of one key sent and not yet answered, by change and ticket (the order
-/// they were sent in), each with what it leaves the key as once it lands.
-type Writing = BTreeMap<(u64, u64), Expect>;
+/// they were sent in).
+type Writing = BTreeSet<(u64, u64)>;
 
 /// The owner of a registration, for routing drain markers.
 #[derive(Clone, Debug)]
@@ -176,9 +161,6 @@ pub(crate) struct OwnKeys {
     /// Signalled after a batch is written: a given-up lease is revoked once its
     /// registrations are written under the next one, so they never vanish in between.
     settled: tokio::sync::Notify,
-    /// Signalled when a write of any key is answered, for a write waiting on an earlier
-    /// one of its key.
-    answered: tokio::sync::Notify,
 }
 
 impl Drop for OwnKeys {
@@ -198,7 +180,6 @@ impl OwnKeys {
             starting: tokio::sync::Mutex::new(()),
             events_seen: AtomicU64::new(0),
             settled: tokio::sync::Notify::new(),
-            answered: tokio::sync::Notify::new(),
         })
     }
 
@@ -287,64 +268,32 @@ impl OwnKeys {
         );
     }
 
-    /// A write of `key` under `lease`, carrying `change`, is about to be sent: its
-    /// ticket, and what it expects to find. That is what the writes of the key with a
-    /// lower change still in flight leave once they land, or else what this client last
-    /// left there, or else no key.
-    pub(crate) fn begin_write(&self, key: &str, lease: i64, change: u64) -> (u64, Expect) {
+    /// A write of `key` carrying `change` is about to be sent: its ticket, and what it
+    /// expects to find, which is what this client last left there, or else no key. A
+    /// write of the key still in flight does not change that (see [`Expect`]): if it
+    /// lands first, this one finds it and is written again over it or, when it carried
+    /// a later change, is done.
+    pub(crate) fn begin_write(&self, key: &str, change: u64) -> (u64, Expect) {
         let mut state = self.state.lock().unwrap();
         state.tickets += 1;
         let ticket = state.tickets;
-        let before = state
-            .writing
-            .get(key)
-            .and_then(|writing| writing.range(..(change, ticket)).next_back())
-            .map(|(_, then)| *then);
-        let expect = before.unwrap_or_else(|| Self::last_written(&state, key));
+        let expect = Self::last_written(&state, key);
         state
             .writing
             .entry(key.to_owned())
             .or_default()
-            .insert((change, ticket), expect.then(lease));
+            .insert((change, ticket));
         (ticket, expect)
     }
 
     /// The write of `key` with `change` and `ticket` was answered (or given up).
     pub(crate) fn end_write(&self, key: &str, change: u64, ticket: u64) {
-        {
-            let mut state = self.state.lock().unwrap();
-            if let Some(writing) = state.writing.get_mut(key) {
-                writing.remove(&(change, ticket));
-                if writing.is_empty() {
-                    state.writing.remove(key);
-                }
+        let mut state = self.state.lock().unwrap();
+        if let Some(writing) = state.writing.get_mut(key) {
+            writing.remove(&(change, ticket));
+            if writing.is_empty() {
+                state.writing.remove(key);
             }
-        }
-        self.answered.notify_waiters();
-    }
-
-    /// Whether a write of `key` with a lower change (or sent before, with the same)
-    /// is still unanswered.
-    pub(crate) fn writes_before(&self, key: &str, change: u64, ticket: u64) -> bool {
-        self.state
-            .lock()
-            .unwrap()
-            .writing
-            .get(key)
-            .and_then(|writing| writing.keys().next())
-            .is_some_and(|first| *first < (change, ticket))
-    }
-
-    /// Returns once every write of `key` before (`change`, `ticket`) is answered.
-    pub(crate) async fn after_writes_before(&self, key: &str, change: u64, ticket: u64) {
-        loop {
-            let answered = self.answered.notified();
-            tokio::pin!(answered);
-            answered.as_mut().enable();
-            if !self.writes_before(key, change, ticket) {
-                return;
-            }
-            answered.await;
         }
     }
 
@@ -356,7 +305,7 @@ impl OwnKeys {
         let sent = state
             .writing
             .get(key)
-            .and_then(|writing| writing.keys().next_back())
+            .and_then(|writing| writing.last())
             .is_some_and(|(c, _)| *c > change);
         landed || sent
     }

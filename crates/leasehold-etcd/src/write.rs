@@ -3,17 +3,14 @@
 //!
 //! Every put is a transaction `if key is as expected then put else get` (nested in one
 //! transaction per batch when there are several). What a write expects ([`Expect`]) is
-//! no key, or the exact state (mod revision) this client last left the key in, or,
-//! behind writes of the key still in flight, the lease, version and life they will
-//! leave. So a copy of a write that lands late (sent to a frozen member, resent
-//! elsewhere, applied when the member resumes) changes nothing: it cannot bind a key to
-//! a lease that was given up, nor put an older value back over a newer one. Writes of
-//! one key may be in flight together (an update sent before the one before it is
-//! answered) and are ordered by their registration's change: one that finds a later
-//! change landed or on its way is done, never retried nor cleaned up over it; one that
-//! overtook an earlier one waits for it and is sent again. A key another live client
-//! holds is never overwritten: its owner's lease is reported back as
-//! [`Error::Conflict`]. A key found as we did not expect but under one of our own
+//! no key, or the exact state (mod revision) this client last left the key in: a state
+//! that never comes back. So a copy of a write that lands late (sent to a frozen member,
+//! resent elsewhere, applied when the member resumes) changes nothing: it cannot bind a
+//! key to a lease that was given up, nor put an older value back over a newer one.
+//! Writes of one key are ordered by their registration's change: one that finds a later
+//! change landed or on its way is done, never retried nor cleaned up over it. A key
+//! another live client holds is never overwritten: its owner's lease is reported back
+//! as [`Error::Conflict`]. A key found as we did not expect but under one of our own
 //! leases, or under none (this lease, another TTL's, one given up and not yet gone, a
 //! write that got no answer and landed) is written again, expecting what was found.
 //!
@@ -91,25 +88,12 @@ impl Item<'_> {
             Some(PutOptions::new().with_lease(lease)),
         ));
         let key = self.key.as_str();
-        let compares = match self.expect {
-            Expect::Absent => vec![Compare::version(key, CompareOp::Equal, 0)],
-            Expect::Exactly(landed) => vec![Compare::mod_revision(key, CompareOp::Equal, landed.revision)],
-            Expect::Behind {
-                lease,
-                version,
-                created,
-            } => {
-                let mut compares = vec![
-                    Compare::lease(key, CompareOp::Equal, lease),
-                    Compare::version(key, CompareOp::Equal, version),
-                ];
-                compares
-                    .extend(created.map(|created| Compare::create_revision(key, CompareOp::Equal, created)));
-                compares
-            }
+        let compare = match self.expect {
+            Expect::Absent => Compare::version(key, CompareOp::Equal, 0),
+            Expect::Exactly(landed) => Compare::mod_revision(key, CompareOp::Equal, landed.revision),
         };
         Txn::new()
-            .when(compares)
+            .when([compare])
             .and_then(ops)
             .or_else([TxnOp::get(self.key.as_str(), None)])
     }
@@ -213,7 +197,7 @@ pub(crate) async fn put(
             .into()));
             continue;
         }
-        (item.ticket, item.expect) = own.begin_write(&item.key, lease, item.change);
+        (item.ticket, item.expect) = own.begin_write(&item.key, item.change);
         in_flight.0.push((item.key.clone(), item.change, item.ticket));
         items.push(item);
     }
@@ -240,9 +224,7 @@ pub(crate) async fn put(
                 Verdict::Failed { error, unknown } => {
                     let new_key = matches!(
                         item.expect,
-                        Expect::Absent
-                            | Expect::Exactly(Landed { lease: 0, .. })
-                            | Expect::Behind { lease: 0, .. }
+                        Expect::Absent | Expect::Exactly(Landed { lease: 0, .. })
                     );
                     // A later write of the key lands only where this one did, and then
                     // holds the key: it must not be deleted as this one's leftover.
@@ -263,7 +245,7 @@ pub(crate) async fn put(
                         }
                         if round < ROUNDS {
                             item.expect = own.expect_after(&item.key, kv.as_ref(), at);
-                            again.push((item, kv, at));
+                            again.push(item);
                             continue;
                         }
                         Err(Error::backend(
@@ -281,15 +263,7 @@ pub(crate) async fn put(
             };
             outcomes[item.at] = Some(outcome);
         }
-        for (item, kv, at) in &mut again {
-            // It overtook an earlier write of its key: what it found is not the end of
-            // that write's story.
-            if own.writes_before(&item.key, item.change, item.ticket) {
-                own.after_writes_before(&item.key, item.change, item.ticket).await;
-                item.expect = own.expect_after(&item.key, kv.as_ref(), *at);
-            }
-        }
-        items = again.into_iter().map(|(item, _, _)| item).collect();
+        items = again;
     }
     drop(in_flight);
     if !unanswered.is_empty() {

@@ -10,8 +10,8 @@
 //!
 //! While it holds them it updates them all the time (`keep_updating`): each
 //! registration's metadata entry [`SEQ`] is bumped every 50–150 ms, sometimes several
-//! times back to back without awaiting the previous update, so that writes of one
-//! registration overlap (the registrar pipelines them on etcd).
+//! times back to back without awaiting the previous update, so that updates of one
+//! registration arrive while its previous write is in flight.
 //!
 //! Protocol: the child prints `leasehold-soak-registrant: registered {id}` on stdout when
 //! `register` for `id` returns, and `leasehold-soak-registrant: updated {id} {seq}` when it

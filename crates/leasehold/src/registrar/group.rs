@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::claims::Claim;
 use super::entry::Entry;
-use super::flight::Flights;
 use super::leftover::Leftovers;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
 use crate::registration::{Command, CommandSender};
@@ -43,8 +41,7 @@ pub(super) struct Group<B: LeaseBackend> {
     pub(super) backend: Arc<B>,
     pub(super) ttl: Duration,
     pub(super) backoff: Backoff,
-    /// Shared with the writes in flight; theirs are gone whenever the group settles.
-    pub(super) lease: Option<Arc<B::Lease>>,
+    pub(super) lease: Option<B::Lease>,
     /// Counts leases granted; events and keys carry the generation they belong to.
     pub(super) generation: u64,
     /// Backoff of lease grants (a registry that is down, or loses every lease).
@@ -59,8 +56,6 @@ pub(super) struct Group<B: LeaseBackend> {
     pub(super) recovering_since: Option<Instant>,
     /// Keys of deregistered registrations whose delete is still to land.
     pub(super) leftovers: Leftovers,
-    /// Writes sent and not yet answered (see [`flight`](super::flight)).
-    pub(super) flights: Flights,
     commands: CommandSender,
     next_key: Arc<AtomicU64>,
 }
@@ -92,7 +87,6 @@ impl<B: LeaseBackend> Group<B> {
             events_tx,
             recovering_since: None,
             leftovers: Leftovers::default(),
-            flights: Flights::new(),
             commands,
             next_key,
         };
@@ -106,13 +100,11 @@ impl<B: LeaseBackend> Group<B> {
         mut events: EventReceiver,
     ) {
         let mut control_open = true;
-        while control_open || !self.entries.is_empty() || !self.flights.is_empty() {
+        while control_open || !self.entries.is_empty() {
             let wake = self.next_wakeup();
             tokio::select! {
-                Some(flight) = self.flights.next(), if !self.flights.is_empty() => self.land(flight),
                 message = control.recv(), if control_open => match message {
                     Some(Control::Register { instance, claim, reply }) => {
-                        self.settle().await;
                         // Registrations that arrive together are written together: one
                         // batch, as few round trips as the backend needs.
                         let mut batch = vec![(instance, claim, reply)];
@@ -140,7 +132,6 @@ impl<B: LeaseBackend> Group<B> {
                         }
                     }
                     Some(Control::Shutdown(done)) => {
-                        self.settle().await;
                         self.shutdown().await;
                         let _ = done.send(());
                     }
@@ -157,16 +148,13 @@ impl<B: LeaseBackend> Group<B> {
                     self.commands(batch).await;
                 }
                 Some((generation, event)) = events.recv() => {
-                    self.settle().await;
                     self.event(generation, event).await;
                 }
                 () = sleep_until(wake), if wake.is_some() => {
-                    self.settle().await;
                     self.repair().await;
                 }
             }
         }
-        self.settle().await;
         if let Err(e) = self.revoke().await {
             tracing::warn!(error = %e, "revoking an idle lease failed; it expires by itself");
         }
@@ -283,12 +271,10 @@ impl<B: LeaseBackend> Group<B> {
                 },
                 Command::Pause(reply) => {
                     self.flush(&mut waiting).await;
-                    self.settle().await;
                     let _ = reply.send(self.pause(key).await);
                 }
                 Command::Deregister(reply) => {
                     self.flush(&mut waiting).await;
-                    self.settle().await;
                     let result = self.deregister(key).await;
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, "deregistration did not reach the registry; the key expires with its lease");
@@ -513,8 +499,7 @@ impl<B: LeaseBackend> Group<B> {
         }
     }
 
-    /// Sends now the writes of the registrations that `waiting` callers changed, and
-    /// answers them when they land (as a flight, on a backend that pipelines writes).
+    /// Writes now the registrations that `waiting` callers changed, and answers them.
     async fn flush(&mut self, waiting: &mut Vec<(u64, oneshot::Sender<Result<()>>)>) {
         if waiting.is_empty() {
             return;
@@ -526,13 +511,6 @@ impl<B: LeaseBackend> Group<B> {
             .collect();
         keys.sort_unstable();
         keys.dedup();
-        if self.backend.pipelines_writes() && self.lease.is_some() {
-            self.launch(&keys, std::mem::take(waiting));
-            return;
-        }
-        // Without a lease, the writes in flight are about one that is gone: their
-        // answers come first, and the new grant after.
-        self.settle().await;
         let written = match self.ensure_lease().await {
             Ok(()) => self.write(&keys).await,
             Err(e) => {

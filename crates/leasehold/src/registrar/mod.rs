@@ -12,23 +12,19 @@
 //!   own write fails (too large, denied, its id held by another client) backs off on its
 //!   own and never holds up the others;
 //! - pause, resume, update and deregister, serialized per lease so they never race a
-//!   recovery; updates that arrive together are written together, and on a backend
-//!   that keeps the order of one registration's writes
-//!   ([`pipelines_writes`](LeaseBackend::pipelines_writes)) an update is sent without
-//!   waiting for the write before it;
+//!   recovery; updates that arrive while a write is in flight are written together
+//!   after it, so a registration updated often costs one write per round trip;
 //! - an operator's drain marker keeps a registration out of the registry until it is
 //!   removed.
 //!
 //! The pieces: `claims` (which ids this client holds), `group` (the task that owns
 //! the registrations of one TTL and its lifecycle commands), `batch` (writing many
-//! registrations in one request and answering each alone), `flight` (updates written
-//! without waiting for the write before, on backends that keep their order) and
-//! `recovery` (leases, backoff, repairs).
+//! registrations in one request and answering each alone) and `recovery` (leases,
+//! backoff, repairs).
 
 mod batch;
 mod claims;
 mod entry;
-mod flight;
 mod group;
 mod leftover;
 mod recovery;
@@ -72,9 +68,9 @@ pub struct Write<'a> {
     pub previous: Option<&'a str>,
     /// Orders the writes of one key: a write with a higher `change` carries everything
     /// one with a lower `change` did (updates are cumulative). Increases over the
-    /// process's life, also across registrations of the same id, so a backend that
-    /// [pipelines writes](LeaseBackend::pipelines_writes) never lets a lower one land
-    /// over, or remove, a higher one.
+    /// process's life, also across registrations of the same id, so a backend that finds
+    /// a higher one landed (a write resent, a late answer) never writes a lower one over
+    /// it, nor removes it.
     pub change: u64,
 }
 
@@ -193,18 +189,6 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// reports their markers ([`drained_set`](LeaseEvents::drained_set) when it starts,
     /// before `put` returns; [`drain_changed`](LeaseEvents::drain_changed) after).
     async fn put(&self, lease: &Self::Lease, writes: &[Write<'_>]) -> Result<Vec<WriteOutcome>, LeaseError>;
-
-    /// Whether [`put`](Self::put) may be called for a registration while an earlier
-    /// call writing it is still unanswered (an update sent before the one before it has
-    /// landed), so a registration updated often is not held up by each write's round
-    /// trip. A backend that says so makes sure the write with the highest
-    /// [`change`](Write::change) is the one that stays, whatever order the calls land and
-    /// are answered in: a lower one that fails, or whose outcome is unknown, never
-    /// removes or overwrites a higher one. The default says no: the registrar then waits
-    /// for each write before it sends the next.
-    fn pipelines_writes(&self) -> bool {
-        false
-    }
 
     /// Deletes keys written under the lease.
     async fn delete(&self, lease: &Self::Lease, keys: &[String]) -> Result<(), LeaseError>;

@@ -1,7 +1,6 @@
 //! Leases and repairs: granting a lease, noticing it is lost, writing back what is
 //! missing, each registration on its own backoff and lease grants on the group's.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -91,7 +90,7 @@ impl<B: LeaseBackend> Group<B> {
                 tracing::warn!(error = %e, "cannot follow the drain markers of drained registrations yet");
             }
         }
-        self.lease = Some(Arc::new(lease));
+        self.lease = Some(lease);
         let now = Instant::now();
         let live = self.live();
         for key in live {
@@ -203,16 +202,10 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     /// Takes the lease out of the group, to give it up or revoke it; what is written
-    /// afterwards goes under a new generation. The group settles its writes in flight
-    /// before, so it holds the lease's only reference; were one still held, the lease
-    /// would be dropped with it (no longer kept alive, its keys expiring).
+    /// afterwards goes under a new generation.
     fn take_lease(&mut self) -> Option<B::Lease> {
         let lease = self.lease.take()?;
         self.generation += 1;
-        let lease = Arc::into_inner(lease);
-        if lease.is_none() {
-            tracing::warn!(ttl = ?self.ttl, "a lease given up while a write still uses it; it expires by itself");
-        }
-        lease
+        Some(lease)
     }
 }

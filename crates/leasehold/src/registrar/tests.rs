@@ -181,8 +181,8 @@ async fn a_registration_that_keeps_failing_backs_off_alone() {
 /// How the test answers one held write.
 type Answer = oneshot::Sender<Result<(), Error>>;
 
-/// A backend that pipelines writes and holds each one until the test answers it, to
-/// land writes of one registration in any order.
+/// A backend that holds each write until the test answers it, to see what the
+/// registrar sends while a write is in flight.
 #[derive(Default)]
 struct HeldWrites {
     /// Each write sent and not yet answered: the version it carried, and its answer.
@@ -232,10 +232,6 @@ impl LeaseBackend for HeldWrites {
         Ok(vec![outcome.map(|()| write.instance.id().to_string())])
     }
 
-    fn pipelines_writes(&self) -> bool {
-        true
-    }
-
     async fn delete(&self, _: &(), _: &[String]) -> Result<(), LeaseError> {
         self.log.lock().unwrap().push("delete".into());
         Ok(())
@@ -273,18 +269,6 @@ fn update(registration: &Registration, version: &str) -> Pending {
     tokio::spawn(async move { registration.update(update).await })
 }
 
-/// A registration with two updates in flight, "1" sent before "2", neither answered.
-async fn two_updates_in_flight(
-    backend: &Arc<HeldWrites>,
-) -> (Registrar<HeldWrites>, Registration, Pending, Pending) {
-    let (registrar, registration) = held_registration(backend).await;
-    let first = update(&registration, "1");
-    until(|| backend.waiting() == ["1"]).await;
-    let second = update(&registration, "2");
-    until(|| backend.waiting() == ["1", "2"]).await;
-    (registrar, registration, first, second)
-}
-
 /// An update call running in the background.
 type Pending = tokio::task::JoinHandle<Result<()>>;
 
@@ -300,67 +284,60 @@ async fn until(done: impl Fn() -> bool) {
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_update_is_sent_before_the_one_before_it_is_answered() {
+async fn updates_made_during_a_write_go_in_one_write_after_it() {
     let backend = Arc::new(HeldWrites::default());
-    // `two_updates_in_flight` shows the second sent before the first is answered.
-    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
+    let (_registrar, registration) = held_registration(&backend).await;
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    let third = update(&registration, "3");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        backend.waiting(),
+        ["1"],
+        "nothing of the registration is sent while a write of it is unanswered"
+    );
 
-    // Answered the other way round: the registration is written, with nothing to retry.
-    backend.answer("2", Ok(()));
     backend.answer("1", Ok(()));
     first.await.unwrap().unwrap();
+    until(|| backend.waiting() == ["3"]).await;
+    backend.answer("3", Ok(()));
     second.await.unwrap().unwrap();
+    third.await.unwrap().unwrap();
     assert_eq!(registration.state(), RegistrationState::Registered);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(
         backend.log(),
-        ["put 0", "put 1", "put 2"],
-        "no write after both landed"
+        ["put 0", "put 1", "put 3"],
+        "the latest value, once"
     );
 }
 
 #[tokio::test(start_paused = true)]
-async fn an_earlier_update_that_fails_leaves_the_later_one_to_decide() {
+async fn an_update_that_fails_leaves_the_one_behind_it_to_write_the_latest_value() {
     let backend = Arc::new(HeldWrites::default());
-    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
+    let (_registrar, registration) = held_registration(&backend).await;
+    let first = update(&registration, "1");
+    until(|| backend.waiting() == ["1"]).await;
+    let second = update(&registration, "2");
+    tokio::time::sleep(Duration::from_millis(10)).await;
 
     backend.answer("1", Err(Error::backend("test://", "no answer")));
     assert!(first.await.unwrap().is_err(), "its caller learns it failed");
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert_eq!(
-        registration.state(),
-        RegistrationState::Registered,
-        "the later write is still in flight: nothing to recover yet"
-    );
+    until(|| backend.waiting() == ["2"]).await;
     backend.answer("2", Ok(()));
     second.await.unwrap().unwrap();
+    until(|| registration.state() == RegistrationState::Registered).await;
     tokio::time::sleep(Duration::from_secs(60)).await;
-    assert_eq!(registration.state(), RegistrationState::Registered);
     assert_eq!(
         backend.log(),
         ["put 0", "put 1", "put 2"],
-        "the failed one is not written again"
+        "the failed value is not written again once a later one landed"
     );
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_later_update_that_fails_is_written_again_with_the_latest_value() {
-    let backend = Arc::new(HeldWrites::default());
-    let (_registrar, registration, first, second) = two_updates_in_flight(&backend).await;
-
-    backend.answer("2", Err(Error::backend("test://", "no answer")));
-    backend.answer("1", Ok(()));
-    first.await.unwrap().unwrap();
-    assert!(second.await.unwrap().is_err());
-    assert_eq!(registration.state(), RegistrationState::Recovering);
-    until(|| backend.waiting() == ["2"]).await;
-    backend.answer("2", Ok(()));
-    until(|| registration.state() == RegistrationState::Registered).await;
-    assert_eq!(backend.log(), ["put 0", "put 1", "put 2", "put 2"]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn a_deregistration_waits_for_the_updates_in_flight() {
+async fn a_deregistration_waits_for_the_update_in_flight() {
     let backend = Arc::new(HeldWrites::default());
     let (registrar, registration) = held_registration(&backend).await;
     // A second registration keeps the lease, so the first one's key is deleted alone.

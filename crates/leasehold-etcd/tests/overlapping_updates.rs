@@ -1,5 +1,5 @@
-//! Writes of one registration in flight together (an update sent before the write
-//! before it is answered) end with the newest value in the registry: also when the key
+//! Updates of one registration made back to back (the second while the first's write is
+//! in flight) end with the newest value in the registry: also when the key
 //! moved on one version under our own lease behind this client's back (what a late copy
 //! of an earlier update that got no answer does: a frozen member applying it when it
 //! resumes; played here by a plain client putting under the registration's lease), and
@@ -46,8 +46,8 @@ fn update(version: &str) -> InstanceUpdate {
     InstanceUpdate::new().version(Some(version.to_owned()))
 }
 
-/// Sends `older`, then (a moment later, so the registrar has sent it on its own) `newer`,
-/// and waits for both.
+/// Sends `older`, then (a moment later, so the registrar is writing it on its own)
+/// `newer`, and waits for both.
 async fn two_updates_in_flight(registration: &Registration, older: &str, newer: &str) {
     let mut first = Box::pin(maybe_done(registration.update(update(older))));
     let _ = futures::poll!(first.as_mut());
