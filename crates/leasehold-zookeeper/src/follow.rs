@@ -4,6 +4,14 @@
 //! without asking the server; deletes, so the registrar rewrites a node deleted by
 //! someone else or retries an id another client held; and drain markers.
 //!
+//! After a gap in the watch (the session reconnected), the children are listed again
+//! and our own nodes are read: one whose value is not what this session last wrote to
+//! it is reported too, so the registrar writes it again. A ZooKeeper that lost
+//! committed transactions in an election (ZOOKEEPER-4643, ZOOKEEPER-4646: seen with
+//! 3.8.0 after a server frozen while it synced won the next election) shows values
+//! from seconds ago, with no event; a registration not updated since would keep its
+//! rolled-back value until its next write.
+//!
 //! Two clients that register one id at the same instant both find no other node and
 //! both create one. The rule that settles it, applied by both: the older node (the lower
 //! sequence number) keeps the id; the owner of the newer one deletes it and its handle
@@ -33,6 +41,8 @@ struct ChildrenState {
     names: HashSet<String>,
     /// Our own protected nodes by the instance key in their names.
     own: HashMap<String, String>,
+    /// What this session last wrote to each of its nodes, by name.
+    written: HashMap<String, Vec<u8>>,
 }
 
 /// The sequence number ZooKeeper appended to a protected node's name.
@@ -75,9 +85,28 @@ impl Children {
             .collect()
     }
 
+    /// Our node `name` holds `value`, as this session just wrote it.
+    pub(crate) fn wrote(&self, name: &str, value: &[u8]) {
+        let mut state = self.state.lock().unwrap();
+        state.names.insert(name.to_owned());
+        state.written.insert(name.to_owned(), value.to_vec());
+    }
+
+    /// Our nodes among the children, each with what this session last wrote to it.
+    fn written(&self) -> Vec<(String, Vec<u8>)> {
+        let state = self.state.lock().unwrap();
+        state
+            .written
+            .iter()
+            .filter(|(name, _)| state.names.contains(*name))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect()
+    }
+
     /// Forgets our node `name` (deleted by us).
     pub(crate) fn own_deleted(&self, name: &str) {
         let mut state = self.state.lock().unwrap();
+        state.written.remove(name);
         if let Some(key) = Layout::protected_key(name) {
             if state.own.get(key).is_some_and(|n| n == name) {
                 state.own.remove(key);
@@ -98,6 +127,7 @@ impl Children {
     fn deleted(&self, name: &str) {
         let mut state = self.state.lock().unwrap();
         state.names.remove(name);
+        state.written.remove(name);
         if let Some(key) = Layout::protected_key(name) {
             if state.own.get(key).is_some_and(|n| n == name) {
                 state.own.remove(key);
@@ -203,6 +233,7 @@ impl Follower {
                                 Ok((rewatched, names)) => {
                                     watcher = rewatched;
                                     self.replace(names);
+                                    self.check_values().await;
                                     break;
                                 }
                                 Err(zk::Error::NoNode) => {
@@ -239,6 +270,26 @@ impl Follower {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Reads our own nodes and reports each whose value is not what this session last
+    /// wrote to it (see the module doc). One that cannot be read now is left to the
+    /// next gap; one that is gone was reported by the listing.
+    async fn check_values(&self) {
+        let written = self.children.written();
+        let read = futures::future::join_all(
+            written
+                .iter()
+                .map(|(name, _)| self.client.get_data(&format!("{}/{name}", self.path))),
+        )
+        .await;
+        for ((name, value), read) in written.into_iter().zip(read) {
+            if matches!(read, Ok((found, _)) if found != value) {
+                let path = format!("{}/{name}", self.path);
+                tracing::warn!(%path, "own node found with a value this session did not leave it with (a registry that lost writes?); writing it again");
+                self.events.key_deleted(path);
             }
         }
     }

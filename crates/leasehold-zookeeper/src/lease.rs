@@ -237,7 +237,10 @@ impl ZkLeases {
         let value = self.layout.codec().encode(instance).map_err(Error::from)?;
         if let Some(current) = write.current {
             match client.set_data(current, &value, None).await {
-                Ok(_) => return Ok(current.to_owned()),
+                Ok(_) => {
+                    children.wrote(node_name(current), &value);
+                    return Ok(current.to_owned());
+                }
                 Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(self.lease_error(e, format_args!("updating {current}"))),
             }
@@ -255,7 +258,8 @@ impl ZkLeases {
             return Err(Self::conflict_error(instance, held));
         }
         let path = self.create(client, instance, &value).await?;
-        let name = path.rsplit_once('/').map_or(path.as_str(), |(_, name)| name);
+        let name = node_name(&path);
+        children.wrote(name, &value);
         // Another client that created the same id at the same instant: the older node
         // keeps it.
         for older in children.own_created(name) {
@@ -368,6 +372,11 @@ impl ZkLeases {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The last part of a node's path.
+fn node_name(path: &str) -> &str {
+    path.rsplit_once('/').map_or(path, |(_, name)| name)
 }
 
 /// Our node with `guid` under `parent`, once the session is connected again; `None` if

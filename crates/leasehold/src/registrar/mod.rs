@@ -131,7 +131,8 @@ impl LeaseEvents {
     }
 
     /// A key is no longer ours, or a key another client held against us is gone:
-    /// deleted by someone else, expired, or overwritten under another lease. The
+    /// deleted by someone else, expired, overwritten under another lease, or found with
+    /// a value this client did not leave it with (a registry that lost writes). The
     /// registrar writes its registration again: the one that held `key`, or the one
     /// refused with [`Error::Conflict`] naming `key`. Keys it does not know are ignored,
     /// so a backend may report every delete it sees under the services it follows.
