@@ -72,6 +72,8 @@ enum Event {
     Delete {
         key: String,
         revision: u64,
+        /// The lease the key was under.
+        lease: Option<u64>,
     },
 }
 
@@ -149,6 +151,7 @@ impl State {
         self.notify(Event::Delete {
             key: key.to_owned(),
             revision,
+            lease: kv.lease,
         });
         Some(kv.lease)
     }
@@ -468,21 +471,16 @@ struct Follower {
     codec: Arc<dyn Codec>,
     service: ServiceName,
     prefix: String,
-    /// The lease followed: a delete of a key it holds again by now is an old one.
+    /// The lease followed. Deletes of its own keys are not reported from here: it made
+    /// them itself, it expired, or another client made them and the store told the
+    /// owner under its lock (`MemoryStore::delete_raw`). Seen here, a delete arrives
+    /// after the store may have moved on (a pause then a resume writes the same key
+    /// again), too late to tell an old delete from a new one.
     lease_id: u64,
     lease: LeaseEvents,
 }
 
 impl Follower {
-    /// Whether the followed lease holds `key` now.
-    fn holds(&self, key: &str) -> bool {
-        let state = self.store.state.lock().unwrap();
-        state
-            .kvs
-            .get(key)
-            .is_some_and(|kv| kv.lease == Some(self.lease_id))
-    }
-
     async fn run(self, mut events: mpsc::UnboundedReceiver<Event>) {
         loop {
             while let Some(event) = events.recv().await {
@@ -492,12 +490,10 @@ impl Follower {
                             self.lease.drain_changed(self.service.clone(), id, true);
                         }
                     }
-                    Event::Delete { key, .. } => {
+                    Event::Delete { key, lease, .. } => {
                         match self.codec.parse_drain_marker(&key[self.prefix.len()..]) {
                             Some(id) => self.lease.drain_changed(self.service.clone(), id, false),
-                            // The event reaches us after the store moved on: a key this
-                            // lease wrote again since (a pause then a resume) is not lost.
-                            None if self.holds(&key) => {}
+                            None if lease == Some(self.lease_id) => {}
                             None => self.lease.key_deleted(key),
                         }
                     }
@@ -865,7 +861,7 @@ fn apply(feed: &mut DiscoveryFeed, prefix: &str, event: Event) {
             feed.put(&key[prefix.len()..], &value);
             feed.set_revision(revision);
         }
-        Event::Delete { key, revision } => {
+        Event::Delete { key, revision, .. } => {
             feed.delete(&key[prefix.len()..]);
             feed.set_revision(revision);
         }

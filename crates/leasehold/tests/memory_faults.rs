@@ -319,3 +319,33 @@ async fn a_deregistration_that_failed_is_retried_until_the_key_is_gone() {
         .await
         .expect("registered again");
 }
+
+/// The delete a pause makes reaches the lease's follower after the resume may have
+/// written the same key again; it must never be taken for a loss of the new write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_then_a_resume_is_never_taken_for_a_lost_key() {
+    let registry = MemoryRegistry::new();
+    let registration = register(&registry, "a").await;
+    let mut states = registration.states();
+    for round in 0..500 {
+        registration.pause().await.unwrap();
+        registration.resume().await.unwrap();
+        assert_eq!(
+            registration.state(),
+            RegistrationState::Registered,
+            "round {round}: state right after resume"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    states.mark_unchanged();
+    assert_eq!(registration.state(), RegistrationState::Registered);
+    registration.pause().await.unwrap();
+    registration.resume().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let seen = *states.borrow_and_update();
+    assert_eq!(
+        seen,
+        RegistrationState::Registered,
+        "no late recovery after a resume"
+    );
+}
