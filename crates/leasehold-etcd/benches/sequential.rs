@@ -2,11 +2,16 @@
 //! plain etcd-client loop of puts under one lease as the baseline, each side on its own
 //! fresh single-node etcd from the testkit, measured in the same run.
 //!
-//! `cargo bench -p leasehold-etcd --bench sequential` prints both rates and their ratio.
+//! A third side sends, from a plain etcd-client loop, the transaction leasehold sends for
+//! a new registration (`if version(key) == 0 then put under the lease else get`, see
+//! `write.rs`): it tells the cost of making every write conditional, which leasehold
+//! pays so that a late copy of a write can never land, apart from its own overhead.
+//!
+//! `cargo bench -p leasehold-etcd --bench sequential` prints the rates and the ratios.
 
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, PutOptions};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
 use leasehold::{Codec, Instance, NativeCodec, RegisterOptions, Registry};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
@@ -15,7 +20,7 @@ const INSTANCES: usize = 2_000;
 const ROOT: &str = "/bench";
 const TTL: Duration = Duration::from_secs(60);
 /// Rounds per side, alternated; the medians are compared.
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 
 fn instances() -> Vec<Instance> {
     (0..INSTANCES)
@@ -48,13 +53,18 @@ async fn leasehold_side() -> f64 {
     rate
 }
 
+/// The keys and values a registration of each instance writes.
+fn values() -> Vec<(String, Vec<u8>)> {
+    instances()
+        .iter()
+        .map(|i| (format!("{ROOT}/bench/{}", i.id()), NativeCodec.encode(i).unwrap()))
+        .collect()
+}
+
 async fn plain_side() -> f64 {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let mut client = Client::connect([etcd.endpoint(0)], None).await.unwrap();
-    let values: Vec<(String, Vec<u8>)> = instances()
-        .iter()
-        .map(|i| (format!("{ROOT}/bench/{}", i.id()), NativeCodec.encode(i).unwrap()))
-        .collect();
+    let values = values();
     let started = Instant::now();
     let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
     for (key, value) in values {
@@ -68,18 +78,42 @@ async fn plain_side() -> f64 {
     rate
 }
 
+async fn plain_txn_side() -> f64 {
+    let etcd = EtcdCluster::start_single().await.unwrap();
+    let mut client = Client::connect([etcd.endpoint(0)], None).await.unwrap();
+    let values = values();
+    let started = Instant::now();
+    let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
+    for (key, value) in values {
+        let txn = Txn::new()
+            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+            .or_else([TxnOp::get(key.as_str(), None)]);
+        assert!(client.txn(txn).await.unwrap().succeeded());
+    }
+    let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
+    client.lease_revoke(lease).await.unwrap();
+    rate
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     println!("registering {INSTANCES} instances one at a time, each awaited");
-    // Alternate sides so a change in the machine's load hits both; compare medians.
+    // Alternate sides so a change in the machine's load hits all; compare medians.
     let mut ours = Vec::new();
     let mut plain = Vec::new();
+    let mut txns = Vec::new();
     for _ in 0..ROUNDS {
         ours.push(runtime.block_on(leasehold_side()));
         plain.push(runtime.block_on(plain_side()));
+        txns.push(runtime.block_on(plain_txn_side()));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -97,7 +131,17 @@ fn main() {
         runs(&plain)
     );
     println!(
+        "   its txns: {:>7.0} conditional puts/s (median; runs: {})",
+        median(&mut txns),
+        runs(&txns)
+    );
+    println!(
         "      ratio: {:.2}x (leasehold / baseline, medians)",
         median(&mut ours) / median(&mut plain)
+    );
+    println!(
+        "             {:.2}x (leasehold / its txns), {:.2}x (its txns / baseline)",
+        median(&mut ours) / median(&mut txns),
+        median(&mut txns) / median(&mut plain)
     );
 }

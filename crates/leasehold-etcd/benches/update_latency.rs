@@ -159,6 +159,23 @@ async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
 /// and the ratio says less about either.
 const ROUNDS: usize = 7;
 
+#[derive(Clone, Copy)]
+enum Side {
+    Raw,
+    Unleased,
+    Leasehold,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Raw => "raw put",
+            Side::Unleased => "unleased",
+            Side::Leasehold => "leasehold",
+        }
+    }
+}
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
@@ -171,23 +188,25 @@ async fn main() {
     println!("{:<14} {:>10} {:>10} {:>10}", "side", "p50", "p99", "max");
     let mut p99s: [Vec<Duration>; 3] = Default::default();
     for round in 0..ROUNDS {
-        for (side, (name, latencies)) in [
-            ("raw put", raw_side(&etcd, true).await),
-            ("unleased", raw_side(&etcd, false).await),
-            ("leasehold", leasehold_side(&etcd).await),
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        // Each round starts with another side, so none always runs on the store the
+        // others just grew, or right after the same neighbour.
+        let mut sides = [Side::Raw, Side::Unleased, Side::Leasehold];
+        sides.rotate_left(round % 3);
+        for side in sides {
+            let latencies = match side {
+                Side::Raw => raw_side(&etcd, true).await,
+                Side::Unleased => raw_side(&etcd, false).await,
+                Side::Leasehold => leasehold_side(&etcd).await,
+            };
             let (p50, p99, max) = summary(latencies);
             println!(
                 "{:<14} {:>10.2?} {:>10.2?} {:>10.2?}",
-                format!("{name} #{round}"),
+                format!("{} #{round}", side.name()),
                 p50,
                 p99,
                 max
             );
-            p99s[side].push(p99);
+            p99s[side as usize].push(p99);
         }
     }
     let [raw, unleased, ours] = p99s.map(median);
