@@ -405,8 +405,9 @@ impl Backend {
     }
 
     /// Starts following `services` under `lease`, those it does not follow yet: their
-    /// drain markers now (before returning), then every marker change and every delete,
-    /// so the registrar learns of drains and of conflicting keys that went away.
+    /// drain markers now (before returning), then every marker change and every delete
+    /// of another lease's key, so the registrar learns of drains and of conflicting keys
+    /// that went away.
     fn follow(&self, lease: &MemoryLease, services: &[&ServiceName]) -> Result<()> {
         let mut followed = lease.followed.lock().unwrap();
         for service in services {
@@ -464,8 +465,8 @@ impl Backend {
     }
 }
 
-/// Follows one service for a lease: reports drain markers and deletes, and after the
-/// store broke the watch, the whole marker set again.
+/// Follows one service for a lease: reports drain markers and deletes of other leases'
+/// keys, and after the store broke the watch, the whole marker set again.
 struct Follower {
     store: MemoryStore,
     codec: Arc<dyn Codec>,
