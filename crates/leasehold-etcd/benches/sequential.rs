@@ -61,39 +61,35 @@ fn values() -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-async fn plain_side() -> f64 {
-    let etcd = EtcdCluster::start_single().await.unwrap();
-    let mut client = Client::connect([etcd.endpoint(0)], None).await.unwrap();
-    let values = values();
-    let started = Instant::now();
-    let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
-    for (key, value) in values {
-        client
-            .put(key, value, Some(PutOptions::new().with_lease(lease)))
-            .await
-            .unwrap();
-    }
-    let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
-    client.lease_revoke(lease).await.unwrap();
-    rate
+/// What a plain etcd-client loop sends for each instance.
+#[derive(Clone, Copy)]
+enum PlainWrite {
+    /// A put under the lease: the baseline.
+    Put,
+    /// The transaction leasehold sends for a new registration.
+    ConditionalTxn,
 }
 
-async fn plain_txn_side() -> f64 {
+async fn plain_side(write: PlainWrite) -> f64 {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let mut client = Client::connect([etcd.endpoint(0)], None).await.unwrap();
     let values = values();
     let started = Instant::now();
     let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
     for (key, value) in values {
-        let txn = Txn::new()
-            .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key.as_str(),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key.as_str(), None)]);
-        assert!(client.txn(txn).await.unwrap().succeeded());
+        let put = PutOptions::new().with_lease(lease);
+        match write {
+            PlainWrite::Put => {
+                client.put(key, value, Some(put)).await.unwrap();
+            }
+            PlainWrite::ConditionalTxn => {
+                let txn = Txn::new()
+                    .when([Compare::version(key.as_str(), CompareOp::Equal, 0)])
+                    .and_then([TxnOp::put(key.as_str(), value, Some(put))])
+                    .or_else([TxnOp::get(key.as_str(), None)]);
+                assert!(client.txn(txn).await.unwrap().succeeded());
+            }
+        }
     }
     let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
     client.lease_revoke(lease).await.unwrap();
@@ -112,8 +108,8 @@ fn main() {
     let mut txns = Vec::new();
     for _ in 0..ROUNDS {
         ours.push(runtime.block_on(leasehold_side()));
-        plain.push(runtime.block_on(plain_side()));
-        txns.push(runtime.block_on(plain_txn_side()));
+        plain.push(runtime.block_on(plain_side(PlainWrite::Put)));
+        txns.push(runtime.block_on(plain_side(PlainWrite::ConditionalTxn)));
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
