@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse};
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnResponse};
 use leasehold::{Codec, Error, Instance, KeyContext, Result, ServiceName};
 use tokio::sync::OnceCell;
 
@@ -183,9 +183,9 @@ impl Connection {
         let probe = GetOptions::new().with_prefix().with_count_only();
         connection.ranges.fetch_add(1, Ordering::Relaxed);
         let probed = connection
-            .attempt(|mut client| {
-                let (root, probe) = (root.clone(), probe.clone());
-                async move { client.get(root, Some(probe)).await }
+            .attempt(|client| {
+                let (mut kv, root, probe) = (client.kv_client(), root.clone(), probe.clone());
+                async move { kv.get(root, Some(probe)).await }
             })
             .await;
         match probed {
@@ -208,7 +208,10 @@ impl Connection {
     /// yes: the cost is a rewrite after each leader change.
     async fn probe_stalled_leader_revokes(&self) -> bool {
         let version = match self
-            .attempt(|mut client| async move { client.status().await })
+            .attempt(|client| {
+                let mut maintenance = client.maintenance_client();
+                async move { maintenance.status().await }
+            })
             .await
         {
             Ok(status) => status.version().to_owned(),
@@ -222,7 +225,10 @@ impl Connection {
             return false;
         }
         match self
-            .attempt(|mut client| async move { client.member_list().await })
+            .attempt(|client| {
+                let mut cluster = client.cluster_client();
+                async move { cluster.member_list().await }
+            })
             .await
         {
             Ok(list) => {
@@ -262,8 +268,15 @@ impl Connection {
     }
 
     /// The client of member `index` (connected now if it never was).
-    async fn client_at(&self, index: usize) -> Result<Client, Failure> {
+    ///
+    /// Connecting is boxed: its future is several kilobytes, and inlined it made every
+    /// request's future as large, copied whole on each move (a quarter of the client's
+    /// instructions per registration in the sequential bench).
+    async fn client_at(&self, index: usize) -> Result<&Client, Failure> {
         let member = &self.members[index];
+        if let Some(client) = member.client.get() {
+            return Ok(client);
+        }
         let connecting = member.client.get_or_try_init(|| async {
             let connect = Client::connect([member.endpoint.as_str()], Some(self.connect_options.clone()));
             match tokio::time::timeout(self.connect_bound, connect).await {
@@ -272,7 +285,7 @@ impl Connection {
                 Err(_) => Err(Failure::TimedOut),
             }
         });
-        connecting.await.cloned()
+        Box::pin(connecting).await
     }
 
     /// Leaves member `index` for the next one that has not failed lately, unless
@@ -317,7 +330,7 @@ impl Connection {
     /// grants (a spare lease expires) and revokes.
     pub(crate) async fn attempt<T, F, Fut>(&self, request: F) -> Result<T, Failure>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(&Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let per_try = (self.request_timeout / 4).max(Duration::from_millis(500));
@@ -333,7 +346,7 @@ impl Connection {
         mut request: F,
     ) -> Result<T, Failure>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(&Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let retries = (2 * self.members.len()).max(2);
@@ -377,10 +390,19 @@ impl Connection {
     /// [`attempt`](Self::attempt), with the failure as a [`leasehold::Error`].
     pub(crate) async fn call<T, F, Fut>(&self, request: F) -> Result<T>
     where
-        F: FnMut(Client) -> Fut,
+        F: FnMut(&Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         self.attempt(request).await.map_err(|f| self.error(f))
+    }
+
+    /// One transaction, sent as [`attempt`](Self::attempt) sends any request.
+    pub(crate) async fn txn(&self, txn: &Txn) -> Result<TxnResponse, Failure> {
+        self.attempt(|client| {
+            let (mut kv, txn) = (client.kv_client(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
     }
 
     /// Opens a watch of everything under `prefix` with `options`, on the chosen member.
@@ -391,10 +413,9 @@ impl Connection {
         options: etcd_client::WatchOptions,
     ) -> Result<etcd_client::WatchStream, Failure> {
         self.attempt(|client| {
-            let options = options.clone();
+            let (watches, options) = (client.watch_client(), options.clone());
             async move {
-                client
-                    .watch_client()
+                watches
                     .max_decoding_message_size(MAX_MESSAGE)
                     .watch(prefix, Some(options))
                     .await
@@ -414,14 +435,8 @@ impl Connection {
         // A listing may be large: each try gets half the timeout.
         let per_try = (self.request_timeout / 2).max(Duration::from_millis(500));
         self.attempt_within(per_try, |client| {
-            let (key, options) = (key.clone(), options.clone());
-            async move {
-                client
-                    .kv_client()
-                    .max_decoding_message_size(MAX_MESSAGE)
-                    .get(key, options)
-                    .await
-            }
+            let (kv, key, options) = (client.kv_client(), key.clone(), options.clone());
+            async move { kv.max_decoding_message_size(MAX_MESSAGE).get(key, options).await }
         })
         .await
         .map_err(|f| self.error(f))

@@ -63,7 +63,10 @@ impl Drop for EtcdLease {
             let mut delays = backoff.delays();
             loop {
                 match conn
-                    .attempt(|mut client| async move { client.lease_revoke(id).await })
+                    .attempt(|client| {
+                        let mut leases = client.lease_client();
+                        async move { leases.revoke(id).await }
+                    })
                     .await
                 {
                     Ok(_) => break,
@@ -90,7 +93,10 @@ impl LeaseBackend for EtcdBackend {
         let seconds = ttl.as_secs_f64().ceil().max(1.0) as i64;
         let granted = self
             .conn
-            .call(|mut client| async move { client.lease_grant(seconds, None).await })
+            .call(|client| {
+                let mut leases = client.lease_client();
+                async move { leases.grant(seconds, None).await }
+            })
             .await?;
         if granted.ttl() <= 0 {
             return Err(Error::backend(
@@ -138,7 +144,10 @@ impl LeaseBackend for EtcdBackend {
         let id = lease.id;
         let revoked = match self
             .conn
-            .attempt(|mut client| async move { client.lease_revoke(id).await })
+            .attempt(|client| {
+                let mut leases = client.lease_client();
+                async move { leases.revoke(id).await }
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -186,10 +195,10 @@ async fn keep_alive(conn: &Connection, id: i64, ttl: Duration, mut term: u64, ev
             return;
         }
         let opened = conn
-            .attempt_within(
-                period,
-                |mut client| async move { client.lease_keep_alive(id).await },
-            )
+            .attempt_within(period, |client| {
+                let mut leases = client.lease_client();
+                async move { leases.keep_alive(id).await }
+            })
             .await;
         let (mut keeper, mut answers) = match opened {
             Ok(stream) => stream,

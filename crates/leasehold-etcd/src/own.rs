@@ -198,10 +198,10 @@ impl OwnKeys {
     /// markers (or, for formats without, only the revision) and watches from the
     /// revision after that read, so nothing written after it is missed.
     pub(crate) async fn watch_service(self: &Arc<Self>, service: &ServiceName) -> Result<String> {
-        let prefix = self.conn.layout.service_prefix(service);
-        if self.state.lock().unwrap().watches.contains_key(&prefix) {
+        if let Some(prefix) = self.watched(service) {
             return Ok(prefix);
         }
+        let prefix = self.conn.layout.service_prefix(service);
         let _starting = self.starting.lock().await;
         if self.state.lock().unwrap().watches.contains_key(&prefix) {
             return Ok(prefix);
@@ -220,6 +220,18 @@ impl OwnKeys {
         }
         state.watches.insert(prefix.clone(), task);
         Ok(prefix)
+    }
+
+    /// `service`'s prefix if it is watched already: a write checks this first, so the
+    /// future of starting a watch is built only when one is started.
+    pub(crate) fn watched(&self, service: &ServiceName) -> Option<String> {
+        let prefix = self.conn.layout.service_prefix(service);
+        self.state
+            .lock()
+            .unwrap()
+            .watches
+            .contains_key(&prefix)
+            .then_some(prefix)
     }
 
     /// The drain markers of a service prefix and the revision they were read at.
@@ -484,12 +496,7 @@ impl OwnKeys {
             let txn = Txn::new()
                 .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, revision)])
                 .and_then([TxnOp::delete(key.as_str(), None)]);
-            let deleted = conn
-                .attempt(|mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await;
+            let deleted = conn.txn(&txn).await;
             if let Err(failure) = deleted {
                 tracing::warn!(%key, error = %conn.error(failure), "etcd: a write reported failed landed late and could not be deleted");
             }
@@ -531,13 +538,7 @@ impl OwnKeys {
                 .map(|(key, _)| TxnOp::get(key.as_str(), Some(GetOptions::new().with_keys_only())))
                 .collect();
             let txn = Txn::new().and_then(ops);
-            let answer = self
-                .conn
-                .call(|mut client| {
-                    let txn = txn.clone();
-                    async move { client.txn(txn).await }
-                })
-                .await?;
+            let answer = self.conn.txn(&txn).await.map_err(|f| self.conn.error(f))?;
             revision = revision.min(answer.header().map_or(revision, |h| h.revision()));
             for ((key, held), response) in chunk.iter().zip(answer.op_responses()) {
                 let TxnOpResponse::Get(found) = response else {

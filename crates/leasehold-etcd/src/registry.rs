@@ -191,33 +191,25 @@ impl Registry for EtcdRegistry {
             return Ok(false);
         }
         let txn = Txn::new().and_then(keys);
-        self.conn
-            .call(|mut client| {
-                let txn = txn.clone();
-                async move { client.txn(txn).await }
-            })
-            .await?;
+        self.conn.txn(&txn).await.map_err(|f| self.conn.error(f))?;
         Ok(true)
     }
 
     async fn drain(&self, service: &ServiceName, id: &InstanceId) -> Result<bool> {
         let (marker, key) = self.marker(service, id)?;
         let txn = Txn::new().and_then([TxnOp::get(key.as_str(), None)]);
-        let found = self.conn.call(|mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        });
+        let found = self.conn.txn(&txn).await.map_err(|f| self.conn.error(f))?;
         // The marker holds the instance as it is registered now, for an operator to read.
-        let value = found.await?.op_responses().into_iter().find_map(|r| match r {
+        let value = found.op_responses().into_iter().find_map(|r| match r {
             TxnOpResponse::Get(got) => got.kvs().first().map(|kv| kv.value().to_vec()),
             _ => None,
         });
         let registered = value.is_some();
         let value = value.unwrap_or_default();
         self.conn
-            .call(|mut client| {
-                let (marker, value) = (marker.clone(), value.clone());
-                async move { client.put(marker, value, None).await }
+            .call(|client| {
+                let (mut kv, marker, value) = (client.kv_client(), marker.clone(), value.clone());
+                async move { kv.put(marker, value, None).await }
             })
             .await?;
         Ok(registered)
@@ -227,9 +219,9 @@ impl Registry for EtcdRegistry {
         let (marker, _) = self.marker(service, id)?;
         let deleted = self
             .conn
-            .call(|mut client| {
-                let marker = marker.clone();
-                async move { client.delete(marker, None).await }
+            .call(|client| {
+                let (mut kv, marker) = (client.kv_client(), marker.clone());
+                async move { kv.delete(marker, None).await }
             })
             .await?;
         Ok(deleted.deleted() > 0)

@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use etcd_client::{Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use leasehold::registrar::{LeaseError, LeaseEvents, Write, WriteOutcome};
 use leasehold::{Error, Instance, InvalidInput};
@@ -137,9 +138,12 @@ pub(crate) async fn put(
         if !prefixes.contains_key(instance.service()) {
             // A service whose prefix we may not read (a role scoped to another service)
             // fails its own registrations only.
-            let watched = match own.watch_service(instance.service()).await {
-                Err(e) if e.is_unavailable() || e.is_closed() => return Err(LeaseError::Failed(e)),
-                watched => watched,
+            let watched = match own.watched(instance.service()) {
+                Some(prefix) => Ok(prefix),
+                None => match own.watch_service(instance.service()).await {
+                    Err(e) if e.is_unavailable() || e.is_closed() => return Err(LeaseError::Failed(e)),
+                    watched => watched,
+                },
             };
             prefixes.insert(instance.service().clone(), watched);
         }
@@ -327,32 +331,23 @@ async fn transact<'a>(
     if !chunk.is_empty() {
         queue.push_back(chunk);
     }
-    let mut running = FuturesUnordered::new();
+    // Boxed: a request's future is large, and the stream would copy it whole into
+    // its task on every push.
+    let mut running: FuturesUnordered<BoxFuture<'_, Sent<'a>>> = FuturesUnordered::new();
     let mut done = Vec::new();
     loop {
-        while running.len() < TXN_CONCURRENCY {
-            let Some(chunk) = queue.pop_front() else { break };
-            running.push(async move {
-                // One write is its own transaction; several are nested in one.
-                let txn = match chunk.as_slice() {
-                    [item] => item.txn(lease),
-                    _ => Txn::new().and_then(
-                        chunk
-                            .iter()
-                            .map(|item| TxnOp::txn(item.txn(lease)))
-                            .collect::<Vec<_>>(),
-                    ),
-                };
-                let sent = conn
-                    .attempt(|mut client| {
-                        let txn = txn.clone();
-                        async move { client.txn(txn).await }
-                    })
-                    .await;
-                (chunk, sent)
-            });
-        }
-        let Some((mut chunk, sent)) = running.next().await else {
+        let next = if running.is_empty() && queue.len() == 1 {
+            // The usual case, one transaction: sent from here.
+            let chunk = queue.pop_front().expect("one transaction");
+            Some(send(conn, lease, chunk).await)
+        } else {
+            while running.len() < TXN_CONCURRENCY {
+                let Some(chunk) = queue.pop_front() else { break };
+                running.push(Box::pin(send(conn, lease, chunk)));
+            }
+            running.next().await
+        };
+        let Some((mut chunk, sent)) = next else {
             break;
         };
         match sent {
@@ -387,6 +382,24 @@ async fn transact<'a>(
         }
     }
     Ok(done)
+}
+
+/// A transaction's writes and what etcd answered.
+type Sent<'a> = (Vec<Item<'a>>, Result<TxnResponse, Failure>);
+
+/// Sends `chunk` as one transaction: one write alone, several nested in one.
+async fn send<'a>(conn: &Connection, lease: i64, chunk: Vec<Item<'a>>) -> Sent<'a> {
+    let txn = match chunk.as_slice() {
+        [item] => item.txn(lease),
+        _ => Txn::new().and_then(
+            chunk
+                .iter()
+                .map(|item| TxnOp::txn(item.txn(lease)))
+                .collect::<Vec<_>>(),
+        ),
+    };
+    let sent = conn.txn(&txn).await;
+    (chunk, sent)
 }
 
 /// Each write's verdict from a transaction's answer.
@@ -503,12 +516,7 @@ async fn remove(conn: &Connection, lease: i64, keys: &[String]) -> Result<(), Er
             })
             .collect();
         let txn = Txn::new().and_then(ops);
-        conn.attempt(|mut client| {
-            let txn = txn.clone();
-            async move { client.txn(txn).await }
-        })
-        .await
-        .map_err(|f| conn.error(f))?;
+        conn.txn(&txn).await.map_err(|f| conn.error(f))?;
     }
     Ok(())
 }
