@@ -7,11 +7,16 @@
 //! `write.rs`): it tells the cost of making every write conditional, which leasehold
 //! pays so that a late copy of a write can never land, apart from its own overhead.
 //!
+//! Beside each rate it prints the CPU time the client process spent per write: on a
+//! small machine the client and etcd share the cores, so the client's own cost shows in
+//! the rate.
+//!
 //! `cargo bench -p leasehold-etcd --bench sequential` prints the rates and the ratios.
 
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp};
+use futures::FutureExt;
 use leasehold::{Codec, Instance, NativeCodec, RegisterOptions, Registry};
 use leasehold_etcd::EtcdRegistry;
 use leasehold_testkit::EtcdCluster;
@@ -19,7 +24,7 @@ use leasehold_testkit::EtcdCluster;
 const INSTANCES: usize = 2_000;
 const ROOT: &str = "/bench";
 const TTL: Duration = Duration::from_secs(60);
-/// Rounds per side, alternated; the medians are compared.
+/// Rounds per side, the order rotating each round; the medians are compared.
 const ROUNDS: usize = 7;
 
 fn instances() -> Vec<Instance> {
@@ -33,14 +38,42 @@ fn instances() -> Vec<Instance> {
         .collect()
 }
 
-async fn leasehold_side() -> f64 {
+/// What one side measured: registrations per second, and the CPU time this process
+/// (every thread; etcd runs in its own) spent per registration while it ran.
+struct Measured {
+    rate: f64,
+    cpu_per_write: Duration,
+}
+
+impl Measured {
+    fn since(started: Instant, cpu: Duration) -> Measured {
+        Measured {
+            rate: INSTANCES as f64 / started.elapsed().as_secs_f64(),
+            cpu_per_write: (process_cpu() - cpu) / INSTANCES as u32,
+        }
+    }
+}
+
+/// User and system CPU time of this process so far, from `/proc/self/stat`: the client's
+/// own cost, which on a small machine competes with etcd for the same cores.
+fn process_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // Linux reports them in USER_HZ, 100 per second on every architecture it runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+async fn leasehold_side() -> Measured {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap())
         .await
         .unwrap();
+    let instances = instances();
     let mut held = Vec::with_capacity(INSTANCES);
-    let started = Instant::now();
-    for instance in instances() {
+    let (started, cpu) = (Instant::now(), process_cpu());
+    for instance in instances {
         held.push(
             registry
                 .register(instance, RegisterOptions::ttl(TTL))
@@ -48,11 +81,10 @@ async fn leasehold_side() -> f64 {
                 .unwrap(),
         );
     }
-    let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured::since(started, cpu);
     registry.shutdown().await;
-    rate
+    measured
 }
-
 /// The keys and values a registration of each instance writes.
 fn values() -> Vec<(String, Vec<u8>)> {
     instances()
@@ -70,11 +102,11 @@ enum PlainWrite {
     ConditionalTxn,
 }
 
-async fn plain_side(write: PlainWrite) -> f64 {
+async fn plain_side(write: PlainWrite) -> Measured {
     let etcd = EtcdCluster::start_single().await.unwrap();
     let mut client = Client::connect([etcd.endpoint(0)], None).await.unwrap();
     let values = values();
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), process_cpu());
     let lease = client.lease_grant(TTL.as_secs() as i64, None).await.unwrap().id();
     for (key, value) in values {
         let put = PutOptions::new().with_lease(lease);
@@ -91,9 +123,36 @@ async fn plain_side(write: PlainWrite) -> f64 {
             }
         }
     }
-    let rate = INSTANCES as f64 / started.elapsed().as_secs_f64();
+    let measured = Measured::since(started, cpu);
     client.lease_revoke(lease).await.unwrap();
-    rate
+    measured
+}
+
+#[derive(Clone, Copy)]
+enum Side {
+    Leasehold,
+    Plain(PlainWrite),
+}
+
+impl Side {
+    const ALL: [Side; 3] = [
+        Side::Leasehold,
+        Side::Plain(PlainWrite::Put),
+        Side::Plain(PlainWrite::ConditionalTxn),
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Side::Leasehold => "leasehold",
+            Side::Plain(PlainWrite::Put) => "etcd-client puts",
+            Side::Plain(PlainWrite::ConditionalTxn) => "its txns",
+        }
+    }
+}
+
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
 }
 
 fn main() {
@@ -102,42 +161,42 @@ fn main() {
         .build()
         .unwrap();
     println!("registering {INSTANCES} instances one at a time, each awaited");
-    // Alternate sides so a change in the machine's load hits all; compare medians.
-    let mut ours = Vec::new();
-    let mut plain = Vec::new();
-    let mut txns = Vec::new();
-    for _ in 0..ROUNDS {
-        ours.push(runtime.block_on(leasehold_side()));
-        plain.push(runtime.block_on(plain_side(PlainWrite::Put)));
-        txns.push(runtime.block_on(plain_side(PlainWrite::ConditionalTxn)));
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let mut cpus: [Vec<Duration>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        // Each round starts with another side, so none always runs right after the same
+        // neighbour (whose etcd may still be writing back as the next one starts).
+        let mut sides = [0, 1, 2];
+        sides.rotate_left(round % 3);
+        for at in sides {
+            let measured = runtime.block_on(match Side::ALL[at] {
+                Side::Leasehold => leasehold_side().boxed(),
+                Side::Plain(write) => plain_side(write).boxed(),
+            });
+            rates[at].push(measured.rate);
+            cpus[at].push(measured.cpu_per_write);
+        }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let runs = |v: &[f64]| v.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+    let mut medians = [0.0; 3];
+    for (at, side) in Side::ALL.iter().enumerate() {
+        medians[at] = median(rates[at].clone());
+        println!(
+            "{:>17}: {:>6.0}/s (median; runs: {}), client CPU {:>4.0?} per write (median)",
+            side.name(),
+            medians[at],
+            runs(&rates[at]),
+            median(cpus[at].clone()),
+        );
+    }
+    let [ours, puts, txns] = medians;
     println!(
-        "  leasehold: {:>7.0} registrations/s (median; runs: {})",
-        median(&mut ours),
-        runs(&ours)
+        "            ratio: {:.2}x (leasehold / etcd-client puts, medians)",
+        ours / puts
     );
     println!(
-        "etcd-client: {:>7.0} puts/s (median; runs: {})",
-        median(&mut plain),
-        runs(&plain)
-    );
-    println!(
-        "   its txns: {:>7.0} conditional puts/s (median; runs: {})",
-        median(&mut txns),
-        runs(&txns)
-    );
-    println!(
-        "      ratio: {:.2}x (leasehold / baseline, medians)",
-        median(&mut ours) / median(&mut plain)
-    );
-    println!(
-        "             {:.2}x (leasehold / its txns), {:.2}x (its txns / baseline)",
-        median(&mut ours) / median(&mut txns),
-        median(&mut txns) / median(&mut plain)
+        "                   {:.2}x (leasehold / its txns), {:.2}x (its txns / etcd-client puts)",
+        ours / txns,
+        txns / puts
     );
 }
