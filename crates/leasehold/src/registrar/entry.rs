@@ -30,7 +30,9 @@ pub(super) struct Entry {
     pub(super) conflict: Option<String>,
     /// When its next write is due, while it is dirty.
     pub(super) due: Option<Instant>,
-    delays: Box<dyn Iterator<Item = Duration> + Send>,
+    /// Its backoff since it was last written, made on its first failure: most
+    /// registrations never fail, and a write should not pay for one.
+    delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     backoff: Backoff,
     pub(super) state: watch::Sender<RegistrationState>,
     pub(super) shown: watch::Sender<Instance>,
@@ -52,7 +54,7 @@ impl Entry {
             key: None,
             conflict: None,
             due: None,
-            delays: Box::new(backoff.delays()),
+            delays: None,
             backoff,
             state,
             shown,
@@ -96,7 +98,7 @@ impl Entry {
         self.dirty = false;
         self.conflict = None;
         self.due = None;
-        self.delays = Box::new(self.backoff.delays());
+        self.delays = None;
         self.set_state(RegistrationState::Registered);
     }
 
@@ -118,7 +120,11 @@ impl Entry {
 
     /// Its next backoff delay.
     pub(super) fn next_delay(&mut self) -> Duration {
-        self.delays.next().unwrap_or(self.backoff.max)
+        let backoff = self.backoff;
+        self.delays
+            .get_or_insert_with(|| Box::new(backoff.delays()))
+            .next()
+            .unwrap_or(backoff.max)
     }
 }
 

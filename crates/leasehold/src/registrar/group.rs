@@ -45,7 +45,8 @@ pub(super) struct Group<B: LeaseBackend> {
     /// Counts leases granted; events and keys carry the generation they belong to.
     pub(super) generation: u64,
     /// Backoff of lease grants (a registry that is down, or loses every lease).
-    pub(super) lease_delays: Box<dyn Iterator<Item = Duration> + Send>,
+    /// Made on the first failed grant, dropped once a lease takes writes.
+    pub(super) lease_delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
     /// No grant before this.
     pub(super) lease_retry_at: Option<Instant>,
     pub(super) entries: HashMap<u64, Entry>,
@@ -80,7 +81,7 @@ impl<B: LeaseBackend> Group<B> {
             backoff,
             lease: None,
             generation: 0,
-            lease_delays: Box::new(backoff.delays()),
+            lease_delays: None,
             lease_retry_at: None,
             entries: HashMap::new(),
             due: BTreeSet::new(),

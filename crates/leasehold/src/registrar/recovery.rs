@@ -175,7 +175,11 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     pub(super) fn next_lease_delay(&mut self) -> Duration {
-        self.lease_delays.next().unwrap_or(self.backoff.max)
+        let backoff = self.backoff;
+        self.lease_delays
+            .get_or_insert_with(|| Box::new(backoff.delays()))
+            .next()
+            .unwrap_or(backoff.max)
     }
 
     /// The registration's next write is due at `at`.
