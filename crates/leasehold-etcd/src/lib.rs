@@ -15,9 +15,12 @@
 //!   ([`Error::Conflict`](leasehold::Error::Conflict)). A registration's writes go one
 //!   at a time (updates made meanwhile go together in the next): a write sent behind an
 //!   unanswered one could only expect a lease and version, and a late copy of it can
-//!   find them again. Own keys are watched per
-//!   service prefix: one deleted, expired or taken over is written again; an operator's
-//!   drain marker keeps it out ([`Registry::drain`](leasehold::Registry::drain)).
+//!   find them again. Own keys are watched per service prefix for deletes (etcd leaves
+//!   the puts out, so a client never receives its own writes nor the other instances')
+//!   and read back every few seconds: one deleted or expired is written again at once,
+//!   one taken over under another lease or put without one within seconds; an
+//!   operator's drain marker keeps it out
+//!   ([`Registry::drain`](leasehold::Registry::drain)).
 //! - **discovery**: one range of the service's prefix, then a watch from the next
 //!   revision (with progress notifications and `require_leader`), applied
 //!   incrementally; a broken stream resumes after the last applied revision, a compacted

@@ -1,13 +1,18 @@
 //! Own keys: what this client wrote under its leases, and the watches that tell the
 //! registrar when one of them is no longer ours.
 //!
-//! Only the prefixes of services this client registered are watched (one watch per
-//! service, from just before its first write, puts and deletes, without previous
-//! values), so a change anywhere else costs this client nothing and a user whose role
-//! covers only its service's prefix can register. A key of ours that is deleted,
-//! expires or is put under another lease is reported
-//! ([`LeaseEvents::key_deleted`]); the registrar writes it again. Drain markers under
-//! the same prefixes are reported for the ids this client registered
+//! Only the prefixes of services this client registered are watched (one watch stream
+//! per service, from just before its first write, without previous values), so a change
+//! anywhere else costs this client nothing and a user whose role covers only its
+//! service's prefix can register. The watch asks etcd to leave puts out: every write of
+//! this client (and of every other instance of the service) would come back as one, and
+//! on a small machine receiving them cost the client a tenth of its registration rate.
+//! Deletes and expiries of our keys arrive at once and are reported
+//! ([`LeaseEvents::key_deleted`]); the registrar writes them again. What only a put
+//! shows (a key taken over under another lease or put without one, a write reported
+//! failed that landed late) is found by reading the service's own keys back every
+//! [`VERIFY_EVERY`]. Drain markers under the same prefixes have their own watcher on
+//! the same stream, puts included, and are reported for the ids this client registered
 //! ([`LeaseEvents::drain_changed`]). After any gap in a watch (a broken stream, a
 //! compacted revision) the own keys of that service and its markers are read once, in
 //! batched transactions of gets, before the watch resumes after that read.
@@ -23,7 +28,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchFilterType,
+    WatchOptions,
 };
 use leasehold::registrar::LeaseEvents;
 use leasehold::{Backoff, InstanceId, Result, ServiceName};
@@ -37,6 +43,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// A watch with no answer for this long is on a frozen or cut-off member.
 const SILENCE: Duration = Duration::from_secs(5);
+
+/// How often a watched service's own keys are read back, for what the watch (which
+/// leaves puts out) cannot show: a key taken over by a put under another lease or put
+/// without one, or a write reported failed that landed late. One transaction of gets
+/// per [`GETS_PER_TXN`] own keys, nothing for other instances' keys.
+pub(crate) const VERIFY_EVERY: Duration = Duration::from_secs(5);
 
 /// The most gets in one transaction of an after-gap check.
 const GETS_PER_TXN: usize = 120;
@@ -426,7 +438,7 @@ impl OwnKeys {
         });
     }
 
-    /// One event of a watched prefix.
+    /// One event of a watched prefix: a delete (puts are left out, but for markers).
     fn on_event(&self, prefix: &str, event_type: EventType, kv: &KeyValue) {
         self.events_seen.fetch_add(1, Ordering::Relaxed);
         let Ok(key) = std::str::from_utf8(kv.key()) else {
@@ -439,34 +451,38 @@ impl OwnKeys {
             self.marker(prefix, id, event_type == EventType::Put);
             return;
         }
-        let (held, newer_lease_of_ours) = {
-            let state = self.state.lock().unwrap();
-            let held = state.keys.get(key).cloned();
-            let newer = match (&held, state.leases.get(&kv.lease())) {
-                (Some(Held::Ours { state: ours, .. }), Some(order)) => {
-                    state.leases.get(&ours.lease).is_some_and(|held| order > held)
-                }
-                _ => false,
-            };
-            (held, newer)
-        };
-        if event_type == EventType::Put && newer_lease_of_ours {
-            // Our own rewrite under the next lease, seen before its answer was.
+        if event_type != EventType::Delete {
             return;
         }
-        match (held, event_type) {
-            (Some(Held::Ours { state, events, .. }), kind)
-                if kv.mod_revision() > state.revision
-                    && (kind == EventType::Delete || kv.lease() != state.lease) =>
-            {
-                tracing::info!(%key, "etcd: own key deleted or taken over by someone else");
+        let held = self.state.lock().unwrap().keys.get(key).cloned();
+        match held {
+            Some(Held::Ours { state, events, .. }) if kv.mod_revision() > state.revision => {
+                tracing::info!(%key, "etcd: own key deleted or expired");
                 events.key_deleted(key);
             }
-            (Some(Held::Disowned { lease }), EventType::Put) if kv.lease() == lease => {
-                self.delete_disowned(key, kv.mod_revision());
-            }
-            (Some(Held::Disowned { .. }), EventType::Delete) => self.forget(key),
+            Some(Held::Disowned { .. }) => self.forget(key),
             _ => {}
+        }
+    }
+
+    /// Whether `found` (or no key) at `key` means it is no longer ours, given that this
+    /// client knew it as `known` when it asked: gone, or changed by someone else since
+    /// (taken over under another lease, put without one). A key this client wrote again
+    /// meanwhile (a later revision, or under a newer lease of its own) is not reported.
+    fn lost(state: &State, key: &str, known: &Landed, found: Option<&KeyValue>) -> bool {
+        let Some(Held::Ours { state: now, .. }) = state.keys.get(key) else {
+            return false;
+        };
+        match found {
+            None => now.revision == known.revision,
+            Some(kv) => {
+                let newer_lease_of_ours = match (state.leases.get(&kv.lease()), state.leases.get(&now.lease))
+                {
+                    (Some(found), Some(held)) => found > held,
+                    _ => false,
+                };
+                kv.mod_revision() > now.revision && kv.lease() != now.lease && !newer_lease_of_ours
+            }
         }
     }
 
@@ -506,16 +522,7 @@ impl OwnKeys {
     /// After a gap in the watch of `prefix`: reads its own keys and drain markers and
     /// reports what changed. Returns the revision the watch resumes after.
     async fn check(&self, prefix: &str) -> Result<i64> {
-        let keys: Vec<(String, Held)> = self
-            .state
-            .lock()
-            .unwrap()
-            .keys
-            .iter()
-            .filter(|(key, _)| key.starts_with(prefix))
-            .map(|(key, held)| (key.clone(), held.clone()))
-            .collect();
-        let (markers, mut revision) = self.read_markers(prefix).await?;
+        let (markers, revision) = self.read_markers(prefix).await?;
         let seen: HashSet<InstanceId> = markers.into_iter().collect();
         let known: Vec<InstanceId> = self
             .state
@@ -532,6 +539,23 @@ impl OwnKeys {
         for id in seen {
             self.marker(prefix, id, true);
         }
+        Ok(revision.min(self.verify(prefix).await?))
+    }
+
+    /// Reads back the own keys under `prefix` and reports those that are no longer
+    /// ours; deletes writes reported failed that landed after all. Returns the lowest
+    /// revision it read at (`i64::MAX` when there was nothing to read).
+    async fn verify(&self, prefix: &str) -> Result<i64> {
+        let keys: Vec<(String, Held)> = self
+            .state
+            .lock()
+            .unwrap()
+            .keys
+            .iter()
+            .filter(|(key, _)| key.starts_with(prefix))
+            .map(|(key, held)| (key.clone(), held.clone()))
+            .collect();
+        let mut revision = i64::MAX;
         for chunk in keys.chunks(GETS_PER_TXN) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
@@ -546,9 +570,11 @@ impl OwnKeys {
                 };
                 let found = found.kvs().first();
                 match held {
-                    Held::Ours { state, events, .. } => {
-                        if found.is_none_or(|kv| kv.lease() != state.lease) {
-                            tracing::info!(%key, "etcd: own key missing or not ours after a watch gap");
+                    Held::Ours {
+                        state: known, events, ..
+                    } => {
+                        if Self::lost(&self.state.lock().unwrap(), key, known, found) {
+                            tracing::info!(%key, "etcd: own key missing or not ours when read back");
                             events.key_deleted(key.as_str());
                         }
                     }
@@ -600,20 +626,36 @@ async fn follow(own: Weak<OwnKeys>, conn: Arc<Connection>, prefix: String, mut n
     }
 }
 
-/// One watch stream of `prefix` from `next`, applied until it ends.
+/// One watch stream of `prefix` from `next`, applied until it ends: deletes under the
+/// prefix, every change of its drain markers, and the own keys read back every
+/// [`VERIFY_EVERY`].
 async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut i64) -> End {
-    let options = WatchOptions::new()
-        .with_prefix()
-        .with_progress_notify()
-        .with_start_revision(*next);
-    let opened = conn.watch(prefix, options).await;
+    let Some(markers) = own.upgrade().map(|keys| keys.marker_prefix()) else {
+        return End::Closed;
+    };
+    let from = || {
+        WatchOptions::new()
+            .with_prefix()
+            .with_progress_notify()
+            .with_start_revision(*next)
+    };
+    let opened = conn
+        .watch(prefix, from().with_filters([WatchFilterType::NoPut]))
+        .await;
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(Failure::Crashed) => return End::Closed,
         Err(failure) => return End::Gap(conn.error(failure).to_string()),
     };
+    if let Some(markers) = markers {
+        if let Err(e) = stream.watch(format!("{prefix}{markers}"), Some(from())).await {
+            return End::Gap(format!("cannot watch drain markers: {e}"));
+        }
+    }
     let member = conn.chosen();
     let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
+    let mut verify = tokio::time::interval_at(Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
+    verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heard = Instant::now();
     loop {
         let message = tokio::select! {
@@ -628,6 +670,15 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
                 }
                 if let Err(e) = stream.request_progress().await {
                     return End::Gap(format!("stream closed: {e}"));
+                }
+                continue;
+            }
+            _ = verify.tick() => {
+                let Some(keys) = own.upgrade() else {
+                    return End::Closed;
+                };
+                if let Err(e) = keys.verify(prefix).await {
+                    tracing::debug!(%prefix, error = %e, "etcd: cannot read own keys back yet");
                 }
                 continue;
             }

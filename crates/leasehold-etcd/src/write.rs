@@ -272,7 +272,7 @@ pub(crate) async fn put(
     drop(in_flight);
     if !unanswered.is_empty() {
         // Their callers are told they failed: remove what may have landed. A copy that
-        // lands later still is deleted by the own-key watch.
+        // lands later still is deleted when the own keys are next read back.
         if let Err(e) = remove(conn, lease, &unanswered).await {
             tracing::debug!(error = %e, keys = unanswered.len(), "etcd: could not yet remove writes that got no answer");
         }
