@@ -31,6 +31,7 @@ use etcd_client::{
     Compare, CompareOp, EventType, GetOptions, KeyValue, Txn, TxnOp, TxnOpResponse, WatchFilterType,
     WatchOptions,
 };
+use futures::future::{Fuse, FusedFuture, FutureExt};
 use leasehold::registrar::LeaseEvents;
 use leasehold::{Backoff, InstanceId, Result, ServiceName};
 use tokio::task::JoinHandle;
@@ -656,6 +657,8 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
     let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
     let mut verify = tokio::time::interval_at(Instant::now() + VERIFY_EVERY, VERIFY_EVERY);
     verify.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A read-back runs beside the stream, so a delete is never held up behind it.
+    let mut verifying = std::pin::pin!(Fuse::terminated());
     let mut heard = Instant::now();
     loop {
         let message = tokio::select! {
@@ -673,11 +676,15 @@ async fn watch(own: &Weak<OwnKeys>, conn: &Connection, prefix: &str, next: &mut 
                 }
                 continue;
             }
-            _ = verify.tick() => {
+            _ = verify.tick(), if verifying.is_terminated() => {
                 let Some(keys) = own.upgrade() else {
                     return End::Closed;
                 };
-                if let Err(e) = keys.verify(prefix).await {
+                verifying.set(async move { keys.verify(prefix).await }.fuse());
+                continue;
+            }
+            verified = verifying.as_mut() => {
+                if let Err(e) = verified {
                     tracing::debug!(%prefix, error = %e, "etcd: cannot read own keys back yet");
                 }
                 continue;
