@@ -63,10 +63,22 @@ enum Held {
         state: Landed,
         change: u64,
         events: LeaseEvents,
+        /// What a read-back last found here and reported (the key gone, or another's
+        /// state at that mod revision), so it is reported once, not at every read-back
+        /// while the registrar backs off or waits for another client's key to go.
+        reported: Option<Found>,
     },
     /// A write under `lease` whose outcome is unknown and whose caller was told it
     /// failed: if it shows up under that lease, it is deleted.
     Disowned { lease: i64 },
+}
+
+/// How a read-back found a key of ours that is no longer as we left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    Absent,
+    /// Changed by someone else; its mod revision.
+    At(i64),
 }
 
 /// A key as a write of this client left it.
@@ -368,6 +380,7 @@ impl OwnKeys {
                 state: landed,
                 change,
                 events: events.clone(),
+                reported: None,
             },
         );
     }
@@ -467,23 +480,37 @@ impl OwnKeys {
     }
 
     /// Whether `found` (or no key) at `key` means it is no longer ours, given that this
-    /// client knew it as `known` when it asked: gone, or changed by someone else since
-    /// (taken over under another lease, put without one). A key this client wrote again
-    /// meanwhile (a later revision, or under a newer lease of its own) is not reported.
-    fn lost(state: &State, key: &str, known: &Landed, found: Option<&KeyValue>) -> bool {
-        let Some(Held::Ours { state: now, .. }) = state.keys.get(key) else {
+    /// client knew it as `known` when it asked, and that was not reported yet: gone, or
+    /// changed by someone else since (taken over under another lease, put without one).
+    /// A key this client wrote again meanwhile (a later revision, or under a newer lease
+    /// of its own) is not reported.
+    fn newly_lost(&self, key: &str, known: &Landed, found: Option<&KeyValue>) -> bool {
+        let mut state = self.state.lock().unwrap();
+        let state = &mut *state;
+        let Some(Held::Ours {
+            state: now, reported, ..
+        }) = state.keys.get_mut(key)
+        else {
             return false;
         };
-        match found {
-            None => now.revision == known.revision,
+        let lost = match found {
+            None => (now.revision == known.revision).then_some(Found::Absent),
             Some(kv) => {
                 let newer_lease_of_ours = match (state.leases.get(&kv.lease()), state.leases.get(&now.lease))
                 {
                     (Some(found), Some(held)) => found > held,
                     _ => false,
                 };
-                kv.mod_revision() > now.revision && kv.lease() != now.lease && !newer_lease_of_ours
+                (kv.mod_revision() > now.revision && kv.lease() != now.lease && !newer_lease_of_ours)
+                    .then(|| Found::At(kv.mod_revision()))
             }
+        };
+        match lost {
+            Some(lost) if *reported != Some(lost) => {
+                *reported = Some(lost);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -574,7 +601,7 @@ impl OwnKeys {
                     Held::Ours {
                         state: known, events, ..
                     } => {
-                        if Self::lost(&self.state.lock().unwrap(), key, known, found) {
+                        if self.newly_lost(key, known, found) {
                             tracing::info!(%key, "etcd: own key missing or not ours when read back");
                             events.key_deleted(key.as_str());
                         }
