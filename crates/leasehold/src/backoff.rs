@@ -43,6 +43,27 @@ impl Backoff {
     }
 }
 
+/// The delays of one thing being retried under a [`Backoff`], made on its first failure
+/// (most never fail, and a write should not pay for building a jittered sequence) and
+/// started over by [`reset`](Self::reset).
+#[derive(Default)]
+pub(crate) struct Retries(Option<Box<dyn Iterator<Item = Duration> + Send>>);
+
+impl Retries {
+    /// The delay before the next try.
+    pub(crate) fn next(&mut self, backoff: Backoff) -> Duration {
+        self.0
+            .get_or_insert_with(|| Box::new(backoff.delays()))
+            .next()
+            .unwrap_or(backoff.max)
+    }
+
+    /// It succeeded: the next failure starts from the first delay again.
+    pub(crate) fn reset(&mut self) {
+        self.0 = None;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,7 +82,7 @@ impl<B: LeaseBackend> Group<B> {
             Ok(outcomes) => {
                 if current {
                     // The lease takes writes: grants back off from scratch next time.
-                    self.lease_delays = None;
+                    self.lease_retries.reset();
                 }
                 let mut failed = Vec::new();
                 for (&(key, change), outcome) in sent.iter().zip(outcomes) {

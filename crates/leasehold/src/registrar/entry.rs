@@ -6,6 +6,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Claim;
+use crate::backoff::Retries;
 use crate::{Backoff, Instance, RegistrationState};
 
 /// One registration: what to write, whether it is out of the registry, where it was
@@ -30,9 +31,8 @@ pub(super) struct Entry {
     pub(super) conflict: Option<String>,
     /// When its next write is due, while it is dirty.
     pub(super) due: Option<Instant>,
-    /// Its backoff since it was last written, made on its first failure: most
-    /// registrations never fail, and a write should not pay for one.
-    delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    /// Its backoff since it was last written.
+    retries: Retries,
     backoff: Backoff,
     pub(super) state: watch::Sender<RegistrationState>,
     pub(super) shown: watch::Sender<Instance>,
@@ -54,7 +54,7 @@ impl Entry {
             key: None,
             conflict: None,
             due: None,
-            delays: None,
+            retries: Retries::default(),
             backoff,
             state,
             shown,
@@ -98,7 +98,7 @@ impl Entry {
         self.dirty = false;
         self.conflict = None;
         self.due = None;
-        self.delays = None;
+        self.retries.reset();
         self.set_state(RegistrationState::Registered);
     }
 
@@ -120,11 +120,7 @@ impl Entry {
 
     /// Its next backoff delay.
     pub(super) fn next_delay(&mut self) -> Duration {
-        let backoff = self.backoff;
-        self.delays
-            .get_or_insert_with(|| Box::new(backoff.delays()))
-            .next()
-            .unwrap_or(backoff.max)
+        self.retries.next(self.backoff)
     }
 }
 

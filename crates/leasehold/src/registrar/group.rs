@@ -14,6 +14,7 @@ use super::claims::Claim;
 use super::entry::Entry;
 use super::leftover::Leftovers;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
+use crate::backoff::Retries;
 use crate::registration::{Command, CommandSender};
 use crate::{
     Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result,
@@ -45,8 +46,7 @@ pub(super) struct Group<B: LeaseBackend> {
     /// Counts leases granted; events and keys carry the generation they belong to.
     pub(super) generation: u64,
     /// Backoff of lease grants (a registry that is down, or loses every lease).
-    /// Made on the first failed grant, dropped once a lease takes writes.
-    pub(super) lease_delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    pub(super) lease_retries: Retries,
     /// No grant before this.
     pub(super) lease_retry_at: Option<Instant>,
     pub(super) entries: HashMap<u64, Entry>,
@@ -81,7 +81,7 @@ impl<B: LeaseBackend> Group<B> {
             backoff,
             lease: None,
             generation: 0,
-            lease_delays: None,
+            lease_retries: Retries::default(),
             lease_retry_at: None,
             entries: HashMap::new(),
             due: BTreeSet::new(),

@@ -6,13 +6,12 @@
 //! (a lost, abandoned or revoked lease takes the key with it). The registration's claim
 //! is held until then, so its id is not registered again while its old key still shows.
 
-use std::time::Duration;
-
 use tokio::time::Instant;
 
 use super::entry::Entry;
 use super::group::Group;
 use super::{LeaseBackend, LeaseError};
+use crate::backoff::Retries;
 
 /// A deregistered registration whose key may still be in the registry.
 pub(super) struct Leftover {
@@ -28,7 +27,7 @@ pub(super) struct Leftover {
 pub(super) struct Leftovers {
     keys: Vec<Leftover>,
     retry_at: Option<Instant>,
-    delays: Option<Box<dyn Iterator<Item = Duration> + Send>>,
+    retries: Retries,
 }
 
 impl Leftovers {
@@ -79,13 +78,7 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     fn schedule_leftovers(&mut self) {
-        let backoff = self.backoff;
-        let delay = self
-            .leftovers
-            .delays
-            .get_or_insert_with(|| Box::new(backoff.delays()))
-            .next()
-            .unwrap_or(backoff.max);
+        let delay = self.leftovers.retries.next(self.backoff);
         self.leftovers.retry_at = Some(Instant::now() + delay);
     }
 }

@@ -175,11 +175,7 @@ impl<B: LeaseBackend> Group<B> {
     }
 
     pub(super) fn next_lease_delay(&mut self) -> Duration {
-        let backoff = self.backoff;
-        self.lease_delays
-            .get_or_insert_with(|| Box::new(backoff.delays()))
-            .next()
-            .unwrap_or(backoff.max)
+        self.lease_retries.next(self.backoff)
     }
 
     /// The registration's next write is due at `at`.
