@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, Txn, TxnResponse};
+use etcd_client::{Client, ConnectOptions, GetOptions, GetResponse, LeaseRevokeResponse, Txn, TxnResponse};
 use leasehold::{Codec, Error, Instance, KeyContext, Result, ServiceName};
 use tokio::sync::OnceCell;
 
@@ -401,6 +401,15 @@ impl Connection {
         self.attempt(|client| {
             let (mut kv, txn) = (client.kv_client(), txn.clone());
             async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    /// Revokes lease `id`, sent as [`attempt`](Self::attempt) sends any request.
+    pub(crate) async fn revoke(&self, id: i64) -> Result<LeaseRevokeResponse, Failure> {
+        self.attempt(|client| {
+            let mut leases = client.lease_client();
+            async move { leases.revoke(id).await }
         })
         .await
     }

@@ -62,12 +62,7 @@ impl Drop for EtcdLease {
             keepalive.abort();
             let mut delays = backoff.delays();
             loop {
-                match conn
-                    .attempt(|client| {
-                        let mut leases = client.lease_client();
-                        async move { leases.revoke(id).await }
-                    })
-                    .await
+                match conn.revoke(id).await
                 {
                     Ok(_) => break,
                     Err(failure) if failure.is_lease_not_found() => break,
@@ -142,14 +137,7 @@ impl LeaseBackend for EtcdBackend {
         lease.task.abort();
         lease.revoked.store(true, Ordering::SeqCst);
         let id = lease.id;
-        let revoked = match self
-            .conn
-            .attempt(|client| {
-                let mut leases = client.lease_client();
-                async move { leases.revoke(id).await }
-            })
-            .await
-        {
+        let revoked = match self.conn.revoke(id).await {
             Ok(_) => Ok(()),
             Err(failure) if failure.is_lease_not_found() => Ok(()),
             Err(failure) => {

@@ -221,11 +221,9 @@ impl OwnKeys {
 
     /// Starts watching `service`'s prefix unless it is watched already: reads its drain
     /// markers (or, for formats without, only the revision) and watches from the
-    /// revision after that read, so nothing written after it is missed.
+    /// revision after that read, so nothing written after it is missed. Callers check
+    /// [`watched`](Self::watched) first, so its future is built only to start a watch.
     pub(crate) async fn watch_service(self: &Arc<Self>, service: &ServiceName) -> Result<String> {
-        if let Some(prefix) = self.watched(service) {
-            return Ok(prefix);
-        }
         let prefix = self.conn.layout.service_prefix(service);
         let _starting = self.starting.lock().await;
         if self.state.lock().unwrap().watches.contains_key(&prefix) {
