@@ -103,6 +103,10 @@ impl fmt::Display for Quorum {
     }
 }
 
+/// How long a live watcher may disagree with the registry before the timeline notes
+/// it: well under the grace, so a run that held still shows how close it came.
+const NEAR_MISS: Duration = Duration::from_secs(3);
+
 /// A kind of invariant violation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ViolationKind {
@@ -239,6 +243,11 @@ pub(crate) struct Checker {
     foreign_reported: BTreeSet<String>,
     /// `(watcher, id)` → since when the watcher and the registry disagree about `id`.
     watcher_diverged: HashMap<(String, String), (Instant, bool)>,
+    /// `(watcher, id)` → since when the watcher has said it is live, with quorum held,
+    /// while it and the registry disagree about `id`.
+    watcher_live_diverged: HashMap<(String, String), (Instant, bool)>,
+    /// The longest such stretch so far: how close a run came to a stale watcher.
+    longest_live_divergence: Duration,
     gaps: Vec<GapRecord>,
     violations: Vec<Violation>,
     timeline: Timeline,
@@ -268,6 +277,8 @@ impl Checker {
             regs: BTreeMap::new(),
             foreign_reported: BTreeSet::new(),
             watcher_diverged: HashMap::new(),
+            watcher_live_diverged: HashMap::new(),
+            longest_live_divergence: Duration::ZERO,
             gaps: Vec::new(),
             violations: Vec::new(),
             timeline: Timeline::default(),
@@ -614,6 +625,7 @@ impl Checker {
 
     fn check_watchers(&mut self, t: Instant, quorum: Quorum, seen: &[Seen], watchers: &[WatcherView]) {
         let mut violations = Vec::new();
+        let mut near_misses = Vec::new();
         let mut still = std::collections::HashSet::new();
         for view in watchers {
             let listed: BTreeSet<&str> = seen
@@ -626,6 +638,29 @@ impl Checker {
             for id in listed.symmetric_difference(&watched) {
                 let key = (view.name.clone(), (*id).to_owned());
                 still.insert(key.clone());
+                if view.live && quorum == Quorum::Held {
+                    let (live_since, noted) = self
+                        .watcher_live_diverged
+                        .entry(key.clone())
+                        .or_insert((t, false));
+                    let stretch = t - *live_since;
+                    self.longest_live_divergence = self.longest_live_divergence.max(stretch);
+                    if stretch >= NEAR_MISS && !*noted {
+                        *noted = true;
+                        near_misses.push(format!(
+                            "{} says it is live but {} {id} for {:.3}s (quorum held)",
+                            view.name,
+                            if watched.contains(id) {
+                                "still shows"
+                            } else {
+                                "does not show"
+                            },
+                            stretch.as_secs_f64()
+                        ));
+                    }
+                } else {
+                    self.watcher_live_diverged.remove(&key);
+                }
                 let (since, reported) = self.watcher_diverged.entry(key).or_insert((t, false));
                 if view.live && quorum == Quorum::Held && !*reported && t >= *since + self.graces.watch {
                     *reported = true;
@@ -643,6 +678,10 @@ impl Checker {
             }
         }
         self.watcher_diverged.retain(|key, _| still.contains(key));
+        self.watcher_live_diverged.retain(|key, _| still.contains(key));
+        for what in near_misses {
+            self.note(t, what);
+        }
         for detail in violations {
             self.violate(t, ViolationKind::StaleWatcher, detail);
         }
@@ -798,6 +837,7 @@ impl Checker {
             observations: self.observations,
             failed_observations: self.failed_observations,
             updates_called: self.updates_called,
+            longest_live_divergence: self.longest_live_divergence,
         }
     }
 }
@@ -821,6 +861,9 @@ pub struct Findings {
     pub failed_observations: u64,
     /// Updates the registrations' owners called.
     pub updates_called: u64,
+    /// The longest a watcher said it was live, with quorum held, while it disagreed with
+    /// the registry about an id: a stale watcher under the grace still shows here.
+    pub longest_live_divergence: Duration,
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ impl SoakReport {
             .collect();
         format!(
             "SOAK backend={} seed={} secs={} ttl={} faults={injected} by_kind={} updates={} gaps={} gaps_violating={} \
-             longest_gap={} longest_gap_quorum_held={} longest_violating_gap={} converge={} violations={} harness_errors={} \
+             longest_gap={} longest_gap_quorum_held={} longest_violating_gap={} longest_live_watcher_divergence={:.3}s converge={} violations={} harness_errors={} \
              observations={} failed_observations={} load_before=[{}] load_after=[{}]",
             self.backend,
             self.seed,
@@ -109,6 +109,7 @@ impl SoakReport {
             fmt_gap(longest),
             fmt_gap(longest_held),
             fmt_gap(longest_violating),
+            self.findings.longest_live_divergence.as_secs_f64(),
             self.converged_after
                 .map_or("never".to_owned(), |d| format!("{:.3}s", d.as_secs_f64())),
             if violations.is_empty() {
