@@ -145,6 +145,7 @@ async fn watch(
         Err(Failure::Crashed) => return End::Closed,
         Err(failure) => return End::Broken(conn.error(failure).to_string()),
     };
+    let member = conn.chosen();
     let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
     let mut heard = Instant::now();
     loop {
@@ -155,6 +156,9 @@ async fn watch(
             message = stream.message() => message,
             _ = heartbeat.tick() => {
                 if heard.elapsed() > SILENCE {
+                    // Resumed elsewhere: the member stays chosen until a request fails
+                    // on it, and the next watch would wait out another timeout there.
+                    conn.avoid(member);
                     return End::Broken(format!("no answer on the watch for {:?}", heard.elapsed()));
                 }
                 if let Err(e) = stream.request_progress().await {
