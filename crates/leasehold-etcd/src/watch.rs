@@ -6,11 +6,18 @@
 //! before its events are applied: a store that was wiped and has since passed that
 //! revision again would otherwise feed events of another history, and the cache would
 //! keep instances that no longer exist.
+//!
+//! A resumed watch is live again only once the changes made while it was down are
+//! applied. etcd sends those (the watch's backlog) from a loop that runs every 100 ms,
+//! while it answers a progress request at once; a cache that said it was live on the
+//! first answer served for that long without what changed during the gap. What the gap
+//! left is read once ([`Backlog`]), and the feed stays stale until the stream has
+//! delivered it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, WatchOptions, WatchResponse};
+use etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions, WatchResponse};
 use leasehold::{Backoff, DiscoveryFeed, Result};
 use tokio::time::Instant;
 
@@ -38,6 +45,30 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 const SILENCE: Duration = Duration::from_secs(5);
 
 type Delays = Box<dyn Iterator<Item = Duration> + Send>;
+
+/// What a resumed watch has to deliver before the cache is current: the changes made
+/// while it was down, known by what the prefix held when the watch was created. They
+/// are applied once every revision up to `created` is, or the newest put they left and
+/// as many keys as the prefix held then.
+///
+/// The second half is exact: with every surviving put applied and the count right,
+/// what may still come of the gap is keys created and deleted again within it, which
+/// leave the set as it is.
+#[derive(Clone, Copy, Debug)]
+struct Backlog {
+    /// The store's revision when the watch was created.
+    created: i64,
+    /// The newest mod revision of a key the gap put (and did not delete), or 0.
+    newest_put: i64,
+    /// The keys under the prefix at `created`.
+    keys: i64,
+}
+
+impl Backlog {
+    fn is_applied(&self, at: &Position) -> bool {
+        at.revision >= self.created || (at.revision >= self.newest_put && at.keys == self.keys)
+    }
+}
 
 /// Why a watch stream stopped.
 #[derive(Debug)]
@@ -148,6 +179,9 @@ async fn watch(
     let member = conn.chosen();
     let mut heartbeat = tokio::time::interval(PROGRESS_EVERY);
     let mut heard = Instant::now();
+    let mut created_at = None;
+    // Until it is applied, with when it was read.
+    let mut backlog: Option<(Backlog, Instant)> = None;
     loop {
         if feed.is_closed() {
             return End::Closed;
@@ -161,6 +195,14 @@ async fn watch(
                     conn.avoid(member);
                     return End::Broken(format!("no answer on the watch for {:?}", heard.elapsed()));
                 }
+                if let Some((pending, since)) = backlog.filter(|(_, since)| since.elapsed() > SILENCE) {
+                    // Cannot happen while etcd delivers what it holds: listing again
+                    // gives an exact set rather than a cache stale for good.
+                    return End::Relist(format!(
+                        "the changes made while the watch was down did not all arrive within {:?} (expected up to revision {}, applied {})",
+                        since.elapsed(), pending.created, at.revision
+                    ));
+                }
                 if let Err(e) = stream.request_progress().await {
                     return End::Broken(format!("watch stream closed: {e}"));
                 }
@@ -173,6 +215,24 @@ async fn watch(
             Err(e) => return End::Broken(conn.error(Failure::Etcd(e)).to_string()),
         };
         heard = Instant::now();
+        tracing::trace!(
+            member = answer.header().map_or(0, |h| h.member_id()),
+            revision = answer.header().map_or(0, |h| h.revision()),
+            created = answer.created(),
+            events = answer.events().len(),
+            first = answer
+                .events()
+                .first()
+                .and_then(|e| e.kv())
+                .map_or(0, |kv| kv.mod_revision()),
+            last = answer
+                .events()
+                .last()
+                .and_then(|e| e.kv())
+                .map_or(0, |kv| kv.mod_revision()),
+            applied = at.revision,
+            "etcd: watch answer"
+        );
         if answer.compact_revision() > 0 {
             metrics::counter!(leasehold::metrics::WATCH_COMPACTIONS, "service" => feed.service().to_string())
                 .increment(1);
@@ -187,6 +247,7 @@ async fn watch(
         }
         let header = answer.header().map(|h| (h.cluster_id(), h.revision()));
         if answer.created() {
+            created_at = header.map(|(_, revision)| revision);
             if let Some((cluster_id, revision)) = header {
                 if cluster_id != at.cluster_id {
                     return End::Relist(format!(
@@ -219,11 +280,44 @@ async fn watch(
                 }
                 Err(e) => return End::Broken(e.to_string()),
             }
+            if let Some(created) = created_at.filter(|&created| created > at.revision) {
+                match backlog_at(conn, prefix, at, created).await {
+                    Ok(pending) => backlog = Some((pending, Instant::now())),
+                    Err(e) => return End::Broken(e.to_string()),
+                }
+            }
         }
         *delays = Box::new(backoff.delays());
         apply(feed, prefix, at, &answer);
+        if backlog.is_some_and(|(pending, _)| !pending.is_applied(at)) {
+            continue;
+        }
+        backlog = None;
         feed.mark_live();
     }
+}
+
+/// The backlog of a watch resumed after `at` and created at revision `created`, read in
+/// two ranges at that revision: the prefix's key count, and its newest put since `at`.
+async fn backlog_at(conn: &Connection, prefix: &str, at: &Position, created: i64) -> Result<Backlog> {
+    let count = GetOptions::new()
+        .with_prefix()
+        .with_count_only()
+        .with_revision(created);
+    let newest = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_revision(created)
+        .with_min_mod_revision(at.revision + 1)
+        .with_sort(SortTarget::Mod, SortOrder::Descend)
+        .with_limit(1);
+    let (count, newest) =
+        tokio::try_join!(conn.range(prefix, Some(count)), conn.range(prefix, Some(newest)))?;
+    Ok(Backlog {
+        created,
+        newest_put: newest.kvs().first().map_or(0, |kv| kv.mod_revision()),
+        keys: count.count(),
+    })
 }
 
 /// Whether the store still has the history we applied: as many keys under the prefix

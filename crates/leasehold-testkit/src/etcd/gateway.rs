@@ -39,6 +39,26 @@ pub(crate) async fn version(addr: &str) -> Result<(), String> {
     }
 }
 
+/// The member's `etcd_debugging_mvcc_watcher_total` gauge from `GET /metrics`: how many
+/// watchers it serves.
+pub(crate) async fn watchers(addr: &str) -> Result<u64> {
+    const GAUGE: &str = "etcd_debugging_mvcc_watcher_total ";
+    let response = http::get(addr, "/metrics").await?;
+    response
+        .body
+        .lines()
+        .find_map(|line| line.strip_prefix(GAUGE))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value as u64)
+        .ok_or_else(|| {
+            Error::request(
+                "GET /metrics",
+                addr,
+                format!("no {} gauge (HTTP {})", GAUGE.trim(), response.status),
+            )
+        })
+}
+
 /// Writes `key`, returning the revision of the write.
 pub(crate) async fn put(addr: &str, key: &[u8], value: &[u8]) -> Result<i64> {
     let body = json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) });

@@ -308,6 +308,11 @@ impl EtcdCluster {
         }
     }
 
+    /// How many watchers member `index` serves: which member a client's watches went to.
+    pub async fn watchers(&self, index: usize) -> Result<u64> {
+        gateway::watchers(&self.endpoint(index)).await
+    }
+
     /// Freezes member `index` with SIGSTOP: it keeps its ports open but answers nothing,
     /// like a hung host. Pausing a paused member does nothing.
     pub fn pause(&self, index: usize) -> Result<()> {
