@@ -12,7 +12,7 @@
 //! while it answers a progress request at once; a cache that said it was live on the
 //! first answer served for that long without what changed during the gap. What the gap
 //! left is read once ([`Backlog`]), and the feed stays stale until the stream has
-//! delivered it.
+//! delivered it (or, should it never, until the service is listed again).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,12 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// A watch with no answer for this long is on a frozen or cut-off member: resumed
 /// elsewhere.
 const SILENCE: Duration = Duration::from_secs(5);
+
+/// How long a resumed watch may take to deliver its backlog before the service is
+/// listed again instead. etcd sends a backlog within one or a few passes of a loop that
+/// runs every 100 ms; many thousands of watches resuming at once take longer, and
+/// listing them all again would only add to the load.
+const BACKLOG_WITHIN: Duration = Duration::from_secs(30);
 
 type Delays = Box<dyn Iterator<Item = Duration> + Send>;
 
@@ -195,9 +201,7 @@ async fn watch(
                     conn.avoid(member);
                     return End::Broken(format!("no answer on the watch for {:?}", heard.elapsed()));
                 }
-                if let Some((pending, since)) = backlog.filter(|(_, since)| since.elapsed() > SILENCE) {
-                    // Cannot happen while etcd delivers what it holds: listing again
-                    // gives an exact set rather than a cache stale for good.
+                if let Some((pending, since)) = backlog.filter(|(_, since)| since.elapsed() > BACKLOG_WITHIN) {
                     return End::Relist(format!(
                         "the changes made while the watch was down did not all arrive within {:?} (expected up to revision {}, applied {})",
                         since.elapsed(), pending.created, at.revision
