@@ -23,9 +23,10 @@
 //!   ([`Registry::drain`](leasehold::Registry::drain)).
 //! - **discovery**: one range of the service's prefix, then a watch from the next
 //!   revision (with progress notifications and `require_leader`), applied
-//!   incrementally; a broken stream resumes after the last applied revision, a compacted
-//!   one (or a wiped store) is listed again and the exact difference emitted. Events are
-//!   never applied twice.
+//!   incrementally; a broken stream resumes after the last applied revision and says it
+//!   is live again only once what changed meanwhile is applied; a compacted one (or a
+//!   wiped store) is listed again and the exact difference emitted. Events are never
+//!   applied twice.
 //! - **connections**: one client per member; requests and keepalives go to one chosen
 //!   member, and one that leaves a keepalive unanswered for half a period (or a request
 //!   for a quarter of the request timeout) is left for another, so a frozen member never costs
