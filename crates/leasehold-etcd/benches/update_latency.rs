@@ -7,8 +7,11 @@
 //! without one is shown too (etcd attaches no lease to it, a little less work).
 //!
 //! `cargo bench -p leasehold-etcd --bench update_latency` prints p50, p99 and max for
-//! each side in each round, and the ratios of the median p99s.
+//! each side in each round, how many calls found the previous one still unanswered (a
+//! registration's next write waits for that answer; raw puts do not wait), and the
+//! ratios of the median p99s.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,14 +75,30 @@ async fn watch_latencies(
     })
 }
 
-async fn open_loop(mut call: impl FnMut(usize), sent: &Sent) {
+/// Calls `call` for each update on the period, each in a task that holds `unanswered`
+/// up until its call returns; how many calls found an earlier one still unanswered.
+async fn open_loop<F, Fut>(call: F, sent: &Sent) -> usize
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let unanswered = Arc::new(AtomicUsize::new(0));
+    let mut overlapped = 0;
     let mut tick = tokio::time::interval(PERIOD);
     tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
     for seq in 1..UPDATES {
         tick.tick().await;
         sent.lock().unwrap()[seq] = Some(Instant::now());
-        call(seq);
+        if unanswered.fetch_add(1, Ordering::SeqCst) > 0 {
+            overlapped += 1;
+        }
+        let (call, unanswered) = (call(seq), unanswered.clone());
+        tokio::spawn(async move {
+            call.await;
+            unanswered.fetch_sub(1, Ordering::SeqCst);
+        });
     }
+    overlapped
 }
 
 fn summary(mut latencies: Vec<Duration>) -> (Duration, Duration, Duration) {
@@ -90,7 +109,7 @@ fn summary(mut latencies: Vec<Duration>) -> (Duration, Duration, Duration) {
 
 /// Raw puts of the same values, under a lease of the registration's TTL (`leased`) or
 /// under none.
-async fn raw_side(etcd: &EtcdCluster, leased: bool) -> Vec<Duration> {
+async fn raw_side(etcd: &EtcdCluster, leased: bool) -> (Vec<Duration>, usize) {
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
     let key = format!("{ROOT}/bench/raw");
     let options = match leased {
@@ -110,21 +129,21 @@ async fn raw_side(etcd: &EtcdCluster, leased: bool) -> Vec<Duration> {
         .unwrap();
     let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
     let watcher = watch_latencies(&mut client, &key, sent.clone()).await;
-    open_loop(
+    let overlapped = open_loop(
         |seq| {
             let (mut client, key, options) = (client.clone(), key.clone(), options.clone());
-            tokio::spawn(async move {
+            async move {
                 let value = NativeCodec.encode(&instance("raw", seq)).unwrap();
                 client.put(key, value, options).await.unwrap();
-            });
+            }
         },
         &sent,
     )
     .await;
-    watcher.await.unwrap()
+    (watcher.await.unwrap(), overlapped)
 }
 
-async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
+async fn leasehold_side(etcd: &EtcdCluster) -> (Vec<Duration>, usize) {
     let registry = EtcdRegistry::connect(&etcd.url(ROOT).parse().unwrap())
         .await
         .unwrap();
@@ -135,22 +154,22 @@ async fn leasehold_side(etcd: &EtcdCluster) -> Vec<Duration> {
     let mut client = Client::connect(etcd.endpoints(), None).await.unwrap();
     let sent: Sent = Arc::new(Mutex::new(vec![None; UPDATES]));
     let watcher = watch_latencies(&mut client, &format!("{ROOT}/bench/ours"), sent.clone()).await;
-    open_loop(
+    let overlapped = open_loop(
         |seq| {
             let registration = registration.clone();
-            tokio::spawn(async move {
+            async move {
                 registration
                     .update(InstanceUpdate::new().version(Some(seq.to_string())))
                     .await
                     .unwrap();
-            });
+            }
         },
         &sent,
     )
     .await;
     let latencies = watcher.await.unwrap();
     registry.shutdown().await;
-    latencies
+    (latencies, overlapped)
 }
 
 /// Rounds per side, taking turns, so a stall of the shared machine (an fsync held up
@@ -185,7 +204,10 @@ fn median(mut values: Vec<Duration>) -> Duration {
 async fn main() {
     let etcd = EtcdCluster::start_single().await.expect("etcd starts");
     println!("one update every {PERIOD:?}, {UPDATES} updates, latency from the call to the watcher's event");
-    println!("{:<14} {:>10} {:>10} {:>10}", "side", "p50", "p99", "max");
+    println!(
+        "{:<14} {:>10} {:>10} {:>10} {:>12}",
+        "side", "p50", "p99", "max", "overlapped"
+    );
     let mut p99s: [Vec<Duration>; 3] = Default::default();
     for round in 0..ROUNDS {
         // Each round starts with another side, so none always runs on the store the
@@ -193,18 +215,19 @@ async fn main() {
         let mut sides = [Side::Raw, Side::Unleased, Side::Leasehold];
         sides.rotate_left(round % 3);
         for side in sides {
-            let latencies = match side {
+            let (latencies, overlapped) = match side {
                 Side::Raw => raw_side(&etcd, true).await,
                 Side::Unleased => raw_side(&etcd, false).await,
                 Side::Leasehold => leasehold_side(&etcd).await,
             };
             let (p50, p99, max) = summary(latencies);
             println!(
-                "{:<14} {:>10.2?} {:>10.2?} {:>10.2?}",
+                "{:<14} {:>10.2?} {:>10.2?} {:>10.2?} {:>12}",
                 format!("{} #{round}", side.name()),
                 p50,
                 p99,
-                max
+                max,
+                overlapped
             );
             p99s[side as usize].push(p99);
         }
