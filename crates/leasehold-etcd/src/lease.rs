@@ -62,8 +62,7 @@ impl Drop for EtcdLease {
             keepalive.abort();
             let mut delays = backoff.delays();
             loop {
-                match conn.revoke(id).await
-                {
+                match conn.revoke(id).await {
                     Ok(_) => break,
                     Err(failure) if failure.is_lease_not_found() => break,
                     Err(Failure::Crashed) => return,
