@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions, WatchResponse};
-use leasehold::{Backoff, DiscoveryFeed, Result};
+use leasehold::{Backoff, DiscoveryFeed, Result, Retries};
 use tokio::time::Instant;
 
 use crate::connection::{Connection, Failure};
@@ -49,8 +49,6 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// runs every 100 ms; many thousands of watches resuming at once take longer, and
 /// listing them all again would only add to the load.
 const BACKLOG_WITHIN: Duration = Duration::from_secs(30);
-
-type Delays = Box<dyn Iterator<Item = Duration> + Send>;
 
 /// What a resumed watch has to deliver before the cache is current: the changes made
 /// while it was down, known by what the prefix held when the watch was created. They
@@ -118,7 +116,7 @@ pub(crate) async fn follow(
     mut at: Position,
     backoff: Backoff,
 ) {
-    let mut delays: Delays = Box::new(backoff.delays());
+    let mut retries = Retries::default();
     let mut relist = false;
     let mut resumed = false;
     loop {
@@ -134,12 +132,12 @@ pub(crate) async fn follow(
                 Err(e) => {
                     tracing::warn!(service = %feed.service(), error = %e, "etcd: re-listing failed; retrying");
                     feed.mark_stale();
-                    tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
+                    tokio::time::sleep(retries.next(backoff)).await;
                     continue;
                 }
             }
         }
-        let end = watch(&mut feed, &conn, &prefix, &mut at, &mut delays, backoff, resumed).await;
+        let end = watch(&mut feed, &conn, &prefix, &mut at, &mut retries, resumed).await;
         resumed = true;
         match end {
             End::Closed => return,
@@ -155,7 +153,7 @@ pub(crate) async fn follow(
                 tracing::warn!(service = %feed.service(), %reason, revision = at.revision, "etcd: watch broken; resuming after the last revision");
                 metrics::counter!(leasehold::metrics::WATCH_RECONNECTS, "backend" => "etcd", "service" => feed.service().to_string()).increment(1);
                 feed.mark_stale();
-                tokio::time::sleep(delays.next().unwrap_or(backoff.max)).await;
+                tokio::time::sleep(retries.next(backoff)).await;
             }
         }
     }
@@ -168,8 +166,7 @@ async fn watch(
     conn: &Connection,
     prefix: &str,
     at: &mut Position,
-    delays: &mut Delays,
-    backoff: Backoff,
+    retries: &mut Retries,
     mut resumed: bool,
 ) -> End {
     let options = WatchOptions::new()
@@ -291,7 +288,7 @@ async fn watch(
                 }
             }
         }
-        *delays = Box::new(backoff.delays());
+        retries.reset();
         apply(feed, prefix, at, &answer);
         if backlog.is_some_and(|(pending, _)| !pending.is_applied(at)) {
             continue;

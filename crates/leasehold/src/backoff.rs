@@ -44,14 +44,31 @@ impl Backoff {
 }
 
 /// The delays of one thing being retried under a [`Backoff`], made on its first failure
-/// (most never fail, and a write should not pay for building a jittered sequence) and
-/// started over by [`reset`](Self::reset).
+/// (most never fail, and a write or a watch answer should not pay for building a
+/// jittered sequence) and started over by [`reset`](Self::reset).
+///
+/// ```
+/// use leasehold::{Backoff, Retries};
+///
+/// let backoff = Backoff::default();
+/// let mut retries = Retries::default();
+/// assert!(retries.next(backoff) <= backoff.max);
+/// retries.reset();
+/// ```
 #[derive(Default)]
-pub(crate) struct Retries(Option<Box<dyn Iterator<Item = Duration> + Send>>);
+pub struct Retries(Option<Box<dyn Iterator<Item = Duration> + Send>>);
+
+impl std::fmt::Debug for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retries")
+            .field("failing", &self.0.is_some())
+            .finish()
+    }
+}
 
 impl Retries {
     /// The delay before the next try.
-    pub(crate) fn next(&mut self, backoff: Backoff) -> Duration {
+    pub fn next(&mut self, backoff: Backoff) -> Duration {
         self.0
             .get_or_insert_with(|| Box::new(backoff.delays()))
             .next()
@@ -59,7 +76,7 @@ impl Retries {
     }
 
     /// It succeeded: the next failure starts from the first delay again.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.0 = None;
     }
 }

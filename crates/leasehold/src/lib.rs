@@ -66,7 +66,7 @@ mod registration;
 mod registry;
 mod url;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, Retries};
 pub use codec::{Codec, CodecError, KeyContext, NativeCodec, NodeNaming};
 pub use discovery::{
     Change, Changes, ConnectionState, Discovery, DiscoveryFeed, Instances, Snapshot, SnapshotWriter,

@@ -6,8 +6,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::Claim;
-use crate::backoff::Retries;
-use crate::{Backoff, Instance, RegistrationState};
+use crate::{Backoff, Instance, RegistrationState, Retries};
 
 /// One registration: what to write, whether it is out of the registry, where it was
 /// written, and its own backoff, so a registration that keeps failing never delays the

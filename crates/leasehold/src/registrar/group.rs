@@ -14,10 +14,9 @@ use super::claims::Claim;
 use super::entry::Entry;
 use super::leftover::Leftovers;
 use super::{LeaseBackend, LeaseError, LeaseEvent};
-use crate::backoff::Retries;
 use crate::registration::{Command, CommandSender};
 use crate::{
-    Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result,
+    Backoff, Error, Instance, InstanceId, InstanceUpdate, Registration, RegistrationState, Result, Retries,
     ServiceName,
 };
 

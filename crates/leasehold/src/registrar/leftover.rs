@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use super::entry::Entry;
 use super::group::Group;
 use super::{LeaseBackend, LeaseError};
-use crate::backoff::Retries;
+use crate::Retries;
 
 /// A deregistered registration whose key may still be in the registry.
 pub(super) struct Leftover {
